@@ -1,0 +1,121 @@
+"""The Python side of training, shared by the estimators.
+
+The kernels run whole epochs; what happens *between* epochs lives here: deciding when
+to stop (``tol`` / ``n_iter_no_change``, on the training loss or on a validation
+score), the ``adaptive`` schedule's step cuts, the validation split (by index: X is
+never copied), and the error raised when training diverges.
+"""
+
+import numpy as np
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+
+class ConvergenceTracker:
+    """Stopping state of ``n_problems`` problems trained side by side.
+
+    One-vs-rest classification trains one binary problem per class in the same pass
+    over the data; as in scikit-learn each stops on its own criterion. Every other
+    model is a single problem.
+
+    Parameters
+    ----------
+    n_problems : int
+    tol : float or None
+        None disables the criterion (exactly ``max_iter`` epochs).
+    n_iter_no_change : int
+    adaptive : bool
+        Divide the problem's learning rate by 5 instead of stopping, while it is
+        above 1e-6 (scikit-learn's 'adaptive' schedule).
+    eta0 : float
+        Initial learning rate of every problem.
+    strict : bool
+        Stop when the count of epochs without improvement is *greater* than
+        ``n_iter_no_change`` (scikit-learn's MLPs) instead of equal to it (its SGD).
+    """
+
+    def __init__(self, n_problems, tol, n_iter_no_change, adaptive, eta0, strict=False):
+        self.tol = -np.inf if tol is None else float(tol)
+        self.n_iter_no_change = int(n_iter_no_change)
+        self.adaptive = adaptive
+        self.strict = strict
+        self.eta = np.full(n_problems, float(eta0))
+        self.active = np.ones(n_problems, dtype=np.uint8)
+        self.no_improvement = np.zeros(n_problems, dtype=np.int64)
+        self.best_loss = np.full(n_problems, np.inf)
+        self.best_score = np.full(n_problems, -np.inf)
+        self.n_epochs = np.zeros(n_problems, dtype=np.int64)
+
+    def update(self, losses=None, scores=None):
+        """Record one epoch of every active problem: training losses (lower is better)
+        or validation scores (higher is better). Returns the indices of the problems
+        whose score improved on their best so far."""
+        improved = []
+        for k in np.flatnonzero(self.active):
+            self.n_epochs[k] += 1
+            if scores is not None:
+                s = scores[k]
+                worse = self.tol > -np.inf and s < self.best_score[k] + self.tol
+                if s > self.best_score[k]:
+                    self.best_score[k] = s
+                    improved.append(k)
+            else:
+                s = losses[k]
+                worse = self.tol > -np.inf and s > self.best_loss[k] - self.tol
+                if s < self.best_loss[k]:
+                    self.best_loss[k] = s
+                    improved.append(k)
+            self.no_improvement[k] = self.no_improvement[k] + 1 if worse else 0
+            limit_hit = (self.no_improvement[k] > self.n_iter_no_change if self.strict
+                         else self.no_improvement[k] >= self.n_iter_no_change)
+            if limit_hit:
+                if self.adaptive and self.eta[k] > 1e-6:
+                    self.eta[k] /= 5.0
+                    self.no_improvement[k] = 0
+                else:
+                    self.active[k] = 0
+        return improved
+
+    @property
+    def done(self):
+        return not self.active.any()
+
+
+def validation_split(y, validation_fraction, random_state, stratify, sample_weight):
+    """Indices ``(train, validation)`` of a shuffled split; the rows stay where they are.
+
+    Stratified on y for classifiers, as scikit-learn's SGD and MLP estimators do.
+    """
+    n_samples = y.shape[0]
+    splitter = StratifiedShuffleSplit if stratify else ShuffleSplit
+    cv = splitter(test_size=validation_fraction, random_state=random_state)
+    try:
+        idx_train, idx_val = next(cv.split(np.zeros((n_samples, 1)), y))
+    except ValueError as exc:
+        raise ValueError(
+            f"early_stopping could not split {n_samples} samples into a training and a "
+            f"validation set with validation_fraction={validation_fraction!r}: {exc} "
+            "Use more samples, another validation_fraction, or early_stopping=False."
+        ) from exc
+    if idx_train.shape[0] == 0 or idx_val.shape[0] == 0:
+        raise ValueError(
+            f"Splitting {n_samples} samples into a train set and a validation set with "
+            f"validation_fraction={validation_fraction!r} led to an empty set "
+            f"({idx_train.shape[0]} and {idx_val.shape[0]} samples). Please either change "
+            "validation_fraction, increase number of samples, or disable early_stopping."
+        )
+    if not np.any(sample_weight[idx_val] > 0):
+        raise ValueError(
+            "The sample weights for validation set are all zero, consider using a "
+            "different random state."
+        )
+    return np.sort(idx_train).astype(np.intp), np.sort(idx_val).astype(np.intp)
+
+
+def divergence_error(epoch, what="eta0"):
+    """The ValueError raised when a loss or a weight stops being finite."""
+    return ValueError(
+        f"Training diverged at epoch {epoch}: the loss or the weights became non-finite "
+        f"(floating-point overflow). Use a smaller learning rate ({what}) or scale the "
+        "input features, e.g. with sklearn.preprocessing.StandardScaler. The estimator "
+        "keeps the weights of its last finite epoch."
+    )

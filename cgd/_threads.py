@@ -1,0 +1,43 @@
+"""n_jobs -> number of threads for one fit (OpenMP and BLAS together)."""
+
+import os
+from contextlib import contextmanager
+
+from joblib import cpu_count
+from threadpoolctl import threadpool_limits
+
+from . import _openmp_helpers
+
+
+def effective_n_threads(n_jobs):
+    """Threads a fit with this ``n_jobs`` uses, as scikit-learn's
+    ``_openmp_effective_n_threads``.
+
+    - ``None``: all usable cores: ``min(omp_get_max_threads(), cores)``, so that
+      ``OMP_NUM_THREADS`` and threadpoolctl limits are honoured; when
+      ``OMP_NUM_THREADS`` is set it alone decides.
+    - ``-1``: the same maximum; ``-k``: that maximum minus ``k - 1`` (at least 1).
+    - ``k > 0``: exactly ``k`` threads.
+
+    A build without OpenMP always gives 1.
+    """
+    if n_jobs == 0:
+        raise ValueError("n_jobs == 0 is not a valid number of threads; use None, -1 or k >= 1")
+    if not _openmp_helpers.openmp_enabled():
+        return 1
+    if os.getenv("OMP_NUM_THREADS"):
+        max_threads = _openmp_helpers.omp_max_threads()
+    else:
+        max_threads = min(_openmp_helpers.omp_max_threads(), cpu_count(only_physical_cores=True))
+    if n_jobs is None:
+        return max(1, max_threads)
+    if n_jobs < 0:
+        return max(1, max_threads + n_jobs + 1)
+    return int(n_jobs)
+
+
+@contextmanager
+def blas_limited(n_threads):
+    """Cap BLAS at n_threads inside a fit so BLAS and OpenMP never oversubscribe."""
+    with threadpool_limits(limits=n_threads, user_api="blas"):
+        yield

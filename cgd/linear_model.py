@@ -1,0 +1,965 @@
+"""SGDRegressor and SGDClassifier: scikit-learn's estimators, trained by native epochs.
+
+Every scikit-learn 1.9 parameter keeps its name, default and meaning. Added:
+``batch_size`` (1 = scikit-learn's per-sample SGD), ``solver`` ('sgd', 'adam',
+'adagrad'), ``momentum`` / ``nesterovs_momentum`` / ``beta_1`` / ``beta_2``, ``n_jobs``
+(threads inside one fit) and, for the classifier, ``multiclass`` ('ovr' or
+'multinomial' softmax).
+
+The parameters of a fitted model live in one flat buffer of K * (n_features + 1)
+values (K coefficient rows, then K intercepts) which the kernel of ``_linear.pyx``
+updates in place; ``coef_`` / ``intercept_`` are copies of it made after every
+completed epoch, so an interrupted or diverging fit leaves the last finite epoch.
+"""
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model._base import SparseCoefMixin
+from sklearn.metrics import r2_score
+from sklearn.utils import check_random_state, compute_class_weight
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import safe_sparse_dot, softmax
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+
+from . import _linear
+from ._fit_loop import ConvergenceTracker, divergence_error, validation_split
+from ._threads import effective_n_threads
+
+__all__ = ["SGDClassifier", "SGDRegressor"]
+
+# Codes shared with src/_math.pxd and src/_optim.pxd.
+LOSS_CODES = {
+    "squared_error": 0,
+    "huber": 1,
+    "epsilon_insensitive": 2,
+    "squared_epsilon_insensitive": 3,
+    "hinge": 4,
+    "perceptron": 5,
+    "squared_hinge": 6,
+    "log_loss": 7,
+    "modified_huber": 8,
+}
+REGRESSION_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+CLASSIFICATION_LOSSES = ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron")
+SOLVER_CODES = {"sgd": 0, "adam": 1, "adagrad": 2}
+SCHEDULE_CODES = {"constant": 1, "optimal": 2, "invscaling": 3, "adaptive": 4}
+TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL = 0, 1, 2
+# The denominator guard of adam and adagrad. Not a parameter: `epsilon` already means
+# the huber / epsilon-insensitive threshold on scikit-learn's linear estimators.
+ADAPTIVE_EPSILON = 1e-8
+MAX_INT = np.iinfo(np.int32).max
+MAX_OUTPUTS = 256
+
+
+class _BaseSGD(SparseCoefMixin, BaseEstimator):
+    """Parameters, validation and the epoch loop shared by both estimators."""
+
+    _parameter_constraints: dict = {
+        "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both"), None],
+        "fit_intercept": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "shuffle": ["boolean"],
+        "verbose": ["verbose"],
+        "epsilon": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "learning_rate": [
+            StrOptions({"constant", "optimal", "invscaling", "adaptive", "pa1", "pa2"})
+        ],
+        "eta0": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, None, None, closed="neither")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "warm_start": ["boolean"],
+        "average": [Interval(Integral, 0, None, closed="neither"), "boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "solver": [StrOptions(set(SOLVER_CODES))],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "n_jobs": [Integral, None],
+    }
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, for_partial_fit=False):
+        """Checks that scikit-learn's constraints cannot express (run before training)."""
+        if self.early_stopping and for_partial_fit:
+            raise ValueError("early_stopping should be False with partial_fit")
+        if self.learning_rate in ("pa1", "pa2"):
+            raise ValueError(
+                f"learning_rate={self.learning_rate!r} (passive-aggressive) is not supported "
+                "by cgd yet; use 'constant', 'optimal', 'invscaling' or 'adaptive'."
+            )
+        if self.learning_rate == "optimal" and self.alpha == 0:
+            raise ValueError(
+                "alpha must be > 0 since learning_rate is 'optimal'. alpha is used to "
+                "compute the optimal learning rate."
+            )
+        if self.learning_rate == "optimal" and self.solver != "sgd":
+            raise ValueError(
+                f"learning_rate='optimal' is Bottou's schedule for plain SGD and would give "
+                f"solver={self.solver!r} steps of order alpha**-0.25; use "
+                "learning_rate='constant' (or 'invscaling' / 'adaptive') with eta0 as the "
+                "step size, e.g. eta0=0.001."
+            )
+        if self.penalty == "elasticnet" and self.l1_ratio is None:
+            raise ValueError("l1_ratio must be set when penalty is 'elasticnet'")
+        if self.momentum != 0 and self.solver != "sgd":
+            raise ValueError(
+                f"momentum={self.momentum} is only used by solver='sgd' (got "
+                f"solver={self.solver!r}); adam's own momentum is beta_1."
+            )
+        if self.nesterovs_momentum and self.momentum == 0:
+            raise ValueError("nesterovs_momentum=True needs momentum > 0.")
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs == 0 is not a valid number of threads; use None, -1 or k >= 1")
+
+    def _penalty_coefficients(self):
+        """(l1, l2): the coefficients of ||w||_1 and 1/2 ||w||^2 in the objective."""
+        if self.penalty is None:
+            return 0.0, 0.0
+        if self.penalty == "l2":
+            return 0.0, float(self.alpha)
+        if self.penalty == "l1":
+            return float(self.alpha), 0.0
+        return self.alpha * self.l1_ratio, self.alpha * (1.0 - self.l1_ratio)
+
+    # ------------------------------------------------------------------ training
+    def _kernel_config(self, loss_code, target, class_offset, n_threads):
+        l1, l2 = self._penalty_coefficients()
+        optimal_init = 0.0
+        if self.learning_rate == "optimal":
+            # Bottou's heuristic, as scikit-learn: choose t0 so that the first step is
+            # eta0 = typw / max(1, dloss(-typw, 1)).
+            typw = np.sqrt(1.0 / np.sqrt(self.alpha))
+            _, dl = _linear.sample_loss(loss_code, -typw, 1.0, self.epsilon)
+            optimal_init = 1.0 / (typw / max(1.0, dl) * self.alpha)
+        return {
+            "loss": loss_code,
+            "target": target,
+            "class_offset": class_offset,
+            "schedule": SCHEDULE_CODES[self.learning_rate],
+            "alpha": float(self.alpha),
+            "l1": float(l1),
+            "l2": float(l2),
+            "epsilon": float(self.epsilon),
+            "power_t": float(self.power_t),
+            "optimal_init": float(optimal_init),
+            "fit_intercept": bool(self.fit_intercept),
+            "batch_size": int(self.batch_size),
+            "average": float(self.average),
+            "n_threads": int(n_threads),
+            "solver": SOLVER_CODES[self.solver],
+            "momentum": float(self.momentum),
+            "nesterov": bool(self.nesterovs_momentum),
+            "beta_1": float(self.beta_1),
+            "beta_2": float(self.beta_2),
+            "adam_epsilon": ADAPTIVE_EPSILON,
+        }
+
+    def _initial_params(self, K, n_features, dtype, coef_init, intercept_init):
+        """Flat parameter buffer from coef_init / intercept_init (zeros by default)."""
+        params = np.zeros(K * (n_features + 1), dtype=dtype)
+        if coef_init is not None:
+            if sp.issparse(coef_init):
+                coef_init = coef_init.toarray()
+            coef = check_array(coef_init, ensure_2d=False, dtype=dtype, input_name="coef_init")
+            if coef.size != K * n_features or (coef.ndim == 2 and coef.shape != (K, n_features)):
+                raise ValueError(
+                    f"coef_init has shape {coef.shape}, expected "
+                    f"{(K, n_features) if K > 1 else (n_features,)} for this data."
+                )
+            params[: K * n_features] = coef.ravel()
+        if intercept_init is not None:
+            b = check_array(np.atleast_1d(intercept_init), ensure_2d=False, dtype=dtype,
+                            input_name="intercept_init")
+            if b.shape != (K,):
+                raise ValueError(
+                    f"intercept_init has shape {np.shape(intercept_init)}, expected ({K},)."
+                )
+            params[K * n_features:] = b
+        return params
+
+    def _new_state(self, params):
+        P = params.shape[0]
+        dtype = params.dtype
+        K = self._n_outputs
+        return {
+            "params": params,
+            "opt": np.zeros((2, P), dtype=dtype),
+            "l1_q": np.zeros(P, dtype=dtype),
+            "l1_u": np.zeros(K, dtype=np.float64),
+            "avg": np.zeros(P, dtype=dtype),
+        }
+
+    def _run_epochs(self, X, y_kernel, sample_weight, *, target, class_offset, pos_w, neg_w,
+                    loss_code, max_iter, n_problems, y_labels, validation_scorer):
+        """Train up to max_iter epochs from ``self._sgd_state``; commit after each."""
+        n_samples, n_features = X.shape
+        K = self._n_outputs
+        dtype = X.dtype
+        n_threads = effective_n_threads(self.n_jobs)
+        cfg = self._kernel_config(loss_code, target, class_offset, n_threads)
+
+        if self.early_stopping:
+            idx_train, idx_val = validation_split(
+                y_labels, self.validation_fraction, self.random_state,
+                stratify=target != TARGET_REGRESSION, sample_weight=sample_weight)
+        else:
+            idx_train, idx_val = np.arange(n_samples, dtype=np.intp), None
+        n_train = idx_train.shape[0]
+
+        # Private working copies: the kernel updates them in place, and what the
+        # estimator holds changes only when an epoch has completed with finite values.
+        state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
+        P = state["params"].shape[0]
+        work_grad = np.zeros((_linear.MAX_CHUNKS_, P), dtype=dtype)
+        work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
+        work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
+        obj = np.zeros(K, dtype=np.float64)
+
+        tracker = ConvergenceTracker(
+            n_problems, self.tol, self.n_iter_no_change,
+            adaptive=self.learning_rate == "adaptive", eta0=self.eta0)
+        seed = check_random_state(self.random_state).randint(MAX_INT)
+        rng = np.random.RandomState(seed)
+        order = idx_train.copy()
+        t = float(self.t_)
+        t_start = time.time()
+        n_epochs = 0
+        for epoch in range(max_iter):
+            if self.verbose > 0:
+                print(f"-- Epoch {epoch + 1}")
+            if self.shuffle:
+                rng.shuffle(order)
+            if n_problems == K:
+                active_k, eta_k = tracker.active, tracker.eta
+            else:  # one problem over all outputs (regression, binary, multinomial)
+                active_k = np.repeat(tracker.active, K)
+                eta_k = np.repeat(tracker.eta, K)
+            status, t = _linear.linear_epoch(
+                X, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
+                np.ascontiguousarray(eta_k, dtype=np.float64),
+                state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
+                work_grad, work_obj, work_z, obj, cfg, t)
+            if status != 0:
+                raise divergence_error(len(self.loss_curve_) + 1)
+            n_epochs += 1
+            was_active = tracker.active.astype(bool)
+            losses = obj[:n_problems] / n_train
+            self._commit(state, t, n_epochs)
+            self.loss_curve_.append(float(np.mean(losses[was_active])))
+            if self.early_stopping:
+                per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
+                self.validation_scores_.append(float(overall))
+                tracker.update(scores=per_problem)
+            else:
+                tracker.update(losses=losses)
+            if self.verbose > 0:
+                self._print_epoch(state["params"], n_features, n_train * n_epochs, t_start)
+            if tracker.done:
+                if self.verbose > 0:
+                    print(f"Convergence after {epoch + 1} epochs took "
+                          f"{time.time() - t_start:.2f} seconds")
+                break
+        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
+        if self.early_stopping:
+            self.best_validation_score_ = max(self.validation_scores_)
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        return n_epochs
+
+    def _commit(self, state, t, n_epochs):
+        """Publish a completed epoch: the estimator now holds these finite values."""
+        self._sgd_state = {k: v.copy() for k, v in state.items()}
+        self.t_ = float(t)
+        self.n_iter_ = n_epochs
+        K = self._n_outputs
+        d = state["params"].shape[0] // K - 1
+        use_avg = self.average and self.average <= self.t_ - 1
+        src = state["avg"] if use_avg else state["params"]
+        coef = src[: K * d].reshape(K, d).copy()
+        intercept = src[K * d:].copy()
+        self._set_coef(coef, intercept)
+
+    def _print_epoch(self, params, d, n_seen, t_start):
+        K = self._n_outputs
+        w = params[: K * d]
+        print(
+            f"Norm: {np.linalg.norm(w):.2f}, NNZs: {np.count_nonzero(w)}, "
+            f"Bias: {float(np.mean(params[K * d:])):.6f}, T: {n_seen}, "
+            f"Avg. loss: {self.loss_curve_[-1]:.6f}"
+            + (f", Validation score: {self.validation_scores_[-1]:.6f}"
+               if self.early_stopping else "")
+        )
+        print(f"Total training time: {time.time() - t_start:.2f} seconds.")
+
+    def _start_training(self, reset):
+        """Reset or keep the state that persists across fit / partial_fit calls."""
+        if reset or not hasattr(self, "loss_curve_") or self.loss_curve_ is None:
+            self.loss_curve_ = []
+        if self.early_stopping:
+            if reset or getattr(self, "validation_scores_", None) is None:
+                self.validation_scores_ = []
+
+    def _validate_X_y(self, X, y, reset):
+        X, y = validate_data(
+            self, X, y, accept_sparse=False, dtype=[np.float64, np.float32], order="C",
+            reset=reset, y_numeric=isinstance(self, RegressorMixin))
+        return X, y
+
+    def _check_sample_weight(self, sample_weight, X):
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype,
+                                  allow_all_zero_weights=self.early_stopping)
+        return np.ascontiguousarray(sw)
+
+    def _maybe_warn_convergence(self):
+        if self.tol is not None and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                "Maximum number of iteration reached before convergence. Consider "
+                "increasing max_iter to improve the fit.",
+                ConvergenceWarning,
+            )
+        if self.power_t < 0:
+            warnings.warn(
+                "Negative values for `power_t` are deprecated in version 1.8 and will "
+                "raise an error in 1.10. Use values in the range [0.0, inf) instead.",
+                FutureWarning,
+            )
+
+    def _decision(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=False, dtype=[np.float64, np.float32],
+                          reset=False)
+        return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
+
+
+class SGDRegressor(RegressorMixin, _BaseSGD):
+    """Linear model fitted by minimising a regularised empirical loss with SGD.
+
+    A drop-in replacement for :class:`sklearn.linear_model.SGDRegressor` whose epochs
+    run in compiled code, with mini-batches, momentum, Adam and Adagrad, and several
+    threads per fit whose results do not depend on the thread count.
+
+    Each update on a batch B of m samples is
+    ``w <- w - eta_t * ((1/m) sum_{i in B} s_i dl/dz_i x_i + alpha dR(w))``; with
+    ``batch_size=1`` and ``solver='sgd'`` this is scikit-learn's per-sample SGD.
+
+    Parameters
+    ----------
+    loss : {'squared_error', 'huber', 'epsilon_insensitive', \
+            'squared_epsilon_insensitive'}, default='squared_error'
+        ``squared_error`` is 1/2 (z - y)^2.
+    penalty : {'l2', 'l1', 'elasticnet', None}, default='l2'
+        L1 is applied by the cumulative-penalty method, which gives exact zeros.
+    alpha : float, default=0.0001
+        Regularisation strength; also sets the 'optimal' learning rate.
+    l1_ratio : float, default=0.15
+        Elastic-net mixing (0: L2, 1: L1). Only used with ``penalty='elasticnet'``.
+    fit_intercept : bool, default=True
+    max_iter : int, default=1000
+        Maximum number of epochs of ``fit`` (``partial_fit`` runs one).
+    tol : float or None, default=1e-3
+        Stop when the epoch's mean objective (or the validation score with
+        ``early_stopping``) does not improve by ``tol`` for ``n_iter_no_change`` epochs.
+        None runs exactly ``max_iter`` epochs.
+    shuffle : bool, default=True
+        Visit the samples in a new random order each epoch.
+    verbose : int, default=0
+    epsilon : float, default=0.1
+        Threshold of the huber and epsilon-insensitive losses.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the visiting order and the early-stopping split.
+    learning_rate : {'constant', 'optimal', 'invscaling', 'adaptive'}, default='invscaling'
+        Schedule of eta_t with t counted in updates. 'pa1' / 'pa2' are not supported
+        yet and raise a ValueError.
+    eta0 : float, default=0.01
+        Initial learning rate (the step size of adam / adagrad).
+    power_t : float, default=0.25
+        Exponent of 'invscaling': eta_t = eta0 / t**power_t.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the samples (selected by index, X is not
+        copied) and stop when their R^2 stops improving.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=5
+    warm_start : bool, default=False
+        Start ``fit`` from the previous ``coef_`` / ``intercept_``.
+    average : bool or int, default=False
+        Averaged SGD: ``coef_`` is the mean of the iterates from update ``average``
+        on (True: 1). Counted in updates, which are samples when ``batch_size=1``.
+    batch_size : int, default=1
+        Samples per update; the last batch of an epoch is averaged over its own size.
+        ``n_samples`` or more gives full-batch gradient descent.
+    solver : {'sgd', 'adam', 'adagrad'}, default='sgd'
+    momentum : float, default=0.0
+        Momentum of ``solver='sgd'``; 0 keeps scikit-learn's plain SGD.
+    nesterovs_momentum : bool, default=False
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's moment decay rates.
+    n_jobs : int or None, default=None
+        Threads used inside one fit: None all usable cores (honouring
+        ``OMP_NUM_THREADS`` and threadpoolctl limits), -1 all cores, k exactly k.
+        The fitted model is bit-for-bit the same for every value.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,)
+    intercept_ : ndarray of shape (1,)
+    n_iter_ : int
+        Epochs run by the last ``fit`` / ``partial_fit`` call.
+    t_ : float
+        1 + the number of updates since the last ``fit``.
+    loss_curve_ : list of float
+        Mean training objective (weighted loss plus penalty) of each epoch.
+    loss_, best_loss_ : float
+        Last and smallest entries of ``loss_curve_`` (``best_loss_`` is None with
+        early stopping).
+    validation_scores_ : list of float or None
+        R^2 on the validation split after each epoch (None without early stopping).
+    best_validation_score_ : float or None
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseSGD._parameter_constraints,
+        "loss": [StrOptions(set(REGRESSION_LOSSES))],
+    }
+
+    def __init__(
+        self,
+        loss="squared_error",
+        *,
+        penalty="l2",
+        alpha=0.0001,
+        l1_ratio=0.15,
+        fit_intercept=True,
+        max_iter=1000,
+        tol=1e-3,
+        shuffle=True,
+        verbose=0,
+        epsilon=0.1,
+        random_state=None,
+        learning_rate="invscaling",
+        eta0=0.01,
+        power_t=0.25,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        warm_start=False,
+        average=False,
+        batch_size=1,
+        solver="sgd",
+        momentum=0.0,
+        nesterovs_momentum=False,
+        beta_1=0.9,
+        beta_2=0.999,
+        n_jobs=None,
+    ):
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
+        self.epsilon = epsilon
+        self.random_state = random_state
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.warm_start = warm_start
+        self.average = average
+        self.batch_size = batch_size
+        self.solver = solver
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.n_jobs = n_jobs
+
+    _n_outputs = 1
+
+    def _set_coef(self, coef, intercept):
+        self.coef_ = coef.reshape(-1)
+        self.intercept_ = intercept
+
+    def _train(self, X, y, sample_weight, max_iter, reset, coef_init=None, intercept_init=None):
+        X, y = self._validate_X_y(X, y, reset=reset)
+        y = np.ascontiguousarray(y, dtype=X.dtype)
+        sample_weight = self._check_sample_weight(sample_weight, X)
+        n_features = X.shape[1]
+        if reset or not hasattr(self, "_sgd_state"):
+            params = self._initial_params(1, n_features, X.dtype, coef_init, intercept_init)
+            self._sgd_state = self._new_state(params)
+            self.t_ = 1.0
+        elif self._sgd_state["params"].dtype != X.dtype:
+            self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
+                               for k, v in self._sgd_state.items()}
+        self._start_training(reset)
+        ones = np.ones(1, dtype=X.dtype)
+
+        def scorer(X, idx_val, params, n_threads):
+            z = np.empty((idx_val.shape[0], 1), dtype=X.dtype)
+            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            score = r2_score(y[idx_val], z[:, 0], sample_weight=sample_weight[idx_val])
+            return np.array([score]), score
+
+        self._run_epochs(
+            X, y, sample_weight, target=TARGET_REGRESSION, class_offset=0, pos_w=ones,
+            neg_w=ones, loss_code=LOSS_CODES[self.loss], max_iter=max_iter, n_problems=1,
+            y_labels=y, validation_scorer=scorer)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
+        """Fit the model by (mini-batch) stochastic gradient descent.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64.
+        y : array-like of shape (n_samples,)
+        coef_init : ndarray of shape (n_features,), default=None
+        intercept_init : ndarray of shape (1,), default=None
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : SGDRegressor
+        """
+        self._check_params()
+        if self.warm_start and getattr(self, "coef_", None) is not None:
+            coef_init = self.coef_ if coef_init is None else coef_init
+            intercept_init = self.intercept_ if intercept_init is None else intercept_init
+        self._train(X, y, sample_weight, self.max_iter, reset=True,
+                    coef_init=coef_init, intercept_init=intercept_init)
+        self._maybe_warn_convergence()
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Run one epoch over (X, y), continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : SGDRegressor
+        """
+        first = not hasattr(self, "_sgd_state")
+        if first:
+            self._check_params(for_partial_fit=True)
+        return self._train(X, y, sample_weight, 1, reset=first)
+
+    def predict(self, X):
+        """Predict targets: ``X @ coef_ + intercept_`` (float32 stays float32).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        return np.asarray(self._decision(X)).ravel()
+
+
+class SGDClassifier(ClassifierMixin, _BaseSGD):
+    """Linear classifiers (SVM, logistic regression, ...) trained by SGD in native code.
+
+    A drop-in replacement for :class:`sklearn.linear_model.SGDClassifier` with the
+    additions of :class:`SGDRegressor` (``batch_size``, ``solver``, ``momentum``,
+    ``nesterovs_momentum``, ``beta_1``, ``beta_2``, threads through ``n_jobs``) and
+    ``multiclass``.
+
+    Parameters
+    ----------
+    loss : {'hinge', 'log_loss', 'modified_huber', 'squared_hinge', 'perceptron', \
+            'squared_error', 'huber', 'epsilon_insensitive', \
+            'squared_epsilon_insensitive'}, default='hinge'
+        Margin losses take targets in {-1, +1}; ``log_loss`` is logistic regression.
+    penalty, alpha, l1_ratio, fit_intercept, max_iter, tol, shuffle, verbose, \
+epsilon, random_state, eta0, early_stopping, validation_fraction, n_iter_no_change, \
+warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, beta_2
+        As :class:`SGDRegressor`. With ``early_stopping`` the validation split is
+        stratified and the score is the accuracy.
+    n_jobs : int or None, default=None
+        Threads inside one fit (scikit-learn uses it for one-vs-rest jobs instead).
+        The fitted model is bit-for-bit the same for every value.
+    learning_rate : str, default='optimal'
+    power_t : float, default=0.5
+    class_weight : dict, 'balanced' or None, default=None
+        Weights of the classes; with one-vs-rest the weight of class k applies to
+        the positive side of problem k, as in scikit-learn.
+    multiclass : {'ovr', 'multinomial'}, default='ovr'
+        'ovr': one binary problem per class (scikit-learn's behaviour), all trained in
+        one pass over the data, each stopping on its own criterion. 'multinomial':
+        softmax cross-entropy over all classes (``loss='log_loss'`` only); with two
+        classes it is binary logistic regression.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    classes_ : ndarray of shape (n_classes,)
+    n_iter_ : int
+        Epochs of the last call (the maximum over one-vs-rest problems).
+    t_ : float
+    loss_curve_ : list of float
+        Mean training objective per epoch (one-vs-rest: averaged over the problems
+        trained that epoch).
+    loss_, best_loss_, validation_scores_, best_validation_score_
+        As :class:`SGDRegressor`; validation scores are accuracies.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseSGD._parameter_constraints,
+        "loss": [StrOptions(set(LOSS_CODES))],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "multiclass": [StrOptions({"ovr", "multinomial"})],
+    }
+
+    def __init__(
+        self,
+        loss="hinge",
+        *,
+        penalty="l2",
+        alpha=0.0001,
+        l1_ratio=0.15,
+        fit_intercept=True,
+        max_iter=1000,
+        tol=1e-3,
+        shuffle=True,
+        verbose=0,
+        epsilon=0.1,
+        n_jobs=None,
+        random_state=None,
+        learning_rate="optimal",
+        eta0=0.01,
+        power_t=0.5,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        class_weight=None,
+        warm_start=False,
+        average=False,
+        batch_size=1,
+        solver="sgd",
+        momentum=0.0,
+        nesterovs_momentum=False,
+        beta_1=0.9,
+        beta_2=0.999,
+        multiclass="ovr",
+    ):
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
+        self.epsilon = epsilon
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
+        self.warm_start = warm_start
+        self.average = average
+        self.batch_size = batch_size
+        self.solver = solver
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.multiclass = multiclass
+
+    def _check_params(self, for_partial_fit=False):
+        super()._check_params(for_partial_fit)
+        if self.multiclass == "multinomial" and self.loss != "log_loss":
+            raise ValueError(
+                f"multiclass='multinomial' (softmax) needs loss='log_loss', got "
+                f"loss={self.loss!r}."
+            )
+
+    @property
+    def _n_outputs(self):
+        return 1 if len(self.classes_) == 2 else len(self.classes_)
+
+    @property
+    def _multinomial(self):
+        return self.multiclass == "multinomial" and len(self.classes_) > 2
+
+    def _set_coef(self, coef, intercept):
+        self.coef_ = coef
+        self.intercept_ = intercept
+
+    def _train(self, X, y, sample_weight, max_iter, reset, classes=None,
+               coef_init=None, intercept_init=None):
+        X, y = self._validate_X_y(X, y, reset=reset)
+        if reset:
+            check_classification_targets(y)
+            self.classes_ = np.unique(y) if classes is None else classes
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(
+                "The number of classes has to be greater than one; got %d class" % n_classes
+            )
+        if n_classes > MAX_OUTPUTS:
+            raise ValueError(f"cgd supports at most {MAX_OUTPUTS} classes, got {n_classes}.")
+        y_idx = np.searchsorted(self.classes_, y)
+        y_idx[y_idx == n_classes] = 0
+        unseen = self.classes_[y_idx] != y
+        if np.any(unseen):
+            raise ValueError(
+                f"y contains labels not in classes_={self.classes_!r}: "
+                f"{np.unique(np.asarray(y)[unseen])[:10]!r}"
+            )
+        sample_weight = self._check_sample_weight(sample_weight, X)
+        cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y).astype(X.dtype)
+        K = self._n_outputs
+        if self._multinomial:
+            target = TARGET_MULTINOMIAL
+            class_offset = 0
+            sample_weight = sample_weight * cw[y_idx]
+            pos_w = neg_w = np.ones(K, dtype=X.dtype)
+            n_problems = 1
+        elif n_classes == 2:
+            target, class_offset, n_problems = TARGET_OVR, 1, 1
+            pos_w, neg_w = cw[1:2].copy(), cw[0:1].copy()
+        else:
+            target, class_offset, n_problems = TARGET_OVR, 0, K
+            pos_w, neg_w = cw.copy(), np.ones(K, dtype=X.dtype)
+        n_features = X.shape[1]
+        if reset or not hasattr(self, "_sgd_state"):
+            params = self._initial_params(K, n_features, X.dtype, coef_init, intercept_init)
+            self._sgd_state = self._new_state(params)
+            self.t_ = 1.0
+        elif self._sgd_state["params"].dtype != X.dtype:
+            self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
+                               for k, v in self._sgd_state.items()}
+        self._start_training(reset)
+        multinomial = self._multinomial
+
+        def scorer(X, idx_val, params, n_threads):
+            z = np.empty((idx_val.shape[0], K), dtype=X.dtype)
+            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            yv, swv = y_idx[idx_val], sample_weight[idx_val]
+            if K == 1:
+                pred = (z[:, 0] > 0).astype(np.intp)
+            else:
+                pred = np.argmax(z, axis=1)
+            overall = np.average(pred == yv, weights=swv)
+            if multinomial or K == 1:
+                return np.array([overall]), overall
+            # Each one-vs-rest problem stops on its own binary accuracy (as scikit-learn).
+            per = np.array([np.average((z[:, k] > 0) == (yv == k), weights=swv)
+                            for k in range(K)])
+            return per, overall
+
+        self._run_epochs(
+            X, np.ascontiguousarray(y_idx, dtype=X.dtype), sample_weight, target=target,
+            class_offset=class_offset, pos_w=pos_w, neg_w=neg_w,
+            loss_code=LOSS_CODES[self.loss], max_iter=max_iter, n_problems=n_problems,
+            y_labels=y, validation_scorer=scorer)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
+        """Fit the linear classifier by (mini-batch) stochastic gradient descent.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64.
+        y : array-like of shape (n_samples,)
+        coef_init : ndarray of shape (n_classes, n_features), default=None
+            ``(n_features,)`` or ``(1, n_features)`` for two classes.
+        intercept_init : ndarray of shape (n_classes,), default=None
+        sample_weight : array-like of shape (n_samples,), default=None
+            Multiplied with ``class_weight``.
+
+        Returns
+        -------
+        self : SGDClassifier
+        """
+        self._check_params()
+        if self.warm_start and getattr(self, "coef_", None) is not None:
+            coef_init = self.coef_ if coef_init is None else coef_init
+            intercept_init = self.intercept_ if intercept_init is None else intercept_init
+        if hasattr(self, "classes_"):
+            del self.classes_
+        self._train(X, y, sample_weight, self.max_iter, reset=True,
+                    coef_init=coef_init, intercept_init=intercept_init)
+        self._maybe_warn_convergence()
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Run one epoch over (X, y), continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            All classes, required on the first call.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : SGDClassifier
+        """
+        first = not hasattr(self, "classes_")
+        if first:
+            self._check_params(for_partial_fit=True)
+            if self.class_weight == "balanced":
+                raise ValueError(
+                    "class_weight 'balanced' is not supported for partial_fit. In order to "
+                    "use 'balanced' weights, use compute_class_weight('balanced', "
+                    "classes=classes, y=y). In place of y you can use a large enough sample "
+                    "of the full training set target to properly estimate the class "
+                    "frequency distributions. Pass the resulting weights as the "
+                    "class_weight parameter."
+                )
+        _check_partial_fit_first_call(self, classes)
+        return self._train(X, y, sample_weight, 1, reset=first, classes=self.classes_)
+
+    def decision_function(self, X):
+        """Signed distances to the hyperplanes, ``X @ coef_.T + intercept_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) for two classes, else (n_samples, n_classes)
+        """
+        scores = self._decision(X)
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X):
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            idx = (scores > 0).astype(np.intp)
+        else:
+            idx = scores.argmax(axis=1)
+        return self.classes_.take(idx, axis=0)
+
+    def _check_proba(self):
+        if self.loss not in ("log_loss", "modified_huber"):
+            raise AttributeError(
+                "probability estimates are not available for loss=%r" % self.loss
+            )
+        return True
+
+    @available_if(_check_proba)
+    def predict_proba(self, X):
+        """Class probabilities (``loss='log_loss'`` or ``'modified_huber'``).
+
+        log_loss: the sigmoid of the decision value for two classes; softmax for
+        ``multiclass='multinomial'``; one-vs-rest sigmoids normalised to sum to one
+        otherwise. modified_huber: ``(clip(decision, -1, 1) + 1) / 2``, normalised
+        likewise.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        scores = self.decision_function(X)
+        dtype = scores.dtype
+        if self.loss == "log_loss":
+            if scores.ndim == 1:
+                p = _expit(scores)
+                return np.column_stack([1 - p, p]).astype(dtype, copy=False)
+            if self._multinomial:
+                return softmax(np.array(scores, copy=True)).astype(dtype, copy=False)
+            prob = _expit(scores)
+            prob /= prob.sum(axis=1, keepdims=True)
+            return prob
+        # modified_huber
+        if scores.ndim == 1:
+            p = (np.clip(scores, -1, 1) + 1) / 2
+            return np.column_stack([1 - p, p]).astype(dtype, copy=False)
+        prob = (np.clip(scores, -1, 1) + 1) / 2
+        norm = prob.sum(axis=1, keepdims=True)
+        zero = norm[:, 0] == 0
+        # Rows where every class scores <= -1: no information, so uniform.
+        prob[zero] = 1.0
+        norm[zero] = prob.shape[1]
+        prob /= norm
+        return prob
+
+    @available_if(_check_proba)
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return np.log(self.predict_proba(X))
+
+
+def _expit(z):
+    """Stable logistic sigmoid in z's dtype."""
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out

@@ -1,0 +1,130 @@
+# Optimizer steps, penalties and learning-rate schedules over flat parameter buffers.
+#
+# One call updates n contiguous parameters (a coefficient row, an intercept block or a
+# whole layer), so a kernel covers all its parameters with a few calls per update.
+# The gradient g is the *unscaled* batch sum; `gscale` (1/m for a batch of m samples)
+# is folded in here so no pass is spent rescaling it. `l2` is the coefficient of the
+# L2 term (alpha * (1 - l1_ratio)), 0 for intercepts.
+
+from libc.math cimport sqrt, pow
+from cython cimport floating
+
+cdef enum:
+    SOLVER_SGD = 0
+    SOLVER_ADAM = 1
+    SOLVER_ADAGRAD = 2
+
+cdef enum:
+    SCHEDULE_CONSTANT = 1
+    SCHEDULE_OPTIMAL = 2
+    SCHEDULE_INVSCALING = 3
+    SCHEDULE_ADAPTIVE = 4
+
+cdef enum:
+    PENALTY_NONE = 0
+    PENALTY_L1 = 1
+    PENALTY_L2 = 2
+    PENALTY_ELASTICNET = 3
+
+
+cdef struct OptimConfig:
+    int solver
+    double momentum
+    bint nesterov
+    double beta_1
+    double beta_2
+    double eps
+
+
+cdef inline double schedule_eta(int schedule, double eta_base, double alpha, double t,
+                                double power_t, double optimal_init) noexcept nogil:
+    """Learning rate of update number t (t counts updates from 1), as scikit-learn."""
+    if schedule == SCHEDULE_OPTIMAL:
+        return 1.0 / (alpha * (optimal_init + t - 1.0))
+    if schedule == SCHEDULE_INVSCALING:
+        return eta_base / pow(t, power_t)
+    return eta_base
+
+
+cdef inline void optimizer_step(
+    OptimConfig* cfg,
+    floating* w,            # IN/OUT (n,) parameters
+    const floating* g,      # IN     (n,) unscaled batch gradient sum of the loss
+    double gscale,          # IN     scale of g (1/m)
+    floating* s0,           # IN/OUT (n,) velocity (sgd+momentum), first moment (adam), sum of squares (adagrad)
+    floating* s1,           # IN/OUT (n,) second moment (adam); unused otherwise
+    Py_ssize_t n,
+    double lr,              # learning rate of this update
+    double l2,              # L2 coefficient (0 for intercepts)
+    double t,               # update number, from 1 (adam's bias correction)
+) noexcept nogil:
+    """One step w <- w - lr * direction(gscale * g + l2 * w)."""
+    cdef Py_ssize_t j
+    cdef double gj, decay, mu = cfg.momentum, b1 = cfg.beta_1, b2 = cfg.beta_2
+    cdef double eps = cfg.eps, lr_t, v
+    if cfg.solver == SOLVER_SGD:
+        if mu == 0.0:
+            # Plain SGD with weight decay; like scikit-learn, never let a huge lr*alpha
+            # flip the weights' signs: the factor stops at zero.
+            decay = 1.0 - lr * l2
+            if decay < 0.0:
+                decay = 0.0
+            for j in range(n):
+                w[j] = <floating>(w[j] * decay - lr * gscale * g[j])
+        elif cfg.nesterov:
+            for j in range(n):
+                gj = gscale * g[j] + l2 * w[j]
+                v = mu * s0[j] - lr * gj
+                s0[j] = <floating>v
+                w[j] = <floating>(w[j] + mu * v - lr * gj)
+        else:
+            for j in range(n):
+                gj = gscale * g[j] + l2 * w[j]
+                v = mu * s0[j] - lr * gj
+                s0[j] = <floating>v
+                w[j] = <floating>(w[j] + v)
+    elif cfg.solver == SOLVER_ADAM:
+        lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t))
+        for j in range(n):
+            gj = gscale * g[j] + l2 * w[j]
+            s0[j] = <floating>(b1 * s0[j] + (1.0 - b1) * gj)
+            s1[j] = <floating>(b2 * s1[j] + (1.0 - b2) * gj * gj)
+            w[j] = <floating>(w[j] - lr_t * s0[j] / (sqrt(s1[j]) + eps))
+    else:  # SOLVER_ADAGRAD
+        for j in range(n):
+            gj = gscale * g[j] + l2 * w[j]
+            s0[j] = <floating>(s0[j] + gj * gj)
+            w[j] = <floating>(w[j] - lr * gj / (sqrt(s0[j]) + eps))
+
+
+cdef inline void l1_cumulative(
+    floating* w,            # IN/OUT (n,) coefficients
+    floating* q,            # IN/OUT (n,) L1 penalty actually applied to each coefficient so far
+    Py_ssize_t n,
+    double u,               # IN     total L1 penalty every coefficient could have received
+) noexcept nogil:
+    """Cumulative L1 penalty (Tsuruoka, Tsujii & Ananiadou, 2009): pull each coefficient
+    towards zero by what it is owed, clipping at zero, so that L1 yields exact zeros."""
+    cdef Py_ssize_t j
+    cdef floating z, nz
+    for j in range(n):
+        z = w[j]
+        if z > 0:
+            nz = <floating>(z - (u + q[j]))
+            w[j] = nz if nz > 0 else 0
+        elif z < 0:
+            nz = <floating>(z + (u - q[j]))
+            w[j] = nz if nz < 0 else 0
+        q[j] = q[j] + (w[j] - z)
+
+
+cdef inline void running_average(
+    floating* avg,          # IN/OUT (n,) running mean
+    const floating* w,      # IN     (n,) current value
+    Py_ssize_t n,
+    double count,           # IN     number of values averaged, this one included
+) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double inv = 1.0 / count
+    for j in range(n):
+        avg[j] = <floating>(avg[j] + (w[j] - avg[j]) * inv)

@@ -1,0 +1,54 @@
+"""Python entry points to the optimizer steps of ``_optim.pxd``.
+
+The kernels call the inline functions directly without the GIL; these wrappers exist
+so tests can check each step against a NumPy formula, one call at a time.
+"""
+
+from cython cimport floating
+from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
+                     schedule_eta)
+
+
+def step(
+    floating[::1] w,            # IN/OUT
+    const floating[::1] g,      # IN
+    floating[::1] s0,           # IN/OUT
+    floating[::1] s1,           # IN/OUT
+    dict cfg,
+    double gscale,
+    double lr,
+    double l2,
+    double t,
+):
+    """Apply one optimizer step in place (see ``optimizer_step``)."""
+    cdef OptimConfig c
+    c.solver = cfg["solver"]
+    c.momentum = cfg.get("momentum", 0.0)
+    c.nesterov = cfg.get("nesterov", False)
+    c.beta_1 = cfg.get("beta_1", 0.9)
+    c.beta_2 = cfg.get("beta_2", 0.999)
+    c.eps = cfg.get("eps", 1e-8)
+    if g.shape[0] != w.shape[0] or s0.shape[0] != w.shape[0] or s1.shape[0] != w.shape[0]:
+        raise ValueError("w, g, s0 and s1 must have the same length")
+    with nogil:
+        optimizer_step(&c, &w[0], &g[0], gscale, &s0[0], &s1[0], w.shape[0], lr, l2, t)
+
+
+def l1_truncate(floating[::1] w, floating[::1] q, double u):
+    """Apply the cumulative L1 penalty in place."""
+    if q.shape[0] != w.shape[0]:
+        raise ValueError("w and q must have the same length")
+    with nogil:
+        l1_cumulative(&w[0], &q[0], w.shape[0], u)
+
+
+def average(floating[::1] avg, const floating[::1] w, double count):
+    """avg += (w - avg) / count, in place."""
+    with nogil:
+        running_average(&avg[0], &w[0], w.shape[0], count)
+
+
+def eta(int schedule, double eta_base, double alpha, double t, double power_t,
+        double optimal_init):
+    """Learning rate of update t under a schedule code of ``_optim.pxd``."""
+    return schedule_eta(schedule, eta_base, alpha, t, power_t, optimal_init)
