@@ -1,0 +1,195 @@
+"""partial_fit, warm_start, tol, early stopping, loss curves, dtypes."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+import cgd
+from cgd._fit_loop import validation_split
+
+
+def _reg(n=400, d=6, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X.astype(dtype), (X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)).astype(dtype)
+
+
+def _iris():
+    X, y = load_iris(return_X_y=True)
+    return (X - X.mean(0)) / X.std(0), y
+
+
+PARTIAL_CASES = [
+    (cgd.SGDRegressor, {}),
+    (cgd.SGDRegressor, dict(batch_size=32, solver="adam", learning_rate="constant", eta0=0.01)),
+    (cgd.SGDRegressor, dict(penalty="l1", average=True)),
+    (cgd.SGDRegressor, dict(batch_size=16, momentum=0.9, nesterovs_momentum=True,
+                            learning_rate="invscaling")),
+    (cgd.SGDClassifier, dict(loss="log_loss")),
+    (cgd.SGDClassifier, dict(loss="hinge", penalty="elasticnet", batch_size=8, solver="adagrad",
+                             learning_rate="constant")),
+    (cgd.SGDClassifier, dict(loss="log_loss", multiclass="multinomial", average=5)),
+]
+
+
+@pytest.mark.parametrize("cls, kw", PARTIAL_CASES)
+def test_two_partial_fits_equal_fit_two_epochs(cls, kw):
+    if cls is cgd.SGDRegressor:
+        X, y = _reg()
+        a = cls(shuffle=False, max_iter=2, tol=None, **kw).fit(X, y)
+        b = cls(shuffle=False, **kw)
+        b.partial_fit(X, y)
+        b.partial_fit(X, y)
+    else:
+        X, y = _iris()
+        a = cls(shuffle=False, max_iter=2, tol=None, **kw).fit(X, y)
+        b = cls(shuffle=False, **kw)
+        b.partial_fit(X, y, classes=np.unique(y))
+        b.partial_fit(X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    assert a.t_ == b.t_
+    assert a.loss_curve_ == b.loss_curve_
+
+
+def test_t_counts_updates():
+    X, y = _reg(n=100)
+    assert cgd.SGDRegressor(max_iter=3, tol=None).fit(X, y).t_ == 1 + 3 * 100
+    assert cgd.SGDRegressor(max_iter=3, tol=None, batch_size=32).fit(X, y).t_ == 1 + 3 * 4
+
+
+@pytest.mark.parametrize("cls", [cgd.SGDRegressor, cgd.SGDClassifier])
+def test_warm_start_equals_coef_init(cls):
+    X, y = _reg() if cls is cgd.SGDRegressor else _iris()
+    first = cls(max_iter=3, tol=None, random_state=0).fit(X, y)
+    warm = cls(max_iter=3, tol=None, random_state=1, warm_start=True)
+    warm.fit(X, y)
+    coef0, b0 = warm.coef_.copy(), warm.intercept_.copy()
+    warm.fit(X, y)
+    cold = cls(max_iter=3, tol=None, random_state=1).fit(X, y, coef_init=coef0, intercept_init=b0)
+    np.testing.assert_array_equal(warm.coef_, cold.coef_)
+    np.testing.assert_array_equal(warm.intercept_, cold.intercept_)
+    assert warm.t_ == cold.t_ == first.t_  # fit restarts the update counter
+    assert not np.array_equal(warm.coef_, coef0)
+
+
+@pytest.mark.parametrize("max_iter", [1, 7, 23])
+def test_tol_none_runs_exactly_max_iter(max_iter):
+    X, y = _reg()
+    est = cgd.SGDRegressor(tol=None, max_iter=max_iter).fit(X, y)
+    assert est.n_iter_ == max_iter
+    assert len(est.loss_curve_) == max_iter
+
+
+def test_tol_stops_and_warns_when_not_converged():
+    X, y = _reg()
+    est = cgd.SGDRegressor(tol=1e-3, max_iter=1000, random_state=0).fit(X, y)
+    assert est.n_iter_ < 1000
+    # Stopped because n_iter_no_change epochs did not improve the best loss by tol.
+    best_before = min(est.loss_curve_[: -est.n_iter_no_change])
+    assert all(l > best_before - 1e-3 for l in est.loss_curve_[-est.n_iter_no_change:])
+    with pytest.warns(Warning, match="Maximum number of iteration"):
+        cgd.SGDRegressor(tol=1e-3, max_iter=2).fit(X, y)
+
+
+def test_early_stopping_never_trains_on_validation_rows_regressor():
+    X, y = _reg(n=500)
+    _, idx_val = validation_split(y, 0.2, 0, stratify=False, sample_weight=np.ones(len(y)))
+    y2 = y.copy()
+    y2[idx_val] += 1000.0  # if training touched these rows, the weights would move a lot
+    kw = dict(early_stopping=True, validation_fraction=0.2, random_state=0, tol=None, max_iter=5)
+    a = cgd.SGDRegressor(**kw).fit(X, y)
+    b = cgd.SGDRegressor(**kw).fit(X, y2)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert a.validation_scores_ != b.validation_scores_  # ... but they were scored
+    assert len(a.validation_scores_) == 5 and a.best_validation_score_ == max(a.validation_scores_)
+
+
+def test_early_stopping_never_trains_on_validation_rows_classifier():
+    X, y = _iris()
+    _, idx_val = validation_split(y, 0.2, 0, stratify=True, sample_weight=np.ones(len(y)))
+    X2 = X.copy()
+    X2[idx_val] *= -50.0  # the stratified split depends on y only, so it is unchanged
+    kw = dict(early_stopping=True, validation_fraction=0.2, random_state=0, tol=None, max_iter=5)
+    a = cgd.SGDClassifier(**kw).fit(X, y)
+    b = cgd.SGDClassifier(**kw).fit(X2, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_early_stopping_stops_on_validation_score():
+    X, y = _reg(n=500)
+    est = cgd.SGDRegressor(early_stopping=True, random_state=0, n_iter_no_change=3,
+                           tol=1e-3, max_iter=1000).fit(X, y)
+    assert est.n_iter_ < 1000
+    scores = est.validation_scores_
+    best = max(scores[:-3])
+    assert all(s < best + 1e-3 for s in scores[-3:])
+
+
+def test_adaptive_divides_learning_rate_instead_of_stopping():
+    X, y = _reg()
+    const = cgd.SGDRegressor(learning_rate="constant", eta0=0.05, random_state=0).fit(X, y)
+    adapt = cgd.SGDRegressor(learning_rate="adaptive", eta0=0.05, random_state=0).fit(X, y)
+    assert adapt.n_iter_ > const.n_iter_
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(batch_size=16, solver="adam", learning_rate="constant"),
+                                dict(average=True)])
+def test_float32_end_to_end_and_close_to_float64(kw):
+    X, y = _reg(n=600)
+    X32, y32 = X.astype(np.float32), y.astype(np.float32)
+    r64 = cgd.SGDRegressor(random_state=0, max_iter=5, tol=None, **kw).fit(X, y)
+    r32 = cgd.SGDRegressor(random_state=0, max_iter=5, tol=None, **kw).fit(X32, y32)
+    assert r32.coef_.dtype == np.float32 and r32.intercept_.dtype == np.float32
+    assert r32.predict(X32).dtype == np.float32
+    np.testing.assert_allclose(r32.coef_, r64.coef_, rtol=1e-3, atol=1e-4)
+
+    Xi, yi = _iris()
+    # A moderate constant step: the default 'optimal' schedule starts at steps of
+    # alpha**-0.25 = 10, which amplifies any rounding difference chaotically.
+    kw = {"learning_rate": "constant", "eta0": 0.01, **kw}
+    c64 = cgd.SGDClassifier(loss="log_loss", random_state=0, max_iter=5, tol=None, **kw).fit(Xi, yi)
+    c32 = cgd.SGDClassifier(loss="log_loss", random_state=0, max_iter=5, tol=None, **kw).fit(
+        Xi.astype(np.float32), yi)
+    for a in (c32.coef_, c32.intercept_, c32.decision_function(Xi.astype(np.float32)),
+              c32.predict_proba(Xi.astype(np.float32))):
+        assert a.dtype == np.float32
+    np.testing.assert_allclose(c32.coef_, c64.coef_, rtol=1e-3, atol=1e-3)
+
+
+def test_loss_curve_is_the_mean_objective_of_each_epoch():
+    X, y = _reg(n=50)
+    est = cgd.SGDRegressor(batch_size=50, shuffle=False, learning_rate="constant", eta0=0.1,
+                           penalty=None, max_iter=3, tol=None).fit(X, y)
+    w, b = np.zeros(X.shape[1]), 0.0
+    for e in range(3):
+        r = X @ w + b - y
+        assert est.loss_curve_[e] == pytest.approx(0.5 * np.mean(r ** 2), rel=1e-12)
+        w, b = w - 0.1 * X.T @ r / 50, b - 0.1 * r.mean()
+    assert est.loss_ == est.loss_curve_[-1] and est.best_loss_ == min(est.loss_curve_)
+
+
+def test_multinomial_with_two_classes_is_binary_logistic():
+    Xi, yi = _iris()
+    mask = yi < 2
+    a = cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", random_state=0).fit(Xi[mask], yi[mask])
+    b = cgd.SGDClassifier(loss="log_loss", random_state=0).fit(Xi[mask], yi[mask])
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_predict_proba_sums_to_one_and_orders_classes():
+    Xi, yi = _iris()
+    for kw in [dict(loss="log_loss"), dict(loss="log_loss", multiclass="multinomial"),
+               dict(loss="modified_huber")]:
+        est = cgd.SGDClassifier(random_state=0, **kw).fit(Xi, yi)
+        p = est.predict_proba(Xi)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+        # The predicted class has the largest probability (modified_huber clips at
+        # +-1, so several classes can tie at the top).
+        pred_idx = np.searchsorted(est.classes_, est.predict(Xi))
+        np.testing.assert_array_equal(p[np.arange(len(p)), pred_idx], p.max(axis=1))
+        if kw["loss"] == "log_loss":
+            np.testing.assert_array_equal(est.classes_[p.argmax(1)], est.predict(Xi))
+        np.testing.assert_allclose(est.predict_log_proba(Xi), np.log(p))
+    with pytest.raises(AttributeError, match="predict_proba"):
+        cgd.SGDClassifier(loss="hinge").fit(Xi, yi).predict_proba(Xi)
