@@ -85,3 +85,27 @@ def test_n_jobs_zero_is_rejected_before_training():
     X, y = _data(np.float64, n=50)
     with pytest.raises(ValueError, match="n_jobs"):
         cgd.SGDRegressor(n_jobs=0).fit(X, y)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 300), d=st.integers(1, 17), batch_size=st.integers(1, 400),
+       multinomial=st.booleans(), solver=st.sampled_from(["sgd", "adam"]))
+def test_thread_independence_for_any_shape(n, d, batch_size, multinomial, solver):
+    """Chunk boundaries depend on the batch size only: any shape, any thread count."""
+    rng = np.random.default_rng(n * 1000 + d)
+    X = rng.standard_normal((n, d))
+    if multinomial:
+        y = np.arange(n) % 3
+        make = lambda j: cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", n_jobs=j,
+                                           batch_size=batch_size, solver=solver, max_iter=2,
+                                           tol=None, learning_rate="constant", random_state=0)
+    else:
+        y = rng.standard_normal(n)
+        make = lambda j: cgd.SGDRegressor(n_jobs=j, batch_size=batch_size, solver=solver,
+                                          max_iter=2, tol=None, learning_rate="constant",
+                                          random_state=0)
+    a, b = make(1).fit(X, y), make(2).fit(X, y)
+    assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
