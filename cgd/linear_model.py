@@ -425,7 +425,9 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     t_ : float
         1 + the number of updates since the last ``fit``.
     loss_curve_ : list of float
-        Mean training objective (weighted loss plus penalty) of each epoch.
+        Mean training objective of each epoch: loss plus penalty, averaged over the
+        training samples without their sample / class weights, which is the quantity
+        scikit-learn's ``tol`` criterion compares (the updates are weighted).
     loss_, best_loss_ : float
         Last and smallest entries of ``loss_curve_`` (``best_loss_`` is None with
         early stopping).

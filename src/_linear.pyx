@@ -66,6 +66,8 @@ cdef struct EpochConfig:
     Py_ssize_t batch_size
     double average        # 0: off; else the update number from which to average
     int n_threads
+    bint weighted_objective  # weight the recorded losses by s_i (scikit-learn's stopping
+                             # objective does not; the gradient always does)
     OptimConfig optim
 
 
@@ -85,6 +87,7 @@ cdef EpochConfig read_config(dict c) except *:
     cfg.batch_size = c["batch_size"]
     cfg.average = c["average"]
     cfg.n_threads = c["n_threads"]
+    cfg.weighted_objective = c.get("weighted_objective", False)
     cfg.optim.solver = c["solver"]
     cfg.optim.momentum = c["momentum"]
     cfg.optim.nesterov = c["nesterov"]
@@ -146,7 +149,7 @@ cdef void chunk_gradient(
             c = <Py_ssize_t>y[i]
             zc = z[c]
             lse = softmax_inplace(z, K)
-            obj[0] += sw[i] * (lse - zc)
+            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
             for k in range(K):
                 dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
                 if dl != 0.0:
@@ -161,7 +164,7 @@ cdef void chunk_gradient(
                 zk = dot(params + k * d, x, d) + params[K * d + k]
                 tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
                 l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l
+                obj[k] += sk * l if cfg.weighted_objective else l
                 dl = dl * sk
                 if dl != 0.0:
                     g = grad + k * d
@@ -197,7 +200,7 @@ cdef void sgd_single_row(
         c = <Py_ssize_t>yi
         zc = z[c]
         lse = softmax_inplace(z, K)
-        obj[0] += si * (lse - zc)
+        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
         for k in range(K):
             dl = si * (z[k] - (1.0 if k == c else 0.0))
             decay = 1.0 - eta[k] * cfg.l2
@@ -217,7 +220,7 @@ cdef void sgd_single_row(
         zk = dot(w, x, d) + params[K * d + k]
         tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
         l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-        obj[k] += sk * l
+        obj[k] += sk * l if cfg.weighted_objective else l
         decay = 1.0 - eta[k] * cfg.l2
         if decay < 0.0:
             decay = 0.0
@@ -304,7 +307,7 @@ def linear_epoch(
     floating[:, ::1] work_grad,         # scratch (MAX_CHUNKS, P)
     double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
     floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
-    double[::1] obj_out,                # OUT    (K,) sum over training rows of s_i (l_i + R(w))
+    double[::1] obj_out,                # OUT    (K,) sum over training rows of l_i + R(w)
     dict config,
     double t,                           # IN     number of the first update (from 1)
 ):
@@ -460,7 +463,8 @@ def linear_objective_gradient(
     dict config,
 ):
     """Mean objective (1/n) sum_i s_i l_i + R(w) and its gradient, over all rows in
-    storage order, through the same chunked code path as training.
+    storage order, through the same chunked code path as training (the losses are
+    weighted here whatever ``config["weighted_objective"]`` says).
 
     The L1 part of the gradient is the subgradient l1 * sign(w) (training itself uses
     the cumulative-penalty truncation). Returns ``(objective (K,), gradient (P,))``;
@@ -470,6 +474,7 @@ def linear_objective_gradient(
     cdef EpochConfig cfg = read_config(config)
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = pos_weight.shape[0]
     cdef Py_ssize_t P = K * (d + 1), k, j
+    cfg.weighted_objective = True
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] work_grad = np.zeros((MAX_CHUNKS, P), dtype=dtype)
     cdef double[:, ::1] work_obj = np.zeros((MAX_CHUNKS, K))
