@@ -57,6 +57,11 @@ TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL = 0, 1, 2
 ADAPTIVE_EPSILON = 1e-8
 MAX_INT = np.iinfo(np.int32).max
 MAX_OUTPUTS = 256
+# Multiply-adds a batch must hold before its chunks are spread over threads. Below this
+# a parallel region costs more than it saves, and on a loaded machine a thread waiting
+# for a descheduled sibling at every small batch can make an epoch 50x slower. The
+# chunk boundaries do not change, so neither do the results.
+PARALLEL_MIN_WORK = 1 << 17
 
 
 class _BaseSGD(SparseCoefMixin, BaseEstimator):
@@ -126,6 +131,13 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         if self.n_jobs == 0:
             raise ValueError("n_jobs == 0 is not a valid number of threads; use None, -1 or k >= 1")
 
+    def _validate_params_again(self):
+        """scikit-learn skips parameter validation on a fitted estimator's partial_fit;
+        cgd validates every call, since set_params may have changed anything. (Inside
+        ``_fit_context`` the skip flag is already set for nested calls, so it cannot be
+        consulted here.)"""
+        self._validate_params()
+
     def _penalty_coefficients(self):
         """(l1, l2): the coefficients of ||w||_1 and 1/2 ||w||^2 in the objective."""
         if self.penalty is None:
@@ -167,6 +179,7 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             "beta_1": float(self.beta_1),
             "beta_2": float(self.beta_2),
             "adam_epsilon": ADAPTIVE_EPSILON,
+            "parallel_min_work": float(PARALLEL_MIN_WORK),
         }
 
     def _initial_params(self, K, n_features, dtype, coef_init, intercept_init):
@@ -204,8 +217,24 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             "avg": np.zeros(P, dtype=dtype),
         }
 
+    def _transaction(self, train):
+        """Run ``train()``; if it raises before completing an epoch, restore the
+        estimator exactly as it was, so refused input or an early divergence or
+        Ctrl-C loses nothing. Completed epochs stay (see ``_commit``)."""
+        saved = self.__dict__.copy()
+        self._epochs_committed = 0
+        try:
+            return train()
+        except BaseException:
+            if self.__dict__.get("_epochs_committed", 0) == 0:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            raise
+        finally:
+            self.__dict__.pop("_epochs_committed", None)
+
     def _run_epochs(self, X, y_kernel, sample_weight, *, target, class_offset, pos_w, neg_w,
-                    loss_code, max_iter, n_problems, y_labels, validation_scorer):
+                    loss_code, max_iter, n_problems, y_labels, validation_scorer, reset):
         """Train up to max_iter epochs from ``self._sgd_state``; commit after each."""
         n_samples, n_features = X.shape
         K = self._n_outputs
@@ -220,6 +249,10 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         else:
             idx_train, idx_val = np.arange(n_samples, dtype=np.intp), None
         n_train = idx_train.shape[0]
+        loss_curve = [] if reset else list(getattr(self, "loss_curve_", None) or [])
+        val_scores = None
+        if self.early_stopping:
+            val_scores = [] if reset else list(getattr(self, "validation_scores_", None) or [])
 
         # Private working copies: the kernel updates them in place, and what the
         # estimator holds changes only when an epoch has completed with finite values.
@@ -255,15 +288,16 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
                 state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
                 work_grad, work_obj, work_z, obj, cfg, t)
             if status != 0:
-                raise divergence_error(len(self.loss_curve_) + 1)
+                raise divergence_error(len(loss_curve) + 1)
             n_epochs += 1
             was_active = tracker.active.astype(bool)
             losses = obj[:n_problems] / n_train
-            self._commit(state, t, n_epochs)
-            self.loss_curve_.append(float(np.mean(losses[was_active])))
+            loss_curve = loss_curve + [float(np.mean(losses[was_active]))]
             if self.early_stopping:
                 per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
-                self.validation_scores_.append(float(overall))
+                val_scores = val_scores + [float(overall)]
+            self._commit(state, t, n_epochs, loss_curve, val_scores)
+            if self.early_stopping:
                 tracker.update(scores=per_problem)
             else:
                 tracker.update(losses=losses)
@@ -274,28 +308,28 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
                     print(f"Convergence after {epoch + 1} epochs took "
                           f"{time.time() - t_start:.2f} seconds")
                 break
-        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
-        if self.early_stopping:
-            self.best_validation_score_ = max(self.validation_scores_)
-            self.best_loss_ = None
-        else:
-            self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else None
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
         return n_epochs
 
-    def _commit(self, state, t, n_epochs):
-        """Publish a completed epoch: the estimator now holds these finite values."""
-        self._sgd_state = {k: v.copy() for k, v in state.items()}
-        self.t_ = float(t)
-        self.n_iter_ = n_epochs
+    def _commit(self, state, t, n_epochs, loss_curve, val_scores):
+        """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
+        never leaves the attributes describing different epochs."""
         K = self._n_outputs
         d = state["params"].shape[0] // K - 1
-        use_avg = self.average and self.average <= self.t_ - 1
+        use_avg = self.average and self.average <= t - 1
         src = state["avg"] if use_avg else state["params"]
-        coef = src[: K * d].reshape(K, d).copy()
-        intercept = src[K * d:].copy()
-        self._set_coef(coef, intercept)
+        attrs = self._coef_attrs(src[: K * d].reshape(K, d).copy(), src[K * d:].copy())
+        attrs.update({
+            "_sgd_state": {k: v.copy() for k, v in state.items()},
+            "t_": float(t),
+            "n_iter_": n_epochs,
+            "loss_curve_": loss_curve,
+            "loss_": loss_curve[-1],
+            "best_loss_": None if self.early_stopping else min(loss_curve),
+            "validation_scores_": val_scores,
+            "best_validation_score_": max(val_scores) if val_scores else None,
+            "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+        })
+        self.__dict__.update(attrs)
 
     def _print_epoch(self, params, d, n_seen, t_start):
         K = self._n_outputs
@@ -308,14 +342,6 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
                if self.early_stopping else "")
         )
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
-
-    def _start_training(self, reset):
-        """Reset or keep the state that persists across fit / partial_fit calls."""
-        if reset or not hasattr(self, "loss_curve_") or self.loss_curve_ is None:
-            self.loss_curve_ = []
-        if self.early_stopping:
-            if reset or getattr(self, "validation_scores_", None) is None:
-                self.validation_scores_ = []
 
     def _validate_X_y(self, X, y, reset):
         X, y = validate_data(
@@ -502,9 +528,8 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
     _n_outputs = 1
 
-    def _set_coef(self, coef, intercept):
-        self.coef_ = coef.reshape(-1)
-        self.intercept_ = intercept
+    def _coef_attrs(self, coef, intercept):
+        return {"coef_": coef.reshape(-1), "intercept_": intercept}
 
     def _train(self, X, y, sample_weight, max_iter, reset, coef_init=None, intercept_init=None):
         X, y = self._validate_X_y(X, y, reset=reset)
@@ -518,7 +543,6 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         elif self._sgd_state["params"].dtype != X.dtype:
             self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
                                for k, v in self._sgd_state.items()}
-        self._start_training(reset)
         ones = np.ones(1, dtype=X.dtype)
 
         def scorer(X, idx_val, params, n_threads):
@@ -530,7 +554,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self._run_epochs(
             X, y, sample_weight, target=TARGET_REGRESSION, class_offset=0, pos_w=ones,
             neg_w=ones, loss_code=LOSS_CODES[self.loss], max_iter=max_iter, n_problems=1,
-            y_labels=y, validation_scorer=scorer)
+            y_labels=y, validation_scorer=scorer, reset=reset)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -554,8 +578,9 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         if self.warm_start and getattr(self, "coef_", None) is not None:
             coef_init = self.coef_ if coef_init is None else coef_init
             intercept_init = self.intercept_ if intercept_init is None else intercept_init
-        self._train(X, y, sample_weight, self.max_iter, reset=True,
-                    coef_init=coef_init, intercept_init=intercept_init)
+        self._transaction(lambda: self._train(
+            X, y, sample_weight, self.max_iter, reset=True,
+            coef_init=coef_init, intercept_init=intercept_init))
         self._maybe_warn_convergence()
         return self
 
@@ -574,9 +599,9 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self : SGDRegressor
         """
         first = not hasattr(self, "_sgd_state")
-        if first:
-            self._check_params(for_partial_fit=True)
-        return self._train(X, y, sample_weight, 1, reset=first)
+        self._validate_params_again()
+        self._check_params(for_partial_fit=True)
+        return self._transaction(lambda: self._train(X, y, sample_weight, 1, reset=first))
 
     def predict(self, X):
         """Predict targets: ``X @ coef_ + intercept_`` (float32 stays float32).
@@ -726,9 +751,8 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
     def _multinomial(self):
         return self.multiclass == "multinomial" and len(self.classes_) > 2
 
-    def _set_coef(self, coef, intercept):
-        self.coef_ = coef
-        self.intercept_ = intercept
+    def _coef_attrs(self, coef, intercept):
+        return {"coef_": coef, "intercept_": intercept}
 
     def _train(self, X, y, sample_weight, max_iter, reset, classes=None,
                coef_init=None, intercept_init=None):
@@ -774,7 +798,6 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         elif self._sgd_state["params"].dtype != X.dtype:
             self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
                                for k, v in self._sgd_state.items()}
-        self._start_training(reset)
         multinomial = self._multinomial
 
         def scorer(X, idx_val, params, n_threads):
@@ -797,7 +820,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
             X, np.ascontiguousarray(y_idx, dtype=X.dtype), sample_weight, target=target,
             class_offset=class_offset, pos_w=pos_w, neg_w=neg_w,
             loss_code=LOSS_CODES[self.loss], max_iter=max_iter, n_problems=n_problems,
-            y_labels=y, validation_scorer=scorer)
+            y_labels=y, validation_scorer=scorer, reset=reset)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -823,10 +846,12 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         if self.warm_start and getattr(self, "coef_", None) is not None:
             coef_init = self.coef_ if coef_init is None else coef_init
             intercept_init = self.intercept_ if intercept_init is None else intercept_init
-        if hasattr(self, "classes_"):
-            del self.classes_
-        self._train(X, y, sample_weight, self.max_iter, reset=True,
-                    coef_init=coef_init, intercept_init=intercept_init)
+        def train():
+            self.__dict__.pop("classes_", None)
+            self._train(X, y, sample_weight, self.max_iter, reset=True,
+                        coef_init=coef_init, intercept_init=intercept_init)
+
+        self._transaction(train)
         self._maybe_warn_convergence()
         return self
 
@@ -847,19 +872,23 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         self : SGDClassifier
         """
         first = not hasattr(self, "classes_")
-        if first:
-            self._check_params(for_partial_fit=True)
-            if self.class_weight == "balanced":
-                raise ValueError(
-                    "class_weight 'balanced' is not supported for partial_fit. In order to "
-                    "use 'balanced' weights, use compute_class_weight('balanced', "
-                    "classes=classes, y=y). In place of y you can use a large enough sample "
-                    "of the full training set target to properly estimate the class "
-                    "frequency distributions. Pass the resulting weights as the "
-                    "class_weight parameter."
-                )
-        _check_partial_fit_first_call(self, classes)
-        return self._train(X, y, sample_weight, 1, reset=first, classes=self.classes_)
+        self._validate_params_again()
+        self._check_params(for_partial_fit=True)
+        if self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit. In order to "
+                "use 'balanced' weights, use compute_class_weight('balanced', "
+                "classes=classes, y=y). In place of y you can use a large enough sample "
+                "of the full training set target to properly estimate the class "
+                "frequency distributions. Pass the resulting weights as the "
+                "class_weight parameter."
+            )
+
+        def train():
+            _check_partial_fit_first_call(self, classes)
+            return self._train(X, y, sample_weight, 1, reset=first, classes=self.classes_)
+
+        return self._transaction(train)
 
     def decision_function(self, X):
         """Signed distances to the hyperplanes, ``X @ coef_.T + intercept_``.

@@ -66,6 +66,7 @@ cdef struct EpochConfig:
     Py_ssize_t batch_size
     double average        # 0: off; else the update number from which to average
     int n_threads
+    double parallel_min_work  # multiply-adds a batch needs before it is spread over threads
     bint weighted_objective  # weight the recorded losses by s_i (scikit-learn's stopping
                              # objective does not; the gradient always does)
     OptimConfig optim
@@ -88,6 +89,7 @@ cdef EpochConfig read_config(dict c) except *:
     cfg.average = c["average"]
     cfg.n_threads = c["n_threads"]
     cfg.weighted_objective = c.get("weighted_objective", False)
+    cfg.parallel_min_work = c.get("parallel_min_work", 0.0)
     cfg.optim.solver = c["solver"]
     cfg.optim.momentum = c["momentum"]
     cfg.optim.nesterov = c["nesterov"]
@@ -265,6 +267,10 @@ cdef void batch_gradient(
     cdef Py_ssize_t d = X.shape[1], P = K * (d + 1)
     cdef Py_ssize_t nch = n_chunks_for(mb), c, k, blk, nblk
     cdef Py_ssize_t nt = cfg.n_threads
+    # Chunk boundaries never depend on nt, so using fewer threads for small batches
+    # changes no bit of the result, only the time.
+    if <double>mb * K * d < cfg.parallel_min_work:
+        nt = 1
     if nch == 1 or nt == 1:
         for c in range(nch):
             chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,

@@ -10,7 +10,20 @@ import pytest
 
 import cgd
 from cgd import _openmp_helpers
+from cgd import linear_model
 from cgd._threads import effective_n_threads
+
+_SAVED_MIN_WORK = linear_model.PARALLEL_MIN_WORK
+
+
+def setup_module():
+    # Small test problems would otherwise run on one thread (see PARALLEL_MIN_WORK):
+    # force every multi-chunk batch through the parallel path.
+    linear_model.PARALLEL_MIN_WORK = 0
+
+
+def teardown_module():
+    linear_model.PARALLEL_MIN_WORK = _SAVED_MIN_WORK
 
 
 def _data(dtype, n=3000, d=40, seed=0):
@@ -57,7 +70,8 @@ def test_omp_num_threads_in_subprocess_gives_same_weights(tmp_path):
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y)
     script = textwrap.dedent(f"""
-        import numpy as np, cgd
+        import numpy as np, cgd, cgd.linear_model
+        cgd.linear_model.PARALLEL_MIN_WORK = 0
         from cgd._threads import effective_n_threads
         assert effective_n_threads(None) == 3, effective_n_threads(None)
         X = np.load({str(tmp_path / 'X.npy')!r}); y = np.load({str(tmp_path / 'y.npy')!r})
@@ -70,6 +84,20 @@ def test_omp_num_threads_in_subprocess_gives_same_weights(tmp_path):
     ref = cgd.SGDRegressor(batch_size=256, max_iter=4, tol=None, random_state=0, n_jobs=1,
                            learning_rate="constant", eta0=0.01).fit(X, y)
     assert np.array_equal(np.load(tmp_path / "coef3.npy"), ref.coef_)
+
+
+def test_n_jobs_identical_at_default_parallel_threshold():
+    """A batch large enough to be spread over threads with the shipped threshold."""
+    X, y = _data(np.float64, n=6000, d=_SAVED_MIN_WORK // 2048 + 1)
+    assert 2048 * X.shape[1] >= _SAVED_MIN_WORK
+    saved, linear_model.PARALLEL_MIN_WORK = linear_model.PARALLEL_MIN_WORK, _SAVED_MIN_WORK
+    try:
+        fits = [cgd.SGDRegressor(batch_size=2048, n_jobs=j, max_iter=3, tol=None, solver="adam",
+                                 learning_rate="constant", random_state=0).fit(X, y)
+                for j in (1, 2)]
+    finally:
+        linear_model.PARALLEL_MIN_WORK = saved
+    assert np.array_equal(fits[0].coef_, fits[1].coef_)
 
 
 def test_effective_n_threads():
