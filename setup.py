@@ -87,7 +87,9 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         flags = _openmp_flags(self.compiler)
-        if flags is None:
+        if flags is None and os.environ.get("CGD_DISABLE_OPENMP", "0") not in ("", "0"):
+            print("cgd: OpenMP disabled by CGD_DISABLE_OPENMP (serial build)", file=sys.stderr)
+        elif flags is None:
             warnings.warn(
                 "cgd: the C compiler cannot build and link an OpenMP program; "
                 "building the kernels WITHOUT OpenMP (every fit runs on one thread). "

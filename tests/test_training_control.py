@@ -193,3 +193,20 @@ def test_predict_proba_sums_to_one_and_orders_classes():
         np.testing.assert_allclose(est.predict_log_proba(Xi), np.log(p))
     with pytest.raises(AttributeError, match="predict_proba"):
         cgd.SGDClassifier(loss="hinge").fit(Xi, yi).predict_proba(Xi)
+
+
+def test_sparsify_densify_keep_predictions_and_training():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 40))
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    clf = cgd.SGDClassifier(penalty="l1", alpha=0.01, random_state=0).fit(X, y)
+    pred, dec = clf.predict(X), clf.decision_function(X)
+    assert np.sum(clf.coef_ == 0) > 10  # l1 made it worth sparsifying
+    clf.sparsify()
+    import scipy.sparse as sp
+    assert sp.issparse(clf.coef_)
+    np.testing.assert_array_equal(clf.predict(X), pred)
+    np.testing.assert_allclose(clf.decision_function(X), dec, rtol=1e-12)
+    clf.densify()
+    assert isinstance(clf.coef_, np.ndarray)
+    np.testing.assert_array_equal(clf.decision_function(X), dec)
