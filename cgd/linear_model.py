@@ -205,17 +205,33 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             params[K * n_features:] = b
         return params
 
-    def _new_state(self, params):
-        P = params.shape[0]
-        dtype = params.dtype
-        K = self._n_outputs
-        return {
-            "params": params,
-            "opt": np.zeros((2, P), dtype=dtype),
-            "l1_q": np.zeros(P, dtype=dtype),
-            "l1_u": np.zeros(K, dtype=np.float64),
-            "avg": np.zeros(P, dtype=dtype),
-        }
+    def _prepare_state(self, reset, X, coef_init, intercept_init):
+        """Start from coef_init / intercept_init (fit, first partial_fit) or carry the
+        previous call's parameters and optimizer state over (partial_fit)."""
+        dtype = X.dtype
+        if reset or not hasattr(self, "_sgd_state"):
+            K = self._n_outputs
+            params = self._initial_params(K, X.shape[1], dtype, coef_init, intercept_init)
+            P = params.shape[0]
+            self._sgd_state = {
+                "params": params,
+                "opt": np.zeros((2, P), dtype=dtype),  # velocity / adam moments / adagrad sums
+                "l1_q": np.zeros(P, dtype=dtype),  # L1 penalty applied to each coefficient
+                "l1_u": np.zeros(K, dtype=np.float64),  # L1 penalty owed to every coefficient
+                "avg": np.zeros(P, dtype=dtype),  # averaged parameters (average > 0)
+            }
+            self.t_ = 1.0
+        elif self._sgd_state["params"].dtype != dtype:
+            # partial_fit with another dtype than before: continue in the new one.
+            self._sgd_state = {k: (v if k == "l1_u" else v.astype(dtype))
+                               for k, v in self._sgd_state.items()}
+
+    def _warm_start_init(self, coef_init, intercept_init):
+        """fit's initial values: explicit ones win, then warm_start's previous fit."""
+        if self.warm_start and getattr(self, "coef_", None) is not None:
+            coef_init = self.coef_ if coef_init is None else coef_init
+            intercept_init = self.intercept_ if intercept_init is None else intercept_init
+        return coef_init, intercept_init
 
     def _transaction(self, train):
         """Run ``train()``; if it raises before completing an epoch, restore the
@@ -535,14 +551,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         X, y = self._validate_X_y(X, y, reset=reset)
         y = np.ascontiguousarray(y, dtype=X.dtype)
         sample_weight = self._check_sample_weight(sample_weight, X)
-        n_features = X.shape[1]
-        if reset or not hasattr(self, "_sgd_state"):
-            params = self._initial_params(1, n_features, X.dtype, coef_init, intercept_init)
-            self._sgd_state = self._new_state(params)
-            self.t_ = 1.0
-        elif self._sgd_state["params"].dtype != X.dtype:
-            self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
-                               for k, v in self._sgd_state.items()}
+        self._prepare_state(reset, X, coef_init, intercept_init)
         ones = np.ones(1, dtype=X.dtype)
 
         def scorer(X, idx_val, params, n_threads):
@@ -575,9 +584,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self : SGDRegressor
         """
         self._check_params()
-        if self.warm_start and getattr(self, "coef_", None) is not None:
-            coef_init = self.coef_ if coef_init is None else coef_init
-            intercept_init = self.intercept_ if intercept_init is None else intercept_init
+        coef_init, intercept_init = self._warm_start_init(coef_init, intercept_init)
         self._transaction(lambda: self._train(
             X, y, sample_weight, self.max_iter, reset=True,
             coef_init=coef_init, intercept_init=intercept_init))
@@ -790,14 +797,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         else:
             target, class_offset, n_problems = TARGET_OVR, 0, K
             pos_w, neg_w = cw.copy(), np.ones(K, dtype=X.dtype)
-        n_features = X.shape[1]
-        if reset or not hasattr(self, "_sgd_state"):
-            params = self._initial_params(K, n_features, X.dtype, coef_init, intercept_init)
-            self._sgd_state = self._new_state(params)
-            self.t_ = 1.0
-        elif self._sgd_state["params"].dtype != X.dtype:
-            self._sgd_state = {k: (v.astype(X.dtype) if k != "l1_u" else v)
-                               for k, v in self._sgd_state.items()}
+        self._prepare_state(reset, X, coef_init, intercept_init)
         multinomial = self._multinomial
 
         def scorer(X, idx_val, params, n_threads):
@@ -843,9 +843,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         self : SGDClassifier
         """
         self._check_params()
-        if self.warm_start and getattr(self, "coef_", None) is not None:
-            coef_init = self.coef_ if coef_init is None else coef_init
-            intercept_init = self.intercept_ if intercept_init is None else intercept_init
+        coef_init, intercept_init = self._warm_start_init(coef_init, intercept_init)
         def train():
             self.__dict__.pop("classes_", None)
             self._train(X, y, sample_weight, self.max_iter, reset=True,
