@@ -50,24 +50,30 @@ class ConvergenceTracker:
         or validation scores (higher is better). Returns the indices of the problems
         whose score improved on their best so far."""
         improved = []
-        for k in np.flatnonzero(self.active):
+        # Plain Python over the few problems: NumPy calls on arrays this small would
+        # cost more than the epoch of a small data set.
+        tol, limit = self.tol, self.n_iter_no_change
+        for k in range(self.active.shape[0]):
+            if not self.active[k]:
+                continue
             self.n_epochs[k] += 1
             if scores is not None:
-                s = scores[k]
-                worse = self.tol > -np.inf and s < self.best_score[k] + self.tol
-                if s > self.best_score[k]:
+                s = float(scores[k])
+                worse = tol > -np.inf and s < self.best_score[k] + tol
+                better = s > self.best_score[k]
+                if better:
                     self.best_score[k] = s
-                    improved.append(k)
             else:
-                s = losses[k]
-                worse = self.tol > -np.inf and s > self.best_loss[k] - self.tol
-                if s < self.best_loss[k]:
+                s = float(losses[k])
+                worse = tol > -np.inf and s > self.best_loss[k] - tol
+                better = s < self.best_loss[k]
+                if better:
                     self.best_loss[k] = s
-                    improved.append(k)
-            self.no_improvement[k] = self.no_improvement[k] + 1 if worse else 0
-            limit_hit = (self.no_improvement[k] > self.n_iter_no_change if self.strict
-                         else self.no_improvement[k] >= self.n_iter_no_change)
-            if limit_hit:
+            if better:
+                improved.append(k)
+            count = self.no_improvement[k] + 1 if worse else 0
+            self.no_improvement[k] = count
+            if count > limit if self.strict else count >= limit:
                 if self.adaptive and self.eta[k] > 1e-6:
                     self.eta[k] /= 5.0
                     self.no_improvement[k] = 0

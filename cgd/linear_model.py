@@ -269,6 +269,9 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         val_scores = None
         if self.early_stopping:
             val_scores = [] if reset else list(getattr(self, "validation_scores_", None) or [])
+        # Running extremes: recomputing them from the curves would cost O(epochs) each.
+        best_loss = min(loss_curve, default=np.inf)
+        best_score = max(val_scores or [], default=-np.inf)
 
         # Private working copies: the kernel updates them in place, and what the
         # estimator holds changes only when an epoch has completed with finite values.
@@ -288,35 +291,44 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         t = float(self.t_)
         t_start = time.time()
         n_epochs = 0
+        # Per-output views of the tracker's per-problem state, rebuilt only when it
+        # changes (small NumPy calls each epoch add up on small data sets).
+        active_k = eta_k = None
         for epoch in range(max_iter):
             if self.verbose > 0:
                 print(f"-- Epoch {epoch + 1}")
             if self.shuffle:
                 rng.shuffle(order)
-            if n_problems == K:
-                active_k, eta_k = tracker.active, tracker.eta
-            else:  # one problem over all outputs (regression, binary, multinomial)
-                active_k = np.repeat(tracker.active, K)
-                eta_k = np.repeat(tracker.eta, K)
+            if active_k is None:
+                # One problem over all outputs (regression, binary, multinomial) or
+                # one per output (one-vs-rest).
+                reps = 1 if n_problems == K else K
+                active_k = np.repeat(tracker.active, reps)
+                eta_k = np.repeat(tracker.eta, reps).astype(np.float64)
             status, t = _linear.linear_epoch(
-                X, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
-                np.ascontiguousarray(eta_k, dtype=np.float64),
+                X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
                 state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
                 work_grad, work_obj, work_z, obj, cfg, t)
             if status != 0:
                 raise divergence_error(len(loss_curve) + 1)
             n_epochs += 1
-            was_active = tracker.active.astype(bool)
-            losses = obj[:n_problems] / n_train
-            loss_curve = loss_curve + [float(np.mean(losses[was_active]))]
+            trained = [k for k in range(n_problems) if tracker.active[k]]
+            losses = [obj[k] / n_train for k in range(n_problems)]
+            loss_curve = loss_curve + [sum(losses[k] for k in trained) / len(trained)]
             if self.early_stopping:
                 per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
                 val_scores = val_scores + [float(overall)]
-            self._commit(state, t, n_epochs, loss_curve, val_scores)
+                best_score = max(best_score, val_scores[-1])
+            else:
+                best_loss = min(best_loss, loss_curve[-1])
+            self._commit(state, t, n_epochs, loss_curve, val_scores, best_loss, best_score)
+            before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
                 tracker.update(scores=per_problem)
             else:
                 tracker.update(losses=losses)
+            if (tracker.active.tobytes(), tracker.eta.tobytes()) != before:
+                active_k = None
             if self.verbose > 0:
                 self._print_epoch(state["params"], n_features, n_train * n_epochs, t_start)
             if tracker.done:
@@ -326,7 +338,7 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
                 break
         return n_epochs
 
-    def _commit(self, state, t, n_epochs, loss_curve, val_scores):
+    def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
         never leaves the attributes describing different epochs."""
         K = self._n_outputs
@@ -340,9 +352,9 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             "n_iter_": n_epochs,
             "loss_curve_": loss_curve,
             "loss_": loss_curve[-1],
-            "best_loss_": None if self.early_stopping else min(loss_curve),
+            "best_loss_": None if self.early_stopping else best_loss,
             "validation_scores_": val_scores,
-            "best_validation_score_": max(val_scores) if val_scores else None,
+            "best_validation_score_": best_score if self.early_stopping else None,
             "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
         })
         self.__dict__.update(attrs)
