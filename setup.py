@@ -26,6 +26,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
+os.chdir(HERE)  # sources and build paths below are relative to this folder
 
 OPENMP_TEST_PROGRAM = textwrap.dedent(
     """
@@ -130,7 +131,18 @@ def _extensions():
     if profile:
         directives.update({"linetrace": True, "profile": True, "binding": True})
         macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+    else:
+        # Release: no tracing hooks even if the generated C came from a profile build.
+        macros += [("CYTHON_TRACE", "0"), ("CYTHON_TRACE_NOGIL", "0"), ("CYTHON_PROFILE", "0")]
     macros.append(("CGD_PROFILE_BUILD", "1" if profile else "0"))
+
+    # Cython regenerates C only when sources are newer; directives do not count. So
+    # switching between release and profile builds forces regeneration once.
+    stamp = HERE / "build" / "cgd_build_mode"
+    mode = "profile" if profile else "release"
+    force = not stamp.exists() or stamp.read_text() != mode
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(mode)
 
     exts = []
     for pyx in sorted(glob(os.path.join("src", "*.pyx"))):
@@ -139,6 +151,7 @@ def _extensions():
                               define_macros=macros))
     return cythonize(
         exts,
+        force=force,
         include_path=["src"],
         compiler_directives=directives,
         # Rebuild when a .pxd changes; annotate with CGD_ANNOTATE=1 for the HTML view.

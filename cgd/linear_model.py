@@ -56,7 +56,6 @@ TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL = 0, 1, 2
 # the huber / epsilon-insensitive threshold on scikit-learn's linear estimators.
 ADAPTIVE_EPSILON = 1e-8
 MAX_INT = np.iinfo(np.int32).max
-MAX_OUTPUTS = 256
 # Multiply-adds a batch must hold before its chunks are spread over threads. Below this
 # a parallel region costs more than it saves, and on a loaded machine a thread waiting
 # for a descheduled sibling at every small batch can make an epoch 50x slower. The
@@ -205,26 +204,63 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             params[K * n_features:] = b
         return params
 
+    def _state_signature(self):
+        """What the optimizer state means: when it changes between partial_fit calls
+        (set_params), the state is reset rather than misread (adagrad's sums of squares
+        are no adam moments)."""
+        return (self.solver, self.momentum != 0, bool(self.nesterovs_momentum),
+                float(self.average))
+
     def _prepare_state(self, reset, X, coef_init, intercept_init):
         """Start from coef_init / intercept_init (fit, first partial_fit) or carry the
         previous call's parameters and optimizer state over (partial_fit)."""
         dtype = X.dtype
+        K = self._n_outputs
+        P = K * (X.shape[1] + 1)
+        fresh = {
+            "opt": lambda: np.zeros((2, P), dtype=dtype),  # velocity / adam moments / adagrad sums
+            "l1_q": lambda: np.zeros(P, dtype=dtype),  # L1 penalty applied to each coefficient
+            "l1_u": lambda: np.zeros(K),  # L1 penalty owed to every coefficient
+            "avg": lambda: np.zeros(P),  # averaged parameters, in double (see _optim.pxd)
+            "avg_n": lambda: np.zeros(K),  # updates averaged so far, per output
+        }
+        signature = self._state_signature()
         if reset or not hasattr(self, "_sgd_state"):
-            K = self._n_outputs
             params = self._initial_params(K, X.shape[1], dtype, coef_init, intercept_init)
-            P = params.shape[0]
-            self._sgd_state = {
-                "params": params,
-                "opt": np.zeros((2, P), dtype=dtype),  # velocity / adam moments / adagrad sums
-                "l1_q": np.zeros(P, dtype=dtype),  # L1 penalty applied to each coefficient
-                "l1_u": np.zeros(K, dtype=np.float64),  # L1 penalty owed to every coefficient
-                "avg": np.zeros(P, dtype=dtype),  # averaged parameters (average > 0)
-            }
+            self._sgd_state = {"params": params, **{k: f() for k, f in fresh.items()}}
             self.t_ = 1.0
-        elif self._sgd_state["params"].dtype != dtype:
+        else:
+            state = dict(self._sgd_state)
+            coef, intercept = self._published(state, self.t_)
+            user_coef = self.coef_.toarray() if sp.issparse(self.coef_) else self.coef_
+            if not (np.array_equal(np.reshape(user_coef, coef.shape), coef)
+                    and np.array_equal(np.ravel(self.intercept_), intercept)):
+                # coef_ / intercept_ were set by hand: continue from them, as
+                # scikit-learn's partial_fit does, with fresh optimizer state.
+                state = {"params": self._initial_params(K, X.shape[1], dtype, user_coef,
+                                                        self.intercept_),
+                         **{k: f() for k, f in fresh.items()}}
+            elif signature != getattr(self, "_sgd_signature", signature):
+                state.update(opt=fresh["opt"](), avg=fresh["avg"](), avg_n=fresh["avg_n"]())
             # partial_fit with another dtype than before: continue in the new one.
-            self._sgd_state = {k: (v if k == "l1_u" else v.astype(dtype))
-                               for k, v in self._sgd_state.items()}
+            for k in ("params", "opt", "l1_q"):
+                state[k] = state[k].astype(dtype, copy=False)
+            self._sgd_state = state
+        self._sgd_signature = signature
+
+    def _published(self, state, t):
+        """coef_ (K, d) and intercept_ (K,) of a state: the averaged parameters of the
+        outputs that have averaged updates once ``average`` is reached, else the last."""
+        params = state["params"]
+        K = self._n_outputs
+        d = params.shape[0] // K - 1
+        coef = params[: K * d].reshape(K, d).copy()
+        intercept = params[K * d:].copy()
+        if self.average and self.average <= t - 1:
+            rows = state["avg_n"] > 0
+            coef[rows] = state["avg"][: K * d].reshape(K, d)[rows]
+            intercept[rows] = state["avg"][K * d:][rows]
+        return coef, intercept
 
     def _warm_start_init(self, coef_init, intercept_init):
         """fit's initial values: explicit ones win, then warm_start's previous fit."""
@@ -250,8 +286,12 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             self.__dict__.pop("_epochs_committed", None)
 
     def _run_epochs(self, X, y_kernel, sample_weight, *, target, class_offset, pos_w, neg_w,
-                    loss_code, max_iter, n_problems, y_labels, validation_scorer, reset):
-        """Train up to max_iter epochs from ``self._sgd_state``; commit after each."""
+                    loss_code, max_iter, n_problems, y_labels, validation_scorer, reset,
+                    user_weight=None):
+        """Train up to max_iter epochs from ``self._sgd_state``; commit after each.
+
+        ``sample_weight`` is what the kernel applies; ``user_weight`` (default: the
+        same) the caller's own weights, which the validation split checks."""
         n_samples, n_features = X.shape
         K = self._n_outputs
         dtype = X.dtype
@@ -261,25 +301,35 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         if self.early_stopping:
             idx_train, idx_val = validation_split(
                 y_labels, self.validation_fraction, self.random_state,
-                stratify=target != TARGET_REGRESSION, sample_weight=sample_weight)
+                stratify=target != TARGET_REGRESSION,
+                sample_weight=sample_weight if user_weight is None else user_weight)
         else:
             idx_train, idx_val = np.arange(n_samples, dtype=np.intp), None
         n_train = idx_train.shape[0]
-        loss_curve = [] if reset else list(getattr(self, "loss_curve_", None) or [])
+        # The curves grow in place across partial_fit calls (copying them each call
+        # would make a long stream of calls quadratic); an epoch's entry is appended
+        # right before the epoch is committed.
+        loss_curve = None if reset else getattr(self, "loss_curve_", None)
+        loss_curve = [] if loss_curve is None else loss_curve
         val_scores = None
         if self.early_stopping:
-            val_scores = [] if reset else list(getattr(self, "validation_scores_", None) or [])
-        # Running extremes: recomputing them from the curves would cost O(epochs) each.
-        best_loss = min(loss_curve, default=np.inf)
-        best_score = max(val_scores or [], default=-np.inf)
+            val_scores = [] if reset else (getattr(self, "validation_scores_", None) or [])
+        prev_loss = None if reset else getattr(self, "best_loss_", None)
+        prev_score = None if reset else getattr(self, "best_validation_score_", None)
+        best_loss = np.inf if prev_loss is None else prev_loss
+        best_score = -np.inf if prev_score is None else prev_score
 
         # Private working copies: the kernel updates them in place, and what the
         # estimator holds changes only when an epoch has completed with finite values.
         state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
         P = state["params"].shape[0]
-        work_grad = np.zeros((_linear.MAX_CHUNKS_, P), dtype=dtype)
+        m = min(self.batch_size, n_train)
+        per_sample_plain = m == 1 and self.solver == "sgd" and self.momentum == 0
+        grad_rows = 0 if per_sample_plain else min(-(-m // _linear.CHUNK_ROWS_), _linear.MAX_CHUNKS_)
+        work_grad = np.zeros((grad_rows, P), dtype=dtype)
         work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
         work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
+        work_k = np.zeros((2, K), dtype=np.float64)
         obj = np.zeros(K, dtype=np.float64)
 
         tracker = ConvergenceTracker(
@@ -308,19 +358,20 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             status, t = _linear.linear_epoch(
                 X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
                 state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
-                work_grad, work_obj, work_z, obj, cfg, t)
+                state["avg_n"], work_grad, work_obj, work_z, work_k, obj, cfg, t)
             if status != 0:
                 raise divergence_error(len(loss_curve) + 1)
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]
-            loss_curve = loss_curve + [sum(losses[k] for k in trained) / len(trained)]
+            epoch_loss = float(sum(losses[k] for k in trained) / len(trained))
             if self.early_stopping:
                 per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
-                val_scores = val_scores + [float(overall)]
-                best_score = max(best_score, val_scores[-1])
+                best_score = max(best_score, float(overall))
+                val_scores.append(float(overall))
             else:
-                best_loss = min(best_loss, loss_curve[-1])
+                best_loss = min(best_loss, epoch_loss)
+            loss_curve.append(epoch_loss)
             self._commit(state, t, n_epochs, loss_curve, val_scores, best_loss, best_score)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
@@ -341,11 +392,10 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
         never leaves the attributes describing different epochs."""
-        K = self._n_outputs
-        d = state["params"].shape[0] // K - 1
-        use_avg = self.average and self.average <= t - 1
-        src = state["avg"] if use_avg else state["params"]
-        attrs = self._coef_attrs(src[: K * d].reshape(K, d).copy(), src[K * d:].copy())
+        dtype = state["params"].dtype
+        coef, intercept = self._published(state, t)
+        attrs = self._coef_attrs(coef.astype(dtype, copy=False),
+                                 intercept.astype(dtype, copy=False))
         attrs.update({
             "_sgd_state": {k: v.copy() for k, v in state.items()},
             "t_": float(t),
@@ -466,8 +516,8 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     beta_1, beta_2 : float, default=0.9, 0.999
         Adam's moment decay rates.
     n_jobs : int or None, default=None
-        Threads used inside one fit: None all usable cores (honouring
-        ``OMP_NUM_THREADS`` and threadpoolctl limits), -1 all cores, k exactly k.
+        Threads used inside one fit: None or -1 all usable cores (honouring
+        ``OMP_NUM_THREADS`` and threadpoolctl limits), k exactly k.
         The fitted model is bit-for-bit the same for every value.
 
     Attributes
@@ -784,8 +834,6 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
             raise ValueError(
                 "The number of classes has to be greater than one; got %d class" % n_classes
             )
-        if n_classes > MAX_OUTPUTS:
-            raise ValueError(f"cgd supports at most {MAX_OUTPUTS} classes, got {n_classes}.")
         y_idx = np.searchsorted(self.classes_, y)
         y_idx[y_idx == n_classes] = 0
         unseen = self.classes_[y_idx] != y
@@ -794,13 +842,13 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
                 f"y contains labels not in classes_={self.classes_!r}: "
                 f"{np.unique(np.asarray(y)[unseen])[:10]!r}"
             )
-        sample_weight = self._check_sample_weight(sample_weight, X)
+        sample_weight = user_weight = self._check_sample_weight(sample_weight, X)
         cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y).astype(X.dtype)
         K = self._n_outputs
         if self._multinomial:
             target = TARGET_MULTINOMIAL
             class_offset = 0
-            sample_weight = sample_weight * cw[y_idx]
+            sample_weight = sample_weight * cw[y_idx]  # the kernel's; scores use the user's
             pos_w = neg_w = np.ones(K, dtype=X.dtype)
             n_problems = 1
         elif n_classes == 2:
@@ -815,7 +863,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         def scorer(X, idx_val, params, n_threads):
             z = np.empty((idx_val.shape[0], K), dtype=X.dtype)
             _linear.linear_decision(X, idx_val, params, z, n_threads)
-            yv, swv = y_idx[idx_val], sample_weight[idx_val]
+            yv, swv = y_idx[idx_val], user_weight[idx_val]
             if K == 1:
                 pred = (z[:, 0] > 0).astype(np.intp)
             else:
@@ -832,7 +880,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
             X, np.ascontiguousarray(y_idx, dtype=X.dtype), sample_weight, target=target,
             class_offset=class_offset, pos_w=pos_w, neg_w=neg_w,
             loss_code=LOSS_CODES[self.loss], max_iter=max_iter, n_problems=n_problems,
-            y_labels=y, validation_scorer=scorer, reset=reset)
+            y_labels=y, validation_scorer=scorer, reset=reset, user_weight=user_weight)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)

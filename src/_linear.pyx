@@ -7,8 +7,9 @@ P = K * (n_features + 1): the K coefficient rows, then the K intercepts.
 One update on a batch B of m rows (SPEC.md §2):
     w <- w - eta_t * ( (1/m) sum_{i in B} s_i dl/dz_i x_i + alpha * grad R(w) )
 
-Determinism (SPEC.md §3): a batch is cut into chunks whose boundaries depend on the
-batch size only (at least CHUNK_ROWS rows, at most MAX_CHUNKS chunks); each chunk's
+Determinism (SPEC.md §3): a batch of m rows is cut into nch = min(ceil(m / CHUNK_ROWS),
+MAX_CHUNKS) chunks, chunk c holding rows [c*m // nch, (c+1)*m // nch): boundaries that
+depend on the batch size only, never on the thread count; each chunk's
 partial gradient goes to its own row of `work_grad`; rows are summed in chunk order.
 Threads take chunks with a static schedule, so any thread count gives the same bits.
 
@@ -23,7 +24,7 @@ from cython.parallel cimport prange
 from libc.math cimport isfinite
 from libc.string cimport memset
 
-from _math cimport (loss_and_dloss, softmax_inplace, dot, abs_sum, LOSS_MULTINOMIAL)
+from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, SOLVER_SGD)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
@@ -318,10 +319,13 @@ def linear_epoch(
     floating[:, ::1] opt_state,         # IN/OUT (2, P) optimizer moments / velocity
     floating[::1] l1_q,                 # IN/OUT (P,) L1 penalty applied to each coefficient
     double[::1] l1_u,                   # IN/OUT (K,) L1 penalty owed to every coefficient
-    floating[::1] avg_params,           # IN/OUT (P,) averaged parameters (average > 0)
-    floating[:, ::1] work_grad,         # scratch (MAX_CHUNKS, P)
+    double[::1] avg_params,             # IN/OUT (P,) averaged parameters (average > 0)
+    double[::1] avg_n,                  # IN/OUT (K,) updates averaged so far, per output
+    floating[:, ::1] work_grad,         # scratch (chunks of the largest batch, P); may have
+                                        #         0 rows for per-sample plain SGD
     double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
     floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
+    double[:, ::1] work_k,              # scratch (2, K): learning rates, penalties
     double[::1] obj_out,                # OUT    (K,) sum over training rows of l_i + R(w)
     dict config,
     double t,                           # IN     number of the first update (from 1)
@@ -333,9 +337,9 @@ def linear_epoch(
     cdef Py_ssize_t P = K * (d + 1), n_order = order.shape[0]
     cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j
     cdef int status = STATUS_OK
-    cdef double eta[256]
-    cdef double reg[256]
-    cdef double reg_sum, obj_batch, gscale, avg_count
+    cdef double* eta
+    cdef double* reg
+    cdef double reg_sum, obj_batch, gscale
     cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
@@ -343,26 +347,28 @@ def linear_epoch(
     cdef floating* prm = &params[0]
     cdef floating* g
 
-    if K > 256:
-        raise ValueError("at most 256 outputs are supported by the linear kernel")
     if y.shape[0] != n or sample_weight.shape[0] != n or params.shape[0] != P:
         raise ValueError("inconsistent shapes passed to linear_epoch")
     if opt_state.shape[0] < 2 or opt_state.shape[1] != P or l1_q.shape[0] != P \
-            or avg_params.shape[0] != P or l1_u.shape[0] != K:
+            or avg_params.shape[0] != P or l1_u.shape[0] != K or avg_n.shape[0] != K:
         raise ValueError("optimizer state does not match the parameters")
-    if work_grad.shape[0] < MAX_CHUNKS or work_grad.shape[1] != P \
-            or work_obj.shape[0] < MAX_CHUNKS or work_obj.shape[1] != K \
-            or work_z.shape[0] < MAX_CHUNKS or work_z.shape[1] != K:
+    if (work_grad.shape[0] < (0 if m == 1 and plain else n_chunks_for(min(m, n_order)))
+            or work_grad.shape[1] != P
+            or work_obj.shape[0] < MAX_CHUNKS or work_obj.shape[1] != K
+            or work_z.shape[0] < MAX_CHUNKS or work_z.shape[1] != K
+            or work_k.shape[0] < 2 or work_k.shape[1] != K):
         raise ValueError("work buffers do not match the parameters")
     if pos_weight.shape[0] != K or neg_weight.shape[0] != K or active.shape[0] != K \
             or obj_out.shape[0] != K:
         raise ValueError("per-output arrays must have one entry per output")
+    obj_out[:] = 0.0
     if n_order == 0:
         return STATUS_OK, t
+    eta = &work_k[0, 0]
+    reg = &work_k[1, 0]
 
     with nogil:
         for k in range(K):
-            obj_out[k] = 0.0
             reg[k] = penalty_value(&cfg, prm + k * d, d)
         last_check = cgd_now()
         start = 0
@@ -416,11 +422,13 @@ def linear_epoch(
                 obj_batch += mb * reg_sum
 
             if cfg.average > 0.0 and cfg.average <= t:
-                avg_count = t - cfg.average + 1.0
+                # Each output counts its own averaged updates: a one-vs-rest problem
+                # that stopped early keeps the mean of the iterates it had.
                 for k in range(K):
                     if multinomial or active[k]:
-                        running_average(&avg_params[k * d], prm + k * d, d, avg_count)
-                        running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_count)
+                        avg_n[k] += 1.0
+                        running_average(&avg_params[k * d], prm + k * d, d, avg_n[k])
+                        running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_n[k])
             for k in range(K):
                 if not (multinomial or active[k]):
                     continue

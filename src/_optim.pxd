@@ -119,7 +119,9 @@ cdef inline void l1_cumulative(
 
 
 cdef inline void running_average(
-    floating* avg,          # IN/OUT (n,) running mean
+    double* avg,            # IN/OUT (n,) running mean, in double whatever w's dtype: in
+                            #        float32 a step (w - avg) / count below half an ulp
+                            #        would round to zero and freeze the mean
     const floating* w,      # IN     (n,) current value
     Py_ssize_t n,
     double count,           # IN     number of values averaged, this one included
@@ -127,4 +129,4 @@ cdef inline void running_average(
     cdef Py_ssize_t j
     cdef double inv = 1.0 / count
     for j in range(n):
-        avg[j] = <floating>(avg[j] + (w[j] - avg[j]) * inv)
+        avg[j] = avg[j] + (w[j] - avg[j]) * inv

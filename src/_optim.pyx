@@ -42,7 +42,7 @@ def l1_truncate(floating[::1] w, floating[::1] q, double u):
         l1_cumulative(&w[0], &q[0], w.shape[0], u)
 
 
-def average(floating[::1] avg, const floating[::1] w, double count):
+def average(double[::1] avg, const floating[::1] w, double count):
     """avg += (w - avg) / count, in place."""
     with nogil:
         running_average(&avg[0], &w[0], w.shape[0], count)

@@ -210,3 +210,84 @@ def test_sparsify_densify_keep_predictions_and_training():
     clf.densify()
     assert isinstance(clf.coef_, np.ndarray)
     np.testing.assert_array_equal(clf.decision_function(X), dec)
+
+
+def _ovr_blobs():
+    rng = np.random.default_rng(5)
+    centers = np.array([[4.0, 0.0], [0.0, 0.0], [-1.0, 1.0]])
+    y = np.repeat([0, 1, 2], 200)
+    return centers[y] + rng.standard_normal((600, 2)), y
+
+
+def test_ovr_average_keeps_the_mean_of_a_problem_that_stopped_early():
+    X, y = _ovr_blobs()
+    est = cgd.SGDClassifier(random_state=0, max_iter=200)
+    est.fit(X, y)
+    avg = cgd.SGDClassifier(random_state=0, max_iter=200, average=int(est.t_ // 2)).fit(X, y)
+    # Every row is an average of that problem's own iterates: none is left at zero
+    # because its problem stopped before `average` updates.
+    assert np.all(np.linalg.norm(avg.coef_, axis=1) > 0)
+    assert np.all(avg._sgd_state["avg_n"] >= 0)
+    assert avg.score(X, y) > 0.7
+
+
+def test_float32_average_does_not_freeze():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((200_000, 5))
+    w = rng.standard_normal(5)
+    y = X @ w + 0.1 * rng.standard_normal(200_000)
+    kw = dict(average=True, max_iter=8, tol=None, random_state=0, learning_rate="constant",
+              eta0=0.01)
+    e64 = cgd.SGDRegressor(**kw).fit(X, y)
+    e32 = cgd.SGDRegressor(**kw).fit(X.astype(np.float32), y.astype(np.float32))
+    # After 1.6e6 updates a float32 running mean would have frozen at its early value.
+    err64, err32 = np.abs(e64.coef_ - w).max(), np.abs(e32.coef_ - w).max()
+    assert err32 < 2 * err64 + 1e-4
+
+
+def test_changing_solver_between_partial_fits_resets_optimizer_state():
+    X, y = _reg(n=2000)
+    est = cgd.SGDRegressor(solver="adagrad", learning_rate="constant", eta0=0.1, batch_size=16,
+                           random_state=0)
+    for _ in range(5):
+        est.partial_fit(X, y)
+    before = np.abs(est.predict(X) - y).mean()
+    est.set_params(solver="adam", eta0=0.001)
+    est.partial_fit(X, y)
+    assert np.abs(est.predict(X) - y).mean() < 2 * before + 0.05
+    np.testing.assert_array_equal(est._sgd_state["opt"][1] >= 0, True)  # adam's second moment
+
+
+def test_partial_fit_continues_from_a_coef_set_by_hand():
+    from sklearn.linear_model import SGDRegressor as SkSGDRegressor
+
+    X, y = _reg(n=200)
+    fits = []
+    for cls in (cgd.SGDRegressor, SkSGDRegressor):
+        est = cls(shuffle=False, learning_rate="constant", eta0=1e-4).partial_fit(X, y)
+        est.coef_ = np.full_like(est.coef_, 100.0)
+        fits.append(est.partial_fit(X, y).coef_)
+    # As scikit-learn's: the next epoch starts from the coef_ set by hand.
+    np.testing.assert_allclose(fits[0], fits[1], rtol=1e-12)
+    assert np.all(fits[0] > 90)
+
+
+def test_scratch_memory_is_sized_to_the_batch():
+    import tracemalloc
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 2000))
+    y = np.arange(300) % 50  # 50 classes: P = 50 * 2001 parameters (0.8 MB)
+    tracemalloc.start()
+    cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", max_iter=1, tol=None).fit(X, y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Per-sample plain SGD needs no chunk gradient buffers (64 of them would be 51 MB).
+    assert peak < 20e6
+
+
+def test_more_than_256_classes():
+    rng = np.random.default_rng(8)
+    y = np.arange(600) % 300
+    X = rng.standard_normal((600, 3)) + y[:, None] * 0.01
+    est = cgd.SGDClassifier(max_iter=2, tol=None).fit(X, y)
+    assert est.coef_.shape == (300, 3)
