@@ -299,26 +299,19 @@ def main(argv=None):
 
     # ---- workloads (each dataset generated once, shared by all rows)
     results = []
-    log(f"W1 data: n={n_w1}+{n_test} held out, d={D}, float64")
-    data = make_linear(n_w1, n_test, D, np.float64, seed=1, classification=False)
-    results += run_workload("W1", "linear regression", regressor_configs(), data,
-                            args.repeats, bw, "R^2", log)
-    del data
-    gc.collect()
-
-    log(f"W2 data: n={n_w1}+{n_test} held out, d={D}, float64")
-    data = make_linear(n_w1, n_test, D, np.float64, seed=2, classification=True)
-    results += run_workload("W2", "binary logistic regression", classifier_configs(), data,
-                            args.repeats, bw, "accuracy", log)
-    del data
-    gc.collect()
-
-    log(f"W4 data: n={n_w4}+{n_test} held out, d={D}, float32")
-    data = make_linear(n_w4, n_test, D, np.float32, seed=4, classification=False)
-    results += run_workload("W4", "linear regression, float32", regressor_configs(), data,
-                            args.repeats, bw, "R^2", log)
-    del data
-    gc.collect()
+    workloads = [  # id, title, n, dtype, seed, classification, configs, score name
+        ("W1", "linear regression", n_w1, np.float64, 1, False, regressor_configs(), "R^2"),
+        ("W2", "binary logistic regression", n_w1, np.float64, 2, True, classifier_configs(),
+         "accuracy"),
+        ("W4", "linear regression, float32", n_w4, np.float32, 4, False, regressor_configs(),
+         "R^2"),
+    ]
+    for wid, title, n, dtype, seed, classification, configs, score_name in workloads:
+        log(f"{wid} data: n={n}+{n_test} held out, d={D}, {np.dtype(dtype).name}")
+        data = make_linear(n, n_test, D, dtype, seed=seed, classification=classification)
+        results += run_workload(wid, title, configs, data, args.repeats, bw, score_name, log)
+        del data
+        gc.collect()
 
     # ---- bandwidth again: on a shared machine the best of both measurements is the limit
     log("machine limits: read bandwidth again")
