@@ -28,6 +28,7 @@ from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, SOLVER_SGD)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
+from _reduce cimport reduce_chunks
 
 ctypedef Py_ssize_t intp_t
 
@@ -245,17 +246,6 @@ cdef void sgd_single_row(
                 w[j] = <floating>(w[j] - step * x[j])
         if cfg.fit_intercept:
             params[K * d + k] = <floating>(params[K * d + k] - step)
-
-
-cdef void reduce_chunks(floating* buf, Py_ssize_t stride, Py_ssize_t nch,
-                        Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """buf[j] = (((row0 + row1) + row2) + ...)[j] for j in [j0, j1): a fixed order."""
-    cdef Py_ssize_t c, j
-    cdef const floating* src
-    for c in range(1, nch):
-        src = buf + c * stride
-        for j in range(j0, j1):
-            buf[j] = buf[j] + src[j]
 
 
 cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:

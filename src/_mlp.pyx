@@ -11,11 +11,15 @@ delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation
 """
 
 from cython cimport floating
-from libc.math cimport exp, log, tanh
+from cython.parallel cimport prange
+from libc.math cimport exp, log, tanh, isfinite
 from libc.string cimport memset
 
 from _blas cimport gemm
 from _math cimport sigmoid
+from _optim cimport OptimConfig, optimizer_step
+from _reduce cimport reduce_chunks
+from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 
 ctypedef Py_ssize_t intp_t
 
@@ -211,3 +215,132 @@ def mlp_loss_grad(
                               &params[0], &sizes[0], &off[0], L, hidden_activation,
                               out_activation, eps, &grad[0], &acts[0], &deltas[0])
     return loss
+
+
+# A batch of m rows is cut into nblk = ceil(m / BLOCK_ROWS) blocks (at most MAX_BLOCKS;
+# beyond that the blocks grow), block c holding rows [c*m // nblk, (c+1)*m // nblk).
+# The bounds depend on m only; each block runs its own single-threaded GEMMs (OpenBLAS
+# results depend on its thread count and on a call's row count) into its own gradient
+# row, and rows are summed in block order: the same bits for any number of threads.
+cdef enum:
+    BLOCK_ROWS = 64
+    MAX_BLOCKS = 16
+
+MAX_BLOCKS_ = MAX_BLOCKS
+BLOCK_ROWS_ = BLOCK_ROWS
+
+
+cdef inline Py_ssize_t n_blocks_for(Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS
+    return nblk if nblk < MAX_BLOCKS else MAX_BLOCKS
+
+
+def block_rows_for(Py_ssize_t m):
+    """The largest number of rows a block of a batch of m rows holds."""
+    cdef Py_ssize_t nblk = n_blocks_for(m)
+    return (m + nblk - 1) // nblk if nblk else 0
+
+
+def mlp_epoch(
+    const floating[:, ::1] X,           # IN     (n_samples, n_features)
+    const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
+    const floating[::1] sample_weight,  # IN     (n_samples,)
+    const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
+    const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
+    floating[::1] params,               # IN/OUT (P,) flat parameters
+    floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
+    floating[:, ::1] work_grad,         # scratch (>= blocks of a batch, P)
+    floating[:, ::1] work_act,          # scratch (>= blocks of a batch, rows per block * sum(sizes))
+    floating[:, ::1] work_delta,        # scratch (as work_act)
+    dict config,
+    double t,                           # IN     number of the first update (adam), from 1
+):
+    """Train one epoch of mini-batch updates in place.
+
+    Each update: w <- step(w, (1/m) sum_i s_i dl_i/dw + (alpha/m) w) for weights (the L2
+    scaling of scikit-learn's MLPs), biases unpenalised, at the fixed rate
+    ``config["learning_rate"]``. Returns ``(status, t, loss_sum)``: status 0 ok,
+    1 diverged; loss_sum the sum over rows of s_i l_i at the weights before each update.
+    """
+    import numpy as np
+    cdef Py_ssize_t L = sizes.shape[0] - 1, l, n_order = order.shape[0]
+    cdef Py_ssize_t m = config["batch_size"], start, mb, nblk, c, r0, r1, P = 0
+    cdef int hidden_act = config["hidden_activation"], out_act = config["out_activation"]
+    cdef int nt = config["n_threads"], status = 0
+    cdef double alpha = config["alpha"], lr = config["learning_rate"]
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef double loss_sum = 0.0, batch_loss, last_check
+    cdef OptimConfig oc
+    oc.solver = config["solver"]
+    oc.momentum = config["momentum"]
+    oc.nesterov = config["nesterov"]
+    oc.beta_1 = config["beta_1"]
+    oc.beta_2 = config["beta_2"]
+    oc.eps = config["epsilon"]
+    offsets = np.zeros(max(L, 1), dtype=np.intp)
+    cdef intp_t[::1] off = offsets
+    cdef Py_ssize_t act_total = 0
+    for l in range(L):
+        off[l] = P
+        P += (sizes[l] + 1) * sizes[l + 1]
+    for l in range(L + 1):
+        act_total += sizes[l]
+    if L < 1 or L > 63 or sizes[0] != X.shape[1] or sizes[L] != Y.shape[1] \
+            or Y.shape[0] != X.shape[0] or sample_weight.shape[0] != X.shape[0]:
+        raise ValueError("inconsistent shapes passed to mlp_epoch")
+    if m < 1 or nt < 1:
+        raise ValueError("batch_size and n_threads must be >= 1")
+    mmax = min(m, n_order)
+    if params.shape[0] != P or opt_state.shape[0] < 2 or opt_state.shape[1] != P \
+            or work_grad.shape[0] < n_blocks_for(mmax) or work_grad.shape[1] != P \
+            or work_act.shape[0] < n_blocks_for(mmax) \
+            or work_act.shape[1] < block_rows_for(mmax) * act_total \
+            or work_delta.shape[0] < work_act.shape[0] or work_delta.shape[1] < work_act.shape[1]:
+        raise ValueError("parameters, optimizer state or work buffers do not match the layers")
+    if n_order == 0:
+        return 0, t, 0.0
+    cdef double[::1] block_loss = np.zeros(MAX_BLOCKS)
+    cdef floating* prm = &params[0]
+    cdef floating* g
+    with nogil:
+        last_check = cgd_now()
+        start = 0
+        while start < n_order:
+            mb = min(m, n_order - start)
+            nblk = n_blocks_for(mb)
+            for c in prange(nblk, schedule="static", num_threads=nt if nblk > 1 else 1):
+                memset(&work_grad[c, 0], 0, P * sizeof(floating))
+                block_loss[c] = loss_grad_rows(
+                    &X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0],
+                    &order[start + (c * mb) // nblk], ((c + 1) * mb) // nblk - (c * mb) // nblk,
+                    prm, &sizes[0], &off[0], L, hidden_act, out_act, eps,
+                    &work_grad[c, 0], &work_act[c, 0], &work_delta[c, 0])
+            reduce_chunks(&work_grad[0, 0], P, nblk, 0, P)
+            batch_loss = 0.0
+            for c in range(nblk):
+                batch_loss += block_loss[c]
+            loss_sum += batch_loss
+            if not isfinite(batch_loss):
+                status = 1
+                break
+            g = &work_grad[0, 0]
+            for l in range(L):
+                # weights (L2: alpha / m, as scikit-learn's MLPs), then biases
+                optimizer_step(&oc, prm + off[l], g + off[l], 1.0 / mb,
+                               &opt_state[0, off[l]], &opt_state[1, off[l]],
+                               sizes[l] * sizes[l + 1], lr, alpha / mb, t)
+                r0 = off[l] + sizes[l] * sizes[l + 1]
+                optimizer_step(&oc, prm + r0, g + r0, 1.0 / mb, &opt_state[0, r0],
+                               &opt_state[1, r0], sizes[l + 1], lr, 0.0, t)
+            t += 1.0
+            start += mb
+            if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
+                with gil:
+                    PyErr_CheckSignals()
+                last_check = cgd_now()
+        if status == 0:
+            for r1 in range(P):
+                if not isfinite(prm[r1]):
+                    status = 1
+                    break
+    return status, t, loss_sum

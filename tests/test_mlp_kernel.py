@@ -127,3 +127,78 @@ def test_bad_shapes_are_refused():
         _native(X, Y, sw, sizes, params[:-1], "tanh", "regression")
     with pytest.raises(ValueError, match="range"):
         _native(X, Y, sw, sizes, params, "tanh", "regression", np.array([0, 99], dtype=np.intp))
+
+
+# ---------------------------------------------------------------- the epoch kernel
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+
+def _epoch(X, Y, sw, sizes, params, *, batch_size, lr, alpha=0.0, solver=0, momentum=0.0,
+           nesterov=False, n_threads=1, act="tanh", task="multiclass", order=None, t=1.0,
+           opt=None):
+    P = params.size
+    rows = _mlp.block_rows_for(min(batch_size, X.shape[0]))
+    work = lambda: np.zeros((_mlp.MAX_BLOCKS_, max(rows, 1) * int(sizes.sum())), X.dtype)
+    opt = np.zeros((2, P), X.dtype) if opt is None else opt
+    order = np.arange(X.shape[0], dtype=np.intp) if order is None else order
+    cfg = dict(batch_size=batch_size, hidden_activation=ACT[act], out_activation=OUT[task],
+               n_threads=n_threads, alpha=alpha, learning_rate=lr, solver=solver,
+               momentum=momentum, nesterov=nesterov, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    with threadpool_limits(1, user_api="blas"):  # BLAS bits depend on its thread count
+        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt,
+                                         np.zeros((_mlp.MAX_BLOCKS_, P), X.dtype), work(),
+                                         work(), cfg, t)
+    return status, t, loss, opt
+
+
+@pytest.mark.parametrize("hidden", [(6,), (7, 5)])
+def test_full_batch_sgd_step_matches_numpy(hidden):
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=3, n=150)
+    w0 = params.copy()
+    lr, alpha = 0.1, 0.3
+    status, t, loss, _ = _epoch(X, Y, sw, sizes, params, batch_size=150, lr=lr, alpha=alpha)
+    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, w0, "tanh", "multiclass")
+    # L2 on weights only, scaled by 1/batch as scikit-learn's MLPs.
+    mask = np.concatenate([np.r_[np.ones(sizes[l] * sizes[l + 1]), np.zeros(sizes[l + 1])]
+                           for l in range(len(sizes) - 1)])
+    expected = w0 - lr * (g / 150 + alpha / 150 * mask * w0)
+    assert status == 0 and t == 2.0 and loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
+
+
+def test_adam_minibatch_sequence_matches_numpy():
+    X, Y, sw, sizes, params = _problem("regression", (5,), seed=4, n=100)
+    w = params.copy()
+    m_, v_ = np.zeros_like(w), np.zeros_like(w)
+    lr = 0.01
+    for t, sl in enumerate([slice(0, 64), slice(64, 100)], start=1):
+        _, g = _numpy_backprop(X[sl], Y[sl], sw[sl], sizes, w, "relu", "regression")
+        g = g / (sl.stop - sl.start)
+        m_, v_ = 0.9 * m_ + 0.1 * g, 0.999 * v_ + 0.001 * g * g
+        w = w - lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m_ / (np.sqrt(v_) + 1e-8)
+    status, t, _, _ = _epoch(X, Y, sw, sizes, params, batch_size=64, lr=lr, solver=1,
+                             act="relu", task="regression")
+    assert status == 0 and t == 3.0
+    np.testing.assert_allclose(params, w, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_size", [64, 200, 1000])
+def test_epoch_is_bit_identical_for_any_thread_count(dtype, batch_size):
+    X, Y, sw, sizes, params = _problem("multiclass", (40, 20), seed=5, n=1000, d=30, dtype=dtype)
+    order = np.random.default_rng(0).permutation(1000).astype(np.intp)
+    results = []
+    for nt in (1, 2, 3):
+        p = params.copy()
+        _, _, loss, _ = _epoch(X, Y, sw, sizes, p, batch_size=batch_size, lr=0.05, alpha=1e-3,
+                               solver=0, momentum=0.9, nesterov=True, n_threads=nt, order=order)
+        results.append((p, loss))
+    for p, loss in results[1:]:
+        assert np.array_equal(p, results[0][0]) and loss == results[0][1]
+
+
+def test_epoch_reports_divergence():
+    X, Y, sw, sizes, params = _problem("regression", (4,), seed=6, n=50)
+    status, _, _, _ = _epoch(X * 1e200, Y, sw, sizes, params, batch_size=10, lr=1.0,
+                             act="identity", task="regression")
+    assert status == 1

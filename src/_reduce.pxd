@@ -1,0 +1,15 @@
+# The fixed-order sum behind cgd's thread-count-independent gradients (SPEC.md §3.3).
+
+from cython cimport floating
+
+
+cdef inline void reduce_chunks(floating* buf, Py_ssize_t stride, Py_ssize_t nch,
+                               Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """buf[j] = (((row0 + row1) + row2) + ...)[j] for j in [j0, j1), rows `stride` apart:
+    the same order for every j whichever thread sums which range."""
+    cdef Py_ssize_t c, j
+    cdef const floating* src
+    for c in range(1, nch):
+        src = buf + c * stride
+        for j in range(j0, j1):
+            buf[j] = buf[j] + src[j]
