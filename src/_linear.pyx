@@ -26,7 +26,7 @@ from libc.string cimport memset
 
 from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
-                     schedule_eta, SOLVER_SGD)
+                     schedule_eta, read_optim_config, SOLVER_SGD)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 from _reduce cimport reduce_chunks
 
@@ -92,12 +92,7 @@ cdef EpochConfig read_config(dict c) except *:
     cfg.n_threads = c["n_threads"]
     cfg.weighted_objective = c.get("weighted_objective", False)
     cfg.parallel_min_work = c.get("parallel_min_work", 0.0)
-    cfg.optim.solver = c["solver"]
-    cfg.optim.momentum = c["momentum"]
-    cfg.optim.nesterov = c["nesterov"]
-    cfg.optim.beta_1 = c["beta_1"]
-    cfg.optim.beta_2 = c["beta_2"]
-    cfg.optim.eps = c["adam_epsilon"]
+    cfg.optim = read_optim_config(c)
     if cfg.batch_size < 1 or cfg.n_threads < 1:
         raise ValueError("batch_size and n_threads must be >= 1")
     return cfg

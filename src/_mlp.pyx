@@ -17,7 +17,7 @@ from libc.string cimport memset
 
 from _blas cimport gemm
 from _math cimport sigmoid
-from _optim cimport OptimConfig, optimizer_step
+from _optim cimport OptimConfig, optimizer_step, read_optim_config
 from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 
@@ -270,13 +270,7 @@ def mlp_epoch(
     cdef double alpha = config["alpha"], lr = config["learning_rate"]
     cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
     cdef double loss_sum = 0.0, batch_loss, last_check
-    cdef OptimConfig oc
-    oc.solver = config["solver"]
-    oc.momentum = config["momentum"]
-    oc.nesterov = config["nesterov"]
-    oc.beta_1 = config["beta_1"]
-    oc.beta_2 = config["beta_2"]
-    oc.eps = config["epsilon"]
+    cdef OptimConfig oc = read_optim_config(config)
     offsets = np.zeros(max(L, 1), dtype=np.intp)
     cdef intp_t[::1] off = offsets
     cdef Py_ssize_t act_total = 0

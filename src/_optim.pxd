@@ -36,6 +36,18 @@ cdef struct OptimConfig:
     double eps
 
 
+cdef inline OptimConfig read_optim_config(dict c) except *:
+    """The optimizer settings of a kernel's config dict (keys as the estimators write)."""
+    cdef OptimConfig oc
+    oc.solver = c["solver"]
+    oc.momentum = c["momentum"]
+    oc.nesterov = c["nesterov"]
+    oc.beta_1 = c["beta_1"]
+    oc.beta_2 = c["beta_2"]
+    oc.eps = c["adam_epsilon"]
+    return oc
+
+
 cdef inline double schedule_eta(int schedule, double eta_base, double alpha, double t,
                                 double power_t, double optimal_init) noexcept nogil:
     """Learning rate of update number t (t counts updates from 1), as scikit-learn."""

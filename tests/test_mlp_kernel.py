@@ -143,7 +143,7 @@ def _epoch(X, Y, sw, sizes, params, *, batch_size, lr, alpha=0.0, solver=0, mome
     order = np.arange(X.shape[0], dtype=np.intp) if order is None else order
     cfg = dict(batch_size=batch_size, hidden_activation=ACT[act], out_activation=OUT[task],
                n_threads=n_threads, alpha=alpha, learning_rate=lr, solver=solver,
-               momentum=momentum, nesterov=nesterov, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+               momentum=momentum, nesterov=nesterov, beta_1=0.9, beta_2=0.999, adam_epsilon=1e-8)
     with threadpool_limits(1, user_api="blas"):  # BLAS bits depend on its thread count
         status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt,
                                          np.zeros((_mlp.MAX_BLOCKS_, P), X.dtype), work(),
