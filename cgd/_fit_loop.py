@@ -43,34 +43,26 @@ class ConvergenceTracker:
         self.no_improvement = np.zeros(n_problems, dtype=np.int64)
         self.best_loss = np.full(n_problems, np.inf)
         self.best_score = np.full(n_problems, -np.inf)
-        self.n_epochs = np.zeros(n_problems, dtype=np.int64)
 
     def update(self, losses=None, scores=None):
         """Record one epoch of every active problem: training losses (lower is better)
-        or validation scores (higher is better). Returns the indices of the problems
-        whose score improved on their best so far."""
-        improved = []
+        or validation scores (higher is better)."""
         # Plain Python over the few problems: NumPy calls on arrays this small would
         # cost more than the epoch of a small data set.
         tol, limit = self.tol, self.n_iter_no_change
         for k in range(self.active.shape[0]):
             if not self.active[k]:
                 continue
-            self.n_epochs[k] += 1
             if scores is not None:
                 s = float(scores[k])
                 worse = tol > -np.inf and s < self.best_score[k] + tol
-                better = s > self.best_score[k]
-                if better:
+                if s > self.best_score[k]:
                     self.best_score[k] = s
             else:
                 s = float(losses[k])
                 worse = tol > -np.inf and s > self.best_loss[k] - tol
-                better = s < self.best_loss[k]
-                if better:
+                if s < self.best_loss[k]:
                     self.best_loss[k] = s
-            if better:
-                improved.append(k)
             count = self.no_improvement[k] + 1 if worse else 0
             self.no_improvement[k] = count
             if count > limit if self.strict else count >= limit:
@@ -79,7 +71,6 @@ class ConvergenceTracker:
                     self.no_improvement[k] = 0
                 else:
                     self.active[k] = 0
-        return improved
 
     @property
     def done(self):

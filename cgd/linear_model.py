@@ -127,8 +127,6 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             )
         if self.nesterovs_momentum and self.momentum == 0:
             raise ValueError("nesterovs_momentum=True needs momentum > 0.")
-        if self.n_jobs == 0:
-            raise ValueError("n_jobs == 0 is not a valid number of threads; use None, -1 or k >= 1")
 
     def _validate_params_again(self):
         """scikit-learn skips parameter validation on a fitted estimator's partial_fit;
@@ -323,10 +321,9 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
         # estimator holds changes only when an epoch has completed with finite values.
         state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
         P = state["params"].shape[0]
-        m = min(self.batch_size, n_train)
-        per_sample_plain = m == 1 and self.solver == "sgd" and self.momentum == 0
-        grad_rows = 0 if per_sample_plain else min(-(-m // _linear.CHUNK_ROWS_), _linear.MAX_CHUNKS_)
-        work_grad = np.zeros((grad_rows, P), dtype=dtype)
+        plain = self.solver == "sgd" and self.momentum == 0
+        work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain), P),
+                             dtype=dtype)
         work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
         work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
         work_k = np.zeros((2, K), dtype=np.float64)
@@ -387,7 +384,6 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
                     print(f"Convergence after {epoch + 1} epochs took "
                           f"{time.time() - t_start:.2f} seconds")
                 break
-        return n_epochs
 
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt

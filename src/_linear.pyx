@@ -50,7 +50,6 @@ cdef enum:
 
 # Python-visible copies of the constants the estimators need.
 MAX_CHUNKS_ = MAX_CHUNKS
-CHUNK_ROWS_ = CHUNK_ROWS
 
 
 cdef struct EpochConfig:
@@ -291,6 +290,14 @@ cdef void batch_gradient(
                 work_obj[0, k] += work_obj[c, k]
 
 
+def grad_rows_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_plain):
+    """Rows of ``work_grad`` an epoch needs: one per chunk of its largest batch, none
+    for plain per-sample SGD (which never builds a batch gradient)."""
+    if per_sample_plain and min(batch_size, n_train) == 1:
+        return 0
+    return n_chunks_for(min(batch_size, n_train))
+
+
 def linear_epoch(
     const floating[:, ::1] X,           # IN     (n_samples, n_features)
     const floating[::1] y,              # IN     (n_samples,) targets, or class indices (classifiers)
@@ -337,7 +344,7 @@ def linear_epoch(
     if opt_state.shape[0] < 2 or opt_state.shape[1] != P or l1_q.shape[0] != P \
             or avg_params.shape[0] != P or l1_u.shape[0] != K or avg_n.shape[0] != K:
         raise ValueError("optimizer state does not match the parameters")
-    if (work_grad.shape[0] < (0 if m == 1 and plain else n_chunks_for(min(m, n_order)))
+    if (work_grad.shape[0] < grad_rows_needed(m, n_order, plain)
             or work_grad.shape[1] != P
             or work_obj.shape[0] < MAX_CHUNKS or work_obj.shape[1] != K
             or work_z.shape[0] < MAX_CHUNKS or work_z.shape[1] != K

@@ -6,7 +6,11 @@ so tests can check each step against a NumPy formula, one call at a time.
 
 from cython cimport floating
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
-                     schedule_eta)
+                     schedule_eta, read_optim_config)
+
+# Defaults for the keys a test may leave out.
+_STEP_DEFAULTS = {"momentum": 0.0, "nesterov": False, "beta_1": 0.9, "beta_2": 0.999,
+                  "adam_epsilon": 1e-8}
 
 
 def step(
@@ -21,13 +25,7 @@ def step(
     double t,
 ):
     """Apply one optimizer step in place (see ``optimizer_step``)."""
-    cdef OptimConfig c
-    c.solver = cfg["solver"]
-    c.momentum = cfg.get("momentum", 0.0)
-    c.nesterov = cfg.get("nesterov", False)
-    c.beta_1 = cfg.get("beta_1", 0.9)
-    c.beta_2 = cfg.get("beta_2", 0.999)
-    c.eps = cfg.get("eps", 1e-8)
+    cdef OptimConfig c = read_optim_config({**_STEP_DEFAULTS, **cfg})
     if g.shape[0] != w.shape[0] or s0.shape[0] != w.shape[0] or s1.shape[0] != w.shape[0]:
         raise ValueError("w, g, s0 and s1 must have the same length")
     with nogil:

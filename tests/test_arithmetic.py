@@ -13,6 +13,8 @@ import cgd
 from cgd import _linear, _optim
 from cgd.linear_model import LOSS_CODES
 
+from _helpers import central_differences
+
 RNG = np.random.default_rng(0)
 
 
@@ -177,14 +179,9 @@ def _config(loss, target, K, l1=0.0, l2=0.0):
 def _fd_check(X, y, sw, K, cfg, params):
     ones = np.ones(K)
     obj, grad = _linear.linear_objective_gradient(X, y, sw, ones, ones, params, cfg)
-    h = 1e-6
-    fd = np.empty_like(params)
-    for j in range(params.size):
-        p, q = params.copy(), params.copy()
-        p[j] += h
-        q[j] -= h
-        fd[j] = (_linear.linear_objective_gradient(X, y, sw, ones, ones, p, cfg)[0].sum()
-                 - _linear.linear_objective_gradient(X, y, sw, ones, ones, q, cfg)[0].sum()) / (2 * h)
+    fd = central_differences(
+        lambda p: _linear.linear_objective_gradient(X, y, sw, ones, ones, p, cfg)[0].sum(),
+        params, 1e-6)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7)
     return obj
 

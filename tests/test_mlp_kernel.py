@@ -6,6 +6,8 @@ from scipy.special import expit, softmax
 
 from cgd import _mlp
 
+from _helpers import central_differences
+
 ACT = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
 OUT = {"regression": 0, "binary": 1, "multilabel": 1, "multiclass": 4}
 F = {"identity": lambda h: h, "logistic": expit, "tanh": np.tanh, "relu": lambda h: np.maximum(h, 0)}
@@ -94,14 +96,7 @@ def test_backprop_matches_numpy(task, act, hidden):
 def test_gradient_matches_finite_differences(task, act):
     X, Y, sw, sizes, params = _problem(task, (6, 4), seed=1)
     _, grad = _native(X, Y, sw, sizes, params, act, task)
-    h = 1e-5
-    fd = np.empty_like(params)
-    for j in range(params.size):
-        p, q = params.copy(), params.copy()
-        p[j] += h
-        q[j] -= h
-        fd[j] = (_native(X, Y, sw, sizes, p, act, task)[0]
-                 - _native(X, Y, sw, sizes, q, act, task)[0]) / (2 * h)
+    fd = central_differences(lambda p: _native(X, Y, sw, sizes, p, act, task)[0], params, 1e-5)
     # relu's kink: a pre-activation within h of zero would make FD meaningless there.
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
 
