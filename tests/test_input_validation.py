@@ -252,6 +252,7 @@ BAD_PARAMS_COMMON = [
     dict(average=-1),
     dict(epsilon=-0.1),
     dict(shuffle="yes"),
+    dict(nesterovs_momentum="yes"),
     dict(n_jobs=1.5),
     dict(loss="bogus"),
 ]
