@@ -11,7 +11,7 @@ delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, tanh, isfinite
 from libc.string cimport memset
 
@@ -29,6 +29,7 @@ cdef enum:
     ACT_TANH = 2
     ACT_RELU = 3
     ACT_SOFTMAX = 4
+    ACT_EXP = 5         # output of the poisson loss (log link)
 
 
 cdef void activate(int act, floating* a, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
@@ -46,6 +47,9 @@ cdef void activate(int act, floating* a, Py_ssize_t m, Py_ssize_t n) noexcept no
         for i in range(size):
             if a[i] < 0:
                 a[i] = 0
+    elif act == ACT_EXP:
+        for i in range(size):
+            a[i] = <floating>exp(a[i])
     elif act == ACT_SOFTMAX:
         for i in range(m):
             row = a + i * n
@@ -81,7 +85,9 @@ cdef double output_loss_and_delta(
     int out_act, const floating* a, const floating* y, floating* delta,
     Py_ssize_t n_out, double sw, double eps,
 ) noexcept nogil:
-    """Loss of one sample (before weighting) and delta = sw * (a - y)."""
+    """Loss of one sample (before weighting) and delta = sw * (a - y): the canonical
+    output / loss pairs (identity / squared, logistic / binary log-loss, softmax /
+    cross-entropy, exp / Poisson deviance) all have dl/dh = a - y."""
     cdef Py_ssize_t k
     cdef double l = 0.0, p, r
     for k in range(n_out):
@@ -89,6 +95,9 @@ cdef double output_loss_and_delta(
         delta[k] = <floating>(sw * r)
         if out_act == ACT_IDENTITY:
             l += 0.5 * r * r
+        elif out_act == ACT_EXP:
+            # half Poisson deviance y log(y / a) - y + a, as scikit-learn
+            l += (y[k] * log(y[k] / a[k]) if y[k] > 0 else 0.0) + r
         else:
             # Probabilities are clipped to [eps, 1 - eps] for the log, as scikit-learn.
             p = a[k]
@@ -98,6 +107,36 @@ cdef double output_loss_and_delta(
             elif y[k] != 0:
                 l -= y[k] * log(p)
     return l
+
+
+cdef void forward_rows(
+    const floating* X, Py_ssize_t n_features,
+    const intp_t* rows, Py_ssize_t m,
+    const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
+    int hidden_act, int out_act,
+    floating* acts,           # OUT the activations of every layer, layer after layer
+) noexcept nogil:
+    cdef Py_ssize_t l, r, j, a_off = 0
+    cdef floating* a
+    cdef floating* a_next
+    cdef const floating* W
+    cdef const floating* b
+    # Gather the rows: one pass over each, then every product is a contiguous GEMM.
+    for r in range(m):
+        for j in range(n_features):
+            acts[r * n_features + j] = X[rows[r] * n_features + j]
+    for l in range(L):
+        a = acts + a_off
+        a_off += m * sizes[l]
+        a_next = acts + a_off
+        W = params + offsets[l]
+        b = W + sizes[l] * sizes[l + 1]
+        for r in range(m):
+            for j in range(sizes[l + 1]):
+                a_next[r * sizes[l + 1] + j] = b[j]
+        gemm(False, False, <int>m, <int>sizes[l + 1], <int>sizes[l], 1.0,
+             a, <int>sizes[l], W, <int>sizes[l + 1], 1.0, a_next, <int>sizes[l + 1])
+        activate(out_act if l == L - 1 else hidden_act, a_next, m, sizes[l + 1])
 
 
 cdef double loss_grad_rows(
@@ -115,31 +154,15 @@ cdef double loss_grad_rows(
     cdef Py_ssize_t a_start[64]
     cdef double loss = 0.0
     cdef floating* a
-    cdef floating* a_next
     cdef floating* d
     cdef floating* d_prev
     cdef const floating* W
-    cdef const floating* b
     cdef floating* gW
     cdef floating* gb
     for l in range(L + 1):
         a_start[l] = a_off
         a_off += m * sizes[l]
-    # Gather the rows: one pass over each, then every product is a contiguous GEMM.
-    for r in range(m):
-        for j in range(n_features):
-            acts[r * n_features + j] = X[rows[r] * n_features + j]
-    for l in range(L):
-        a = acts + a_start[l]
-        a_next = acts + a_start[l + 1]
-        W = params + offsets[l]
-        b = W + sizes[l] * sizes[l + 1]
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                a_next[r * sizes[l + 1] + j] = b[j]
-        gemm(False, False, <int>m, <int>sizes[l + 1], <int>sizes[l], 1.0,
-             a, <int>sizes[l], W, <int>sizes[l + 1], 1.0, a_next, <int>sizes[l + 1])
-        activate(out_act if l == L - 1 else hidden_act, a_next, m, sizes[l + 1])
+    forward_rows(X, n_features, rows, m, params, sizes, offsets, L, hidden_act, out_act, acts)
     a = acts + a_start[L]
     d = deltas + a_start[L]
     for r in range(m):
@@ -217,28 +240,196 @@ def mlp_loss_grad(
     return loss
 
 
-# A batch of m rows is cut into nblk = ceil(m / BLOCK_ROWS) blocks (at most MAX_BLOCKS;
-# beyond that the blocks grow), block c holding rows [c*m // nblk, (c+1)*m // nblk).
-# The bounds depend on m only; each block runs its own single-threaded GEMMs (OpenBLAS
-# results depend on its thread count and on a call's row count) into its own gradient
-# row, and rows are summed in block order: the same bits for any number of threads.
+# ---------------------------------------------------------------- batches and epochs
+#
+# A batch of m rows is cut into nblk = ceil(m / BLOCK_ROWS) blocks, block b holding rows
+# [b*m // nblk, (b+1)*m // nblk): the bounds depend on m only. Each block runs its own
+# single-threaded GEMMs (OpenBLAS results depend on its thread count and on a call's
+# row count) into its own gradient slot; blocks run WAVE at a time in parallel and
+# slots are summed in block order. The same bits for any number of threads.
+#
+# Slots: the first wave fills slots 0 .. WAVE-1 and is summed into slot 0; every later
+# wave fills slots 1 .. WAVE and is summed onto slot 0, so work_grad needs
+# min(nblk, WAVE) rows, plus one when a batch takes more than a wave.
 cdef enum:
     BLOCK_ROWS = 64
-    MAX_BLOCKS = 16
+    WAVE = 16
+    SEGMENT = 4096              # parameters per task of the parallel reduction / step
+    PARALLEL_MIN_PARAMS = 32768  # below this, reduction and step stay on one thread
+    FORWARD_ROWS = 256          # rows per block of a prediction
 
-MAX_BLOCKS_ = MAX_BLOCKS
 BLOCK_ROWS_ = BLOCK_ROWS
+WAVE_ = WAVE
 
 
-cdef inline Py_ssize_t n_blocks_for(Py_ssize_t m) noexcept nogil:
+cdef struct Layout:
+    Py_ssize_t L             # layers of weights
+    Py_ssize_t P             # parameters
+    Py_ssize_t n_features
+    Py_ssize_t n_out
+    Py_ssize_t act_total     # sum of the layer sizes (activations of one row)
+    const intp_t* sizes
+    const intp_t* offsets
+    int hidden_act
+    int out_act
+
+
+def work_slots(Py_ssize_t m):
+    """Rows of ``work_grad`` a batch of m rows needs."""
     cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS
-    return nblk if nblk < MAX_BLOCKS else MAX_BLOCKS
+    return max(1, min(nblk, WAVE) + (1 if nblk > WAVE else 0))
 
 
-def block_rows_for(Py_ssize_t m):
-    """The largest number of rows a block of a batch of m rows holds."""
-    cdef Py_ssize_t nblk = n_blocks_for(m)
-    return (m + nblk - 1) // nblk if nblk else 0
+def work_buffers(Py_ssize_t batch_size, sizes, dtype):
+    """Scratch for batches of up to ``batch_size`` rows: (work_grad, work_act, work_delta),
+    allocated once per fit."""
+    import numpy as np
+    sizes = np.asarray(sizes)
+    P = int(sum((sizes[l] + 1) * sizes[l + 1] for l in range(len(sizes) - 1)))
+    slots = work_slots(batch_size)
+    stride = BLOCK_ROWS * int(sizes.sum())
+    return (np.zeros((slots, P), dtype=dtype), np.zeros((slots, stride), dtype=dtype),
+            np.zeros((slots, stride), dtype=dtype))
+
+
+cdef object make_layout(Layout* net, const intp_t[::1] sizes, Py_ssize_t n_features,
+                        Py_ssize_t n_out, int hidden_act, int out_act):
+    """Fill ``net``; returns the offsets array, which must outlive it."""
+    import numpy as np
+    cdef Py_ssize_t L = sizes.shape[0] - 1, l
+    if L < 1 or L > 63:
+        raise ValueError("an MLP has between 1 and 63 layers of weights")
+    if sizes[0] != n_features or sizes[L] != n_out:
+        raise ValueError("layer sizes do not match X and Y")
+    if not (0 <= hidden_act <= 3 and 0 <= out_act <= 5):
+        raise ValueError("unknown activation code")
+    offsets = np.zeros(L, dtype=np.intp)
+    cdef intp_t[::1] off = offsets
+    net.P = 0
+    net.act_total = 0
+    for l in range(L):
+        off[l] = net.P
+        net.P += (sizes[l] + 1) * sizes[l + 1]
+    for l in range(L + 1):
+        net.act_total += sizes[l]
+    net.L = L
+    net.n_features = n_features
+    net.n_out = n_out
+    net.sizes = &sizes[0]
+    net.offsets = &off[0]
+    net.hidden_act = hidden_act
+    net.out_act = out_act
+    return offsets
+
+
+cdef object segments(Layout* net):
+    """Cut the parameters into tasks of <= SEGMENT values that never straddle a
+    weight/bias boundary: (start, length, penalised) arrays."""
+    import numpy as np
+    starts, lengths, pens = [], [], []
+    cdef Py_ssize_t l, j, n, o
+    for l in range(net.L):
+        o = net.offsets[l]
+        for n, pen in ((net.sizes[l] * net.sizes[l + 1], 1), (net.sizes[l + 1], 0)):
+            for j in range(0, n, SEGMENT):
+                starts.append(o + j)
+                lengths.append(min(SEGMENT, n - j))
+                pens.append(pen)
+            o += n
+    return (np.array(starts, dtype=np.intp), np.array(lengths, dtype=np.intp),
+            np.array(pens, dtype=np.uint8))
+
+
+cdef inline int threads_for(Py_ssize_t tasks, Py_ssize_t work, int nt) noexcept nogil:
+    return nt if tasks > 1 and work >= PARALLEL_MIN_PARAMS else 1
+
+
+cdef int batch_gradient(
+    Layout* net,
+    const floating* X, const floating* Y, const floating* sw,
+    const intp_t* rows, Py_ssize_t m,
+    const floating* params, double eps,
+    floating* work_grad,      # OUT (slots, P): row 0 receives the sum over rows of s_i dl_i/dw
+    floating* work_act,       # scratch (slots, act_stride)
+    floating* work_delta,     # scratch (slots, act_stride)
+    Py_ssize_t act_stride,
+    double* block_loss,       # scratch (WAVE + 1,)
+    int nt,
+    double* loss,             # OUT sum over rows of s_i l_i
+    double* last_check,       # IN/OUT time of the last signal check
+) except -1 nogil:
+    cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS, first = 0, base, cnt, c, b
+    cdef Py_ssize_t r0, r1, nseg, s, P = net.P
+    loss[0] = 0.0
+    while first < nblk:
+        base = 0 if first == 0 else 1
+        cnt = min(<Py_ssize_t>WAVE, nblk - first)
+        for c in prange(cnt, schedule="static", num_threads=nt if cnt > 1 else 1):
+            b = first + c
+            r0 = (b * m) // nblk
+            r1 = ((b + 1) * m) // nblk
+            memset(work_grad + (base + c) * P, 0, P * sizeof(floating))
+            block_loss[base + c] = loss_grad_rows(
+                X, net.n_features, Y, sw, rows + r0, r1 - r0, params, net.sizes,
+                net.offsets, net.L, net.hidden_act, net.out_act, eps,
+                work_grad + (base + c) * P, work_act + (base + c) * act_stride,
+                work_delta + (base + c) * act_stride)
+        for c in range(base, base + cnt):
+            loss[0] += block_loss[c]
+        if base + cnt > 1:
+            nseg = (P + SEGMENT - 1) // SEGMENT
+            for s in prange(nseg, schedule="static",
+                            num_threads=threads_for(nseg, P * (base + cnt - 1), nt)):
+                reduce_chunks(work_grad, P, base + cnt, s * SEGMENT, min(P, (s + 1) * SEGMENT))
+        first += cnt
+        if first < nblk and cgd_now() - last_check[0] >= SIGNAL_CHECK_SECONDS:
+            with gil:
+                PyErr_CheckSignals()
+            last_check[0] = cgd_now()
+    return 0
+
+
+cdef void step_segments(
+    OptimConfig* oc, floating* prm, const floating* g, double gscale,
+    floating* s0, floating* s1,
+    const intp_t* seg_start, const intp_t* seg_len, const unsigned char* seg_pen,
+    Py_ssize_t nseg, Py_ssize_t P, double lr, double l2, double t,
+    double* seg_sq,           # OUT (nseg,) sum of squared penalised weights before the step
+    int nt,
+) noexcept nogil:
+    """One optimizer step over all parameters, L2 on the weights only (elementwise:
+    the same bits whichever thread takes which segment)."""
+    cdef Py_ssize_t s, j, j0, n
+    cdef double sq
+    for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, P, nt)):
+        j0 = seg_start[s]
+        n = seg_len[s]
+        sq = 0.0
+        if seg_pen[s]:
+            for j in range(j0, j0 + n):
+                sq = sq + (<double>prm[j]) * prm[j]
+        seg_sq[s] = sq
+        optimizer_step(oc, prm + j0, g + j0, gscale, s0 + j0, s1 + j0, n, lr,
+                       l2 if seg_pen[s] else 0.0, t)
+
+
+cdef void check_common(Layout* net, X, Y, sample_weight, rows, params) except *:
+    if Y.shape[0] != X.shape[0] or sample_weight.shape[0] != X.shape[0]:
+        raise ValueError("X, Y and sample_weight must have the same number of rows")
+    if params.shape[0] != net.P:
+        raise ValueError(f"params must have {net.P} entries")
+    import numpy as np
+    if rows.shape[0] and (np.min(rows) < 0 or np.max(rows) >= X.shape[0]):
+        raise ValueError("rows out of range")
+
+
+cdef void check_work(Layout* net, Py_ssize_t m, work_grad, work_act, work_delta) except *:
+    if work_grad.shape[0] < work_slots(m) or work_grad.shape[1] != net.P \
+            or work_act.shape[0] < work_grad.shape[0] \
+            or work_act.shape[1] < BLOCK_ROWS * net.act_total \
+            or work_delta.shape[0] < work_act.shape[0] or work_delta.shape[1] != work_act.shape[1]:
+        raise ValueError("work buffers do not match the layers and batch size "
+                         "(see work_buffers)")
 
 
 def mlp_epoch(
@@ -249,92 +440,187 @@ def mlp_epoch(
     const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
     floating[::1] params,               # IN/OUT (P,) flat parameters
     floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
-    floating[:, ::1] work_grad,         # scratch (>= blocks of a batch, P)
-    floating[:, ::1] work_act,          # scratch (>= blocks of a batch, rows per block * sum(sizes))
-    floating[:, ::1] work_delta,        # scratch (as work_act)
+    floating[:, ::1] work_grad,         # scratch, from work_buffers
+    floating[:, ::1] work_act,          # scratch
+    floating[:, ::1] work_delta,        # scratch
     dict config,
     double t,                           # IN     number of the first update (adam), from 1
 ):
-    """Train one epoch of mini-batch updates in place.
+    """Train one epoch of mini-batch updates in place, as scikit-learn's MLPs.
 
-    Each update: w <- step(w, (1/m) sum_i s_i dl_i/dw + (alpha/m) w) for weights (the L2
-    scaling of scikit-learn's MLPs), biases unpenalised, at the fixed rate
-    ``config["learning_rate"]``. Returns ``(status, t, loss_sum)``: status 0 ok,
-    1 diverged; loss_sum the sum over rows of s_i l_i at the weights before each update.
+    Each update on a batch B with S = sum of its sample weights:
+    w <- step(w, (1/S) (sum_i s_i dl_i/dw + alpha w)), the L2 term on weights only,
+    at the fixed rate ``config["learning_rate"]``. A batch whose weights sum to zero
+    is skipped. Returns ``(status, t, loss)``: status 0 ok, 1 diverged, t the number
+    of the next update, loss the sum over batches of |B| / S * (sum_i s_i l_i +
+    alpha/2 ||W||^2) at the weights before each update (scikit-learn's accumulated
+    loss; the squared error is averaged over the outputs as scikit-learn's).
     """
     import numpy as np
-    cdef Py_ssize_t L = sizes.shape[0] - 1, l, n_order = order.shape[0]
-    cdef Py_ssize_t m = config["batch_size"], start, mb, nblk, c, r0, r1, P = 0
-    cdef int hidden_act = config["hidden_activation"], out_act = config["out_activation"]
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1],
+                          config["hidden_activation"], config["out_activation"])
+    check_common(&net, X, Y, sample_weight, order, params)
+    cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
     cdef int nt = config["n_threads"], status = 0
-    cdef double alpha = config["alpha"], lr = config["learning_rate"]
-    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
-    cdef double loss_sum = 0.0, batch_loss, last_check
-    cdef OptimConfig oc = read_optim_config(config)
-    offsets = np.zeros(max(L, 1), dtype=np.intp)
-    cdef intp_t[::1] off = offsets
-    cdef Py_ssize_t act_total = 0
-    for l in range(L):
-        off[l] = P
-        P += (sizes[l] + 1) * sizes[l + 1]
-    for l in range(L + 1):
-        act_total += sizes[l]
-    if L < 1 or L > 63 or sizes[0] != X.shape[1] or sizes[L] != Y.shape[1] \
-            or Y.shape[0] != X.shape[0] or sample_weight.shape[0] != X.shape[0]:
-        raise ValueError("inconsistent shapes passed to mlp_epoch")
     if m < 1 or nt < 1:
         raise ValueError("batch_size and n_threads must be >= 1")
-    mmax = min(m, n_order)
-    if params.shape[0] != P or opt_state.shape[0] < 2 or opt_state.shape[1] != P \
-            or work_grad.shape[0] < n_blocks_for(mmax) or work_grad.shape[1] != P \
-            or work_act.shape[0] < n_blocks_for(mmax) \
-            or work_act.shape[1] < block_rows_for(mmax) * act_total \
-            or work_delta.shape[0] < work_act.shape[0] or work_delta.shape[1] < work_act.shape[1]:
-        raise ValueError("parameters, optimizer state or work buffers do not match the layers")
+    check_work(&net, min(m, n_order), work_grad, work_act, work_delta)
+    if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
+        raise ValueError("opt_state must have shape (2, P)")
     if n_order == 0:
         return 0, t, 0.0
-    cdef double[::1] block_loss = np.zeros(MAX_BLOCKS)
+    seg_start, seg_len, seg_pen = segments(&net)
+    cdef const intp_t[::1] ss = seg_start
+    cdef const intp_t[::1] sl = seg_len
+    cdef const unsigned char[::1] sp = seg_pen
+    cdef Py_ssize_t nseg = ss.shape[0]
+    cdef double[::1] seg_sq = np.zeros(nseg)
+    cdef double[::1] block_loss = np.zeros(WAVE + 1)
+    cdef double alpha = config["alpha"], lr = config["learning_rate"]
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
+    cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
+    cdef OptimConfig oc = read_optim_config(config)
     cdef floating* prm = &params[0]
-    cdef floating* g
     with nogil:
         last_check = cgd_now()
         start = 0
         while start < n_order:
             mb = min(m, n_order - start)
-            nblk = n_blocks_for(mb)
-            for c in prange(nblk, schedule="static", num_threads=nt if nblk > 1 else 1):
-                memset(&work_grad[c, 0], 0, P * sizeof(floating))
-                block_loss[c] = loss_grad_rows(
-                    &X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0],
-                    &order[start + (c * mb) // nblk], ((c + 1) * mb) // nblk - (c * mb) // nblk,
-                    prm, &sizes[0], &off[0], L, hidden_act, out_act, eps,
-                    &work_grad[c, 0], &work_act[c, 0], &work_delta[c, 0])
-            reduce_chunks(&work_grad[0, 0], P, nblk, 0, P)
-            batch_loss = 0.0
-            for c in range(nblk):
-                batch_loss += block_loss[c]
-            loss_sum += batch_loss
-            if not isfinite(batch_loss):
-                status = 1
-                break
-            g = &work_grad[0, 0]
-            for l in range(L):
-                # weights (L2: alpha / m, as scikit-learn's MLPs), then biases
-                optimizer_step(&oc, prm + off[l], g + off[l], 1.0 / mb,
-                               &opt_state[0, off[l]], &opt_state[1, off[l]],
-                               sizes[l] * sizes[l + 1], lr, alpha / mb, t)
-                r0 = off[l] + sizes[l] * sizes[l + 1]
-                optimizer_step(&oc, prm + r0, g + r0, 1.0 / mb, &opt_state[0, r0],
-                               &opt_state[1, r0], sizes[l + 1], lr, 0.0, t)
-            t += 1.0
+            sw_sum = 0.0
+            for i in range(start, start + mb):
+                sw_sum += sample_weight[order[i]]
+            if sw_sum > 0:
+                batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &order[start], mb,
+                               prm, eps, &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
+                               work_act.shape[1], &block_loss[0], nt, &data_loss, &last_check)
+                if not isfinite(data_loss):
+                    status = 1
+                    break
+                step_segments(&oc, prm, &work_grad[0, 0], 1.0 / sw_sum, &opt_state[0, 0],
+                              &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, net.P, lr,
+                              alpha / sw_sum, t, &seg_sq[0], nt)
+                sq = 0.0
+                for s in range(nseg):
+                    sq += seg_sq[s]
+                loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
+                t += 1.0
             start += mb
             if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
                 with gil:
                     PyErr_CheckSignals()
                 last_check = cgd_now()
         if status == 0:
-            for r1 in range(P):
-                if not isfinite(prm[r1]):
+            for i in range(net.P):
+                if not isfinite(prm[i]):
                     status = 1
                     break
-    return status, t, loss_sum
+    return status, t, loss_acc
+
+
+def mlp_objective(
+    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
+    const floating[::1] sample_weight,  # IN  (n_samples,)
+    const intp_t[::1] rows,             # IN  (m,) the training rows
+    const intp_t[::1] sizes,            # IN  (L + 1,)
+    const floating[::1] params,         # IN  (P,)
+    double[::1] grad,                   # OUT (P,) gradient of the objective
+    floating[:, ::1] work_grad,         # scratch, from work_buffers(len(rows), ...)
+    floating[:, ::1] work_act,          # scratch
+    floating[:, ::1] work_delta,        # scratch
+    dict config,
+):
+    """The full-batch objective of scikit-learn's lbfgs solver and its gradient:
+    (sum_i s_i l_i + alpha/2 ||W||^2) / sum_i s_i, biases unpenalised. Here the
+    squared error is summed over outputs, so that the gradient is this function's
+    (scikit-learn reports its mean over outputs but differentiates the sum).
+
+    Returns ``(status, loss)``: status 1 when the loss is not finite. ``grad`` is
+    float64 whatever the data's dtype, as scipy.optimize expects.
+    """
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1],
+                          config["hidden_activation"], config["out_activation"])
+    check_common(&net, X, Y, sample_weight, rows, params)
+    cdef Py_ssize_t m = rows.shape[0], i, s, j, j0
+    cdef int nt = config["n_threads"]
+    if m < 1 or nt < 1 or grad.shape[0] != net.P:
+        raise ValueError("rows must not be empty, n_threads >= 1, grad of P entries")
+    check_work(&net, m, work_grad, work_act, work_delta)
+    seg_start, seg_len, seg_pen = segments(&net)
+    cdef const intp_t[::1] ss = seg_start
+    cdef const intp_t[::1] sl = seg_len
+    cdef const unsigned char[::1] sp = seg_pen
+    cdef Py_ssize_t nseg = ss.shape[0]
+    cdef double[::1] seg_sq = np.zeros(nseg)
+    cdef double[::1] block_loss = np.zeros(WAVE + 1)
+    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, inv, last_check
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef const floating* prm = &params[0]
+    cdef const floating* g
+    with nogil:
+        last_check = cgd_now()
+        for i in range(m):
+            sw_sum += sample_weight[rows[i]]
+        batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
+                       &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
+                       work_act.shape[1], &block_loss[0], nt, &data_loss, &last_check)
+        inv = 1.0 / sw_sum
+        g = &work_grad[0, 0]
+        for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, net.P, nt)):
+            j0 = ss[s]
+            seg_sq[s] = 0.0
+            for j in range(j0, j0 + sl[s]):
+                if sp[s]:
+                    seg_sq[s] += (<double>prm[j]) * prm[j]
+                    grad[j] = (g[j] + alpha * prm[j]) * inv
+                else:
+                    grad[j] = g[j] * inv
+        for s in range(nseg):
+            sq += seg_sq[s]
+    loss = (data_loss + 0.5 * alpha * sq) * inv
+    return (0 if np.isfinite(loss) else 1), loss
+
+
+def mlp_forward(
+    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const intp_t[::1] rows,             # IN  (m,) rows to predict
+    const intp_t[::1] sizes,            # IN  (L + 1,)
+    const floating[::1] params,         # IN  (P,)
+    int hidden_activation,
+    int out_activation,
+    floating[:, ::1] out,               # OUT (m, n_outputs) output activations
+    int n_threads,
+):
+    """Output-layer activations of ``rows``, in blocks of FORWARD_ROWS rows spread over
+    threads (each block's result does not depend on which thread computes it)."""
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], out.shape[1], hidden_activation,
+                          out_activation)
+    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, last
+    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1:
+        raise ValueError("out must have one row per row, params P entries")
+    if m and (np.min(rows) < 0 or np.max(rows) >= X.shape[0]):
+        raise ValueError("rows out of range")
+    if m == 0:
+        return
+    nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
+    cdef int nt = n_threads if n_threads < nblk else <int>nblk
+    cdef floating[:, ::1] work = np.empty(
+        (nt, FORWARD_ROWS * net.act_total), dtype=np.float32 if floating is float else np.float64)
+    cdef floating* a
+    last = net.act_total - net.n_out   # start of the output layer, per row
+    with nogil:
+        for b in prange(nblk, schedule="static", num_threads=nt):
+            r0 = b * FORWARD_ROWS
+            r1 = min(m, r0 + FORWARD_ROWS)
+            a = &work[threadid(), 0]
+            forward_rows(&X[0, 0], net.n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
+                         net.offsets, net.L, net.hidden_act, net.out_act, a)
+            for r in range(r1 - r0):
+                for j in range(net.n_out):
+                    out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]

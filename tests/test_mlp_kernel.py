@@ -9,7 +9,7 @@ from cgd import _mlp
 from _helpers import central_differences
 
 ACT = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
-OUT = {"regression": 0, "binary": 1, "multilabel": 1, "multiclass": 4}
+OUT = {"regression": 0, "binary": 1, "multilabel": 1, "multiclass": 4, "poisson": 5}
 F = {"identity": lambda h: h, "logistic": expit, "tanh": np.tanh, "relu": lambda h: np.maximum(h, 0)}
 DF = {"identity": lambda a: np.ones_like(a), "logistic": lambda a: a * (1 - a),
       "tanh": lambda a: 1 - a ** 2, "relu": lambda a: (a > 0).astype(a.dtype)}
@@ -18,9 +18,11 @@ DF = {"identity": lambda a: np.ones_like(a), "logistic": lambda a: a * (1 - a),
 def _problem(task, hidden, seed=0, n=40, d=5, dtype=np.float64):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)).astype(dtype)
-    n_out = {"regression": 2, "binary": 1, "multilabel": 3, "multiclass": 4}[task]
+    n_out = {"regression": 2, "binary": 1, "multilabel": 3, "multiclass": 4, "poisson": 2}[task]
     if task == "regression":
         Y = rng.standard_normal((n, n_out))
+    elif task == "poisson":
+        Y = rng.poisson(1.5, (n, n_out)).astype(float)
     elif task == "multiclass":
         Y = np.eye(n_out)[rng.integers(0, n_out, n)]
     else:
@@ -54,6 +56,8 @@ def _numpy_backprop(X, Y, sw, sizes, params, act, task):
             A.append(h)
         elif task == "multiclass":
             A.append(softmax(h, axis=1))
+        elif task == "poisson":
+            A.append(np.exp(h))
         else:
             A.append(expit(h))
     yhat = A[-1]
@@ -61,6 +65,9 @@ def _numpy_backprop(X, Y, sw, sizes, params, act, task):
         loss = np.sum(sw * 0.5 * np.sum((yhat - Y) ** 2, axis=1))
     elif task == "multiclass":
         loss = -np.sum(sw * np.sum(Y * np.log(yhat), axis=1))
+    elif task == "poisson":
+        ylogy = np.where(Y > 0, Y * np.log(np.where(Y > 0, Y, 1) / yhat), 0.0)
+        loss = np.sum(sw * np.sum(ylogy - Y + yhat, axis=1))
     else:
         loss = -np.sum(sw * np.sum(Y * np.log(yhat) + (1 - Y) * np.log(1 - yhat), axis=1))
     delta = sw[:, None] * (yhat - Y)
@@ -80,7 +87,7 @@ def _native(X, Y, sw, sizes, params, act, task, rows=None):
     return loss, grad
 
 
-@pytest.mark.parametrize("task", ["regression", "binary", "multilabel", "multiclass"])
+@pytest.mark.parametrize("task", ["regression", "binary", "multilabel", "multiclass", "poisson"])
 @pytest.mark.parametrize("act", list(ACT))
 @pytest.mark.parametrize("hidden", [(6,), (6, 4), (5, 4, 3)])
 def test_backprop_matches_numpy(task, act, hidden):
@@ -91,7 +98,7 @@ def test_backprop_matches_numpy(task, act, hidden):
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("task", ["regression", "binary", "multilabel", "multiclass"])
+@pytest.mark.parametrize("task", ["regression", "binary", "multilabel", "multiclass", "poisson"])
 @pytest.mark.parametrize("act", ["identity", "logistic", "tanh", "relu"])
 def test_gradient_matches_finite_differences(task, act):
     X, Y, sw, sizes, params = _problem(task, (6, 4), seed=1)
@@ -128,36 +135,46 @@ def test_bad_shapes_are_refused():
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 
+def _cfg(batch_size, lr, alpha, solver, momentum, nesterov, n_threads, act, task):
+    return dict(batch_size=batch_size, hidden_activation=ACT[act], out_activation=OUT[task],
+                n_threads=n_threads, alpha=alpha, learning_rate=lr, solver=solver,
+                momentum=momentum, nesterov=nesterov, beta_1=0.9, beta_2=0.999,
+                adam_epsilon=1e-8)
+
+
 def _epoch(X, Y, sw, sizes, params, *, batch_size, lr, alpha=0.0, solver=0, momentum=0.0,
            nesterov=False, n_threads=1, act="tanh", task="multiclass", order=None, t=1.0,
            opt=None):
     P = params.size
-    rows = _mlp.block_rows_for(min(batch_size, X.shape[0]))
-    work = lambda: np.zeros((_mlp.MAX_BLOCKS_, max(rows, 1) * int(sizes.sum())), X.dtype)
     opt = np.zeros((2, P), X.dtype) if opt is None else opt
     order = np.arange(X.shape[0], dtype=np.intp) if order is None else order
-    cfg = dict(batch_size=batch_size, hidden_activation=ACT[act], out_activation=OUT[task],
-               n_threads=n_threads, alpha=alpha, learning_rate=lr, solver=solver,
-               momentum=momentum, nesterov=nesterov, beta_1=0.9, beta_2=0.999, adam_epsilon=1e-8)
+    cfg = _cfg(batch_size, lr, alpha, solver, momentum, nesterov, n_threads, act, task)
+    work = _mlp.work_buffers(min(batch_size, order.size), sizes, X.dtype)
     with threadpool_limits(1, user_api="blas"):  # BLAS bits depend on its thread count
-        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt,
-                                         np.zeros((_mlp.MAX_BLOCKS_, P), X.dtype), work(),
-                                         work(), cfg, t)
+        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt, *work, cfg, t)
     return status, t, loss, opt
 
 
+def _l2_mask(sizes):
+    return np.concatenate([np.r_[np.ones(sizes[l] * sizes[l + 1]), np.zeros(sizes[l + 1])]
+                           for l in range(len(sizes) - 1)])
+
+
 @pytest.mark.parametrize("hidden", [(6,), (7, 5)])
-def test_full_batch_sgd_step_matches_numpy(hidden):
-    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=3, n=150)
+@pytest.mark.parametrize("n", [150, 1500])  # one wave of blocks, several waves
+def test_full_batch_sgd_step_matches_numpy(hidden, n):
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=3, n=n)
     w0 = params.copy()
     lr, alpha = 0.1, 0.3
-    status, t, loss, _ = _epoch(X, Y, sw, sizes, params, batch_size=150, lr=lr, alpha=alpha)
+    status, t, loss, _ = _epoch(X, Y, sw, sizes, params, batch_size=n, lr=lr, alpha=alpha)
     ref_loss, g = _numpy_backprop(X, Y, sw, sizes, w0, "tanh", "multiclass")
-    # L2 on weights only, scaled by 1/batch as scikit-learn's MLPs.
-    mask = np.concatenate([np.r_[np.ones(sizes[l] * sizes[l + 1]), np.zeros(sizes[l + 1])]
-                           for l in range(len(sizes) - 1)])
-    expected = w0 - lr * (g / 150 + alpha / 150 * mask * w0)
-    assert status == 0 and t == 2.0 and loss == pytest.approx(ref_loss, rel=1e-12)
+    # scikit-learn's MLP update: (sum_i s_i grad_i + alpha W) / sum_i s_i, W only.
+    mask = _l2_mask(sizes)
+    S = sw.sum()
+    expected = w0 - lr * (g + alpha * mask * w0) / S
+    # reported loss: scikit-learn's batch loss times the batch size
+    ref_report = n * (ref_loss + 0.5 * alpha * np.sum(mask * w0 ** 2)) / S
+    assert status == 0 and t == 2.0 and loss == pytest.approx(ref_report, rel=1e-12)
     np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
 
 
@@ -165,23 +182,37 @@ def test_adam_minibatch_sequence_matches_numpy():
     X, Y, sw, sizes, params = _problem("regression", (5,), seed=4, n=100)
     w = params.copy()
     m_, v_ = np.zeros_like(w), np.zeros_like(w)
-    lr = 0.01
+    lr, alpha = 0.01, 0.05
+    mask = _l2_mask(sizes)
+    report = 0.0
     for t, sl in enumerate([slice(0, 64), slice(64, 100)], start=1):
-        _, g = _numpy_backprop(X[sl], Y[sl], sw[sl], sizes, w, "relu", "regression")
-        g = g / (sl.stop - sl.start)
+        l, g = _numpy_backprop(X[sl], Y[sl], sw[sl], sizes, w, "relu", "regression")
+        S = sw[sl].sum()
+        # the squared error is reported as a mean over the 2 outputs, as scikit-learn's
+        report += (sl.stop - sl.start) / S * (l / 2 + 0.5 * alpha * np.sum(mask * w ** 2))
+        g = (g + alpha * mask * w) / S
         m_, v_ = 0.9 * m_ + 0.1 * g, 0.999 * v_ + 0.001 * g * g
         w = w - lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m_ / (np.sqrt(v_) + 1e-8)
-    status, t, _, _ = _epoch(X, Y, sw, sizes, params, batch_size=64, lr=lr, solver=1,
-                             act="relu", task="regression")
-    assert status == 0 and t == 3.0
+    status, t, loss, _ = _epoch(X, Y, sw, sizes, params, batch_size=64, lr=lr, alpha=alpha,
+                                solver=1, act="relu", task="regression")
+    assert status == 0 and t == 3.0 and loss == pytest.approx(report, rel=1e-12)
     np.testing.assert_allclose(params, w, rtol=0, atol=1e-10)
 
 
+def test_zero_weight_batch_is_skipped():
+    X, Y, sw, sizes, params = _problem("binary", (4,), seed=7, n=20)
+    sw[:10] = 0
+    w0 = params.copy()
+    status, t, _, _ = _epoch(X, Y, sw, sizes, params, batch_size=10, lr=0.1, alpha=0.1,
+                             act="logistic", task="binary", order=np.arange(10, dtype=np.intp))
+    assert status == 0 and t == 1.0 and np.array_equal(params, w0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch_size", [64, 200, 1000])
+@pytest.mark.parametrize("batch_size", [64, 200, 1000, 3000])
 def test_epoch_is_bit_identical_for_any_thread_count(dtype, batch_size):
-    X, Y, sw, sizes, params = _problem("multiclass", (40, 20), seed=5, n=1000, d=30, dtype=dtype)
-    order = np.random.default_rng(0).permutation(1000).astype(np.intp)
+    X, Y, sw, sizes, params = _problem("multiclass", (40, 20), seed=5, n=3000, d=30, dtype=dtype)
+    order = np.random.default_rng(0).permutation(3000).astype(np.intp)
     results = []
     for nt in (1, 2, 3):
         p = params.copy()
@@ -197,3 +228,58 @@ def test_epoch_reports_divergence():
     status, _, _, _ = _epoch(X * 1e200, Y, sw, sizes, params, batch_size=10, lr=1.0,
                              act="identity", task="regression")
     assert status == 1
+
+
+# ---------------------------------------------------------------- objective and forward
+def _objective(X, Y, sw, sizes, params, alpha, act, task, n_threads=1, rows=None):
+    rows = np.arange(X.shape[0], dtype=np.intp) if rows is None else rows
+    grad = np.empty(params.size)
+    work = _mlp.work_buffers(rows.size, sizes, X.dtype)
+    cfg = _cfg(rows.size, 0.0, alpha, 0, 0.0, False, n_threads, act, task)
+    with threadpool_limits(1, user_api="blas"):
+        status, loss = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad, *work, cfg)
+    return status, loss, grad
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass", "poisson"])
+@pytest.mark.parametrize("hidden", [(5,), (6, 4, 3)])
+def test_objective_matches_numpy_and_finite_differences(task, hidden):
+    X, Y, sw, sizes, params = _problem(task, hidden, seed=8, n=1200)  # two waves
+    alpha = 0.7
+    status, loss, grad = _objective(X, Y, sw, sizes, params, alpha, "tanh", task)
+    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, "tanh", task)
+    mask = _l2_mask(sizes)
+    S = sw.sum()
+    assert status == 0
+    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
+                                 rel=1e-12)
+    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
+    fd = central_differences(
+        lambda p: _objective(X, Y, sw, sizes, p, alpha, "tanh", task)[1], params, 1e-5)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_objective_is_bit_identical_for_any_thread_count(dtype):
+    X, Y, sw, sizes, params = _problem("multiclass", (30,), seed=9, n=2500, d=20, dtype=dtype)
+    runs = [_objective(X, Y, sw, sizes, params, 0.1, "relu", "multiclass", nt) for nt in (1, 2, 3)]
+    for _, loss, grad in runs[1:]:
+        assert loss == runs[0][1] and np.array_equal(grad, runs[0][2])
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass", "poisson"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_forward_matches_numpy(task, n_threads):
+    X, Y, sw, sizes, params = _problem(task, (7, 3), seed=10, n=700)
+    rows = np.random.default_rng(1).permutation(700)[:600].astype(np.intp)
+    out = np.empty((600, sizes[-1]))
+    _mlp.mlp_forward(X, rows, sizes, params, ACT["relu"], OUT[task], out, n_threads)
+    Ws, bs = _unpack(params, sizes)
+    a = X[rows]
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        a = a @ W + b
+        if l < len(Ws) - 1:
+            a = np.maximum(a, 0)
+    a = {"regression": a, "binary": expit(a), "multiclass": softmax(a, axis=1),
+         "poisson": np.exp(a)}[task]
+    np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-14)
