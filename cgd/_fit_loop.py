@@ -22,7 +22,7 @@ class ConvergenceTracker:
     n_problems : int
     tol : float or None
         None disables the criterion (exactly ``max_iter`` epochs).
-    n_iter_no_change : int
+    n_iter_no_change : int or np.inf
     adaptive : bool
         Divide the problem's learning rate by 5 instead of stopping, while it is
         above 1e-6 (scikit-learn's 'adaptive' schedule).
@@ -35,7 +35,7 @@ class ConvergenceTracker:
 
     def __init__(self, n_problems, tol, n_iter_no_change, adaptive, eta0, strict=False):
         self.tol = -np.inf if tol is None else float(tol)
-        self.n_iter_no_change = int(n_iter_no_change)
+        self.n_iter_no_change = n_iter_no_change  # may be np.inf (MLPs)
         self.adaptive = adaptive
         self.strict = strict
         self.eta = np.full(n_problems, float(eta0))
@@ -106,6 +106,26 @@ def validation_split(y, validation_fraction, random_state, stratify, sample_weig
             "different random state."
         )
     return np.sort(idx_train).astype(np.intp), np.sort(idx_val).astype(np.intp)
+
+
+class TransactionMixin:
+    """Fits that lose nothing: a failed call leaves the estimator as it was."""
+
+    def _transaction(self, train):
+        """Run ``train()``; if it raises before completing an epoch, restore the
+        estimator exactly as it was, so refused input or an early divergence or
+        Ctrl-C loses nothing. Completed epochs stay (see ``_commit``)."""
+        saved = self.__dict__.copy()
+        self._epochs_committed = 0
+        try:
+            return train()
+        except BaseException:
+            if self.__dict__.get("_epochs_committed", 0) == 0:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            raise
+        finally:
+            self.__dict__.pop("_epochs_committed", None)
 
 
 def divergence_error(epoch, what="eta0"):

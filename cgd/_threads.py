@@ -4,7 +4,7 @@ import os
 from contextlib import contextmanager
 
 from joblib import cpu_count
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import _openmp_helpers
 
@@ -45,8 +45,16 @@ def effective_n_threads(n_jobs):
     return int(n_jobs)
 
 
+_CONTROLLER = []  # cached: threadpool_limits() rescans the loaded libraries (~3 ms a call)
+
+
 @contextmanager
 def blas_limited(n_threads):
-    """Cap BLAS at n_threads inside a fit so BLAS and OpenMP never oversubscribe."""
-    with threadpool_limits(limits=n_threads, user_api="blas"):
+    """Cap BLAS at n_threads (scipy's, which the kernels call, and numpy's), e.g. at 1
+    while OpenMP threads each run their own GEMMs, so that they never oversubscribe
+    the cores and each GEMM's bits do not depend on BLAS's thread count."""
+    if not _CONTROLLER:
+        # Created on first use, once the kernels have loaded scipy's BLAS.
+        _CONTROLLER.append(ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=n_threads, user_api="blas"):
         yield

@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classi
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
 from . import _linear
-from ._fit_loop import ConvergenceTracker, divergence_error, validation_split
+from ._fit_loop import ConvergenceTracker, TransactionMixin, divergence_error, validation_split
 from ._threads import effective_n_threads
 
 __all__ = ["SGDClassifier", "SGDRegressor"]
@@ -63,7 +63,7 @@ MAX_INT = np.iinfo(np.int32).max
 PARALLEL_MIN_WORK = 1 << 17
 
 
-class _BaseSGD(SparseCoefMixin, BaseEstimator):
+class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
     """Parameters, validation and the epoch loop shared by both estimators."""
 
     _parameter_constraints: dict = {
@@ -266,22 +266,6 @@ class _BaseSGD(SparseCoefMixin, BaseEstimator):
             coef_init = self.coef_ if coef_init is None else coef_init
             intercept_init = self.intercept_ if intercept_init is None else intercept_init
         return coef_init, intercept_init
-
-    def _transaction(self, train):
-        """Run ``train()``; if it raises before completing an epoch, restore the
-        estimator exactly as it was, so refused input or an early divergence or
-        Ctrl-C loses nothing. Completed epochs stay (see ``_commit``)."""
-        saved = self.__dict__.copy()
-        self._epochs_committed = 0
-        try:
-            return train()
-        except BaseException:
-            if self.__dict__.get("_epochs_committed", 0) == 0:
-                self.__dict__.clear()
-                self.__dict__.update(saved)
-            raise
-        finally:
-            self.__dict__.pop("_epochs_committed", None)
 
     def _run_epochs(self, X, y_kernel, sample_weight, *, target, class_offset, pos_w, neg_w,
                     loss_code, max_iter, n_problems, y_labels, validation_scorer, reset,

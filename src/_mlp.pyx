@@ -537,8 +537,9 @@ def mlp_objective(
     squared error is summed over outputs, so that the gradient is this function's
     (scikit-learn reports its mean over outputs but differentiates the sum).
 
-    Returns ``(status, loss)``: status 1 when the loss is not finite. ``grad`` is
-    float64 whatever the data's dtype, as scipy.optimize expects.
+    Returns ``(status, loss, penalty)``: status 1 when the loss is not finite, penalty
+    the L2 part of loss. ``grad`` is float64 whatever the data's dtype, as
+    scipy.optimize expects.
     """
     import numpy as np
     cdef Layout net
@@ -582,7 +583,7 @@ def mlp_objective(
         for s in range(nseg):
             sq += seg_sq[s]
     loss = (data_loss + 0.5 * alpha * sq) * inv
-    return (0 if np.isfinite(loss) else 1), loss
+    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * inv
 
 
 def mlp_forward(

@@ -237,7 +237,10 @@ def _objective(X, Y, sw, sizes, params, alpha, act, task, n_threads=1, rows=None
     work = _mlp.work_buffers(rows.size, sizes, X.dtype)
     cfg = _cfg(rows.size, 0.0, alpha, 0, 0.0, False, n_threads, act, task)
     with threadpool_limits(1, user_api="blas"):
-        status, loss = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad, *work, cfg)
+        status, loss, penalty = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad,
+                                                   *work, cfg)
+    assert penalty == pytest.approx(0.5 * alpha * np.sum(_l2_mask(sizes) * np.float64(params) ** 2)
+                                    / np.float64(sw[rows]).sum(), rel=1e-12)
     return status, loss, grad
 
 
