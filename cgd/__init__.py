@@ -3,6 +3,7 @@
 Change one import::
 
     from cgd import SGDClassifier   # instead of sklearn.linear_model
+    from cgd import MLPClassifier   # instead of sklearn.neural_network
 
 and the same pipeline trains in native code, on all cores, with mini-batches, momentum,
 Adam / Adagrad, softmax SGD and float32 kept end to end.
@@ -11,8 +12,10 @@ Adam / Adagrad, softmax SGD and float32 kept end to end.
 __version__ = "0.1.0"
 
 from .linear_model import SGDClassifier, SGDRegressor  # noqa: E402
+from .neural_network import MLPClassifier, MLPRegressor  # noqa: E402
 
-__all__ = ["SGDClassifier", "SGDRegressor", "show_config", "__version__"]
+__all__ = ["MLPClassifier", "MLPRegressor", "SGDClassifier", "SGDRegressor", "show_config",
+           "__version__"]
 
 
 def show_config(file=None):

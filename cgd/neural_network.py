@@ -1,0 +1,926 @@
+"""MLPRegressor and MLPClassifier: scikit-learn's estimators, trained by native epochs.
+
+Every scikit-learn 1.9 parameter keeps its name, default and meaning, and the training
+follows scikit-learn's step for step: Glorot-uniform initialisation drawn from the same
+random stream, the same shuffles and early-stopping split, batch gradients scaled by
+the batch's sample-weight sum, L2 on the weights only, the same schedules, stopping
+rule, attributes and messages. Added: ``n_jobs`` (threads inside one fit, with results
+that do not depend on it), ``solver='adagrad'`` and, for the classifier,
+``class_weight``.
+
+The parameters of a network live in one flat buffer, layer after layer: the weights
+``coefs_[l]`` (row-major) then the biases ``intercepts_[l]``. The epoch kernel of
+``_mlp.pyx`` updates it in place; ``coefs_`` / ``intercepts_`` are copies made after
+every completed epoch, so an interrupted or diverging fit keeps the last finite one.
+"""
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.optimize
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d, compute_class_weight
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import (
+    _check_partial_fit_first_call,
+    check_classification_targets,
+    type_of_target,
+    unique_labels,
+)
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import _mlp
+from ._fit_loop import ConvergenceTracker, TransactionMixin, divergence_error
+from ._threads import blas_limited, effective_n_threads
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+# Codes shared with src/_mlp.pyx and src/_optim.pxd.
+HIDDEN_CODES = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
+OUT_CODES = {"identity": 0, "logistic": 1, "softmax": 4, "exp": 5}
+SOLVER_CODES = {"sgd": 0, "adam": 1, "adagrad": 2}
+STOCHASTIC_SOLVERS = ("sgd", "adam", "adagrad")
+
+
+def _layer_slices(layer_units):
+    """(weights slice, shape, bias slice) of each layer in the flat buffer."""
+    out, o = [], 0
+    for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+        w = slice(o, o + fan_in * fan_out)
+        o += fan_in * fan_out
+        out.append((w, (fan_in, fan_out), slice(o, o + fan_out)))
+        o += fan_out
+    return out
+
+
+class _BaseMLP(TransactionMixin, BaseEstimator):
+    """Parameters, validation and the training loops shared by both estimators."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(HIDDEN_CODES))],
+        "solver": [StrOptions({"lbfgs", *STOCHASTIC_SOLVERS})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [
+            Interval(Integral, 1, None, closed="left"),
+            Options(Real, {np.inf}),
+        ],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Integral, None],
+    }
+
+    # ------------------------------------------------------------------ public API
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels (classification) or real numbers (regression).
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : object
+            The trained model.
+        """
+        self._transaction(lambda: self._fit(X, y, sample_weight, incremental=False))
+        return self
+
+    def _check_solver(self):
+        if self.solver not in STOCHASTIC_SOLVERS:
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. %s is not "
+                "stochastic." % self.solver
+            )
+        return True
+
+    # ------------------------------------------------------------------ network layout
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(not isinstance(s, (Integral, np.integer)) and not float(s).is_integer()
+               for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
+        if np.any(np.array(sizes) <= 0):
+            raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+        return [int(s) for s in sizes]
+
+    def _layer_units(self):
+        return [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+
+    def _pack(self, dtype):
+        """The flat parameter buffer of coefs_ / intercepts_ (a new array)."""
+        return np.concatenate(
+            [np.concatenate([np.ravel(c), np.ravel(b)])
+             for c, b in zip(self.coefs_, self.intercepts_)]).astype(dtype, copy=False)
+
+    @staticmethod
+    def _unpack(params, layer_units):
+        coefs, intercepts = [], []
+        for w, shape, b in _layer_slices(layer_units):
+            coefs.append(params[w].reshape(shape).copy())
+            intercepts.append(params[b].copy())
+        return coefs, intercepts
+
+    def _init_params(self, rng, layer_units, dtype):
+        """Glorot-uniform weights and biases, drawn as scikit-learn draws them."""
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        parts = []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            parts.append(rng.uniform(-bound, bound, (fan_in, fan_out)).ravel())
+            parts.append(rng.uniform(-bound, bound, fan_out))
+        return np.concatenate(parts).astype(dtype)
+
+    # ------------------------------------------------------------------ training
+    def _fit(self, X, y, sample_weight, incremental):
+        hidden = self._hidden_sizes()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, Y, y_labels = self._validate_input(X, y, incremental, reset=first_pass)
+        sample_weight = self._sample_weight(sample_weight, X, y_labels)
+        n_features = X.shape[1]
+        layer_units = [n_features, *hidden, Y.shape[1]]
+        # A fresh stream each call, as scikit-learn: initial weights, then the
+        # early-stopping split, then the shuffles.
+        rng = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(Y, layer_units, X.dtype, rng)
+        elif self._layer_units() != layer_units:
+            raise ValueError(
+                f"The fitted network has layer sizes {self._layer_units()} but these "
+                f"data and hidden_layer_sizes={self.hidden_layer_sizes!r} need "
+                f"{layer_units}; fit a new model (warm_start=False) to change them."
+            )
+        params = self._pack(X.dtype)
+        with blas_limited(1):  # every GEMM single-threaded: see src/_mlp.pyx
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, Y, sample_weight, params, layer_units)
+            else:
+                self._fit_stochastic(X, Y, y_labels, sample_weight, params, layer_units,
+                                     incremental, rng)
+
+    def _initialize(self, Y, layer_units, dtype, rng):
+        """State of a fresh network (scikit-learn's ``_initialize``)."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = Y.shape[1]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._output_activation()
+        self.coefs_, self.intercepts_ = self._unpack(
+            self._init_params(rng, layer_units, dtype), layer_units)
+        for name in ("_optimizer_state", "_best_params", "loss_curve_", "best_loss_",
+                     "validation_scores_", "best_validation_score_", "loss_"):
+            self.__dict__.pop(name, None)
+        if self.solver in STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _kernel_config(self, n_threads, batch_size):
+        return {
+            "batch_size": int(batch_size),
+            "hidden_activation": HIDDEN_CODES[self.activation],
+            "out_activation": OUT_CODES[self.out_activation_],
+            "n_threads": int(n_threads),
+            "alpha": float(self.alpha),
+            "learning_rate": float(self.learning_rate_init),
+            "solver": SOLVER_CODES.get(self.solver, 0),
+            "momentum": float(self.momentum) if self.solver == "sgd" else 0.0,
+            "nesterov": bool(self.nesterovs_momentum) and self.solver == "sgd",
+            "beta_1": float(self.beta_1),
+            "beta_2": float(self.beta_2),
+            "adam_epsilon": float(self.epsilon),
+        }
+
+    def _optimizer_signature(self):
+        """What the optimizer state means; a partial_fit after set_params changed it
+        starts a fresh state rather than misreading the old one."""
+        return (self.solver, self.solver == "sgd" and self.momentum != 0,
+                bool(self.nesterovs_momentum))
+
+    def _fresh_optimizer(self, P, dtype):
+        return {"opt": np.zeros((2, P), dtype=dtype),  # velocity / adam moments / adagrad sums
+                "t": 1.0,  # number of the next update (adam's bias correction)
+                "lr": float(self.learning_rate_init),
+                "signature": self._optimizer_signature()}
+
+    def _fit_stochastic(self, X, Y, y_labels, sample_weight, params, layer_units,
+                        incremental, rng):
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        n_samples = X.shape[0]
+        P = params.shape[0]
+        state = getattr(self, "_optimizer_state", None)
+        if (not incremental or state is None
+                or state["signature"] != self._optimizer_signature()):
+            state = self._fresh_optimizer(P, X.dtype)
+        opt = np.array(state["opt"], dtype=X.dtype, order="C")  # private working copy
+        t_update, lr = state["t"], state["lr"]
+
+        if self.early_stopping:
+            # Only the binary classifier is stratified, as scikit-learn's.
+            stratify = y_labels if is_classifier(self) and self.n_outputs_ == 1 else None
+            idx_train, idx_val = train_test_split(
+                np.arange(n_samples, dtype=np.intp), random_state=rng,
+                test_size=self.validation_fraction, stratify=stratify)
+            if idx_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or "
+                    "the size of your dataset."
+                )
+            idx_train = np.ascontiguousarray(idx_train, dtype=np.intp)
+            idx_val = np.ascontiguousarray(idx_val, dtype=np.intp)
+        else:
+            idx_train, idx_val = np.arange(n_samples, dtype=np.intp), None
+        n_train = idx_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_train)
+        else:
+            if self.batch_size > n_train:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is going "
+                    "to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n_train))
+
+        n_threads = effective_n_threads(self.n_jobs)
+        cfg = self._kernel_config(n_threads, batch_size)
+        sizes = np.array(layer_units, dtype=np.intp)
+        work = _mlp.work_buffers(batch_size, sizes, X.dtype)
+        best_params = getattr(self, "_best_params", None)
+        best_params = params.copy() if best_params is None else best_params
+        tracker = ConvergenceTracker(
+            1, self.tol, self.n_iter_no_change,
+            adaptive=self.solver == "sgd" and self.learning_rate == "adaptive", eta0=lr,
+            strict=True)
+        # Carried over from earlier calls (warm_start, partial_fit), as scikit-learn;
+        # made consistent if set_params switched solver or early_stopping since.
+        if getattr(self, "loss_curve_", None) is None:
+            self.loss_curve_ = []
+        if self.early_stopping:
+            if getattr(self, "validation_scores_", None) is None:
+                self.validation_scores_ = []
+            if getattr(self, "best_validation_score_", None) is None:
+                self.best_validation_score_ = -np.inf
+            tracker.best_score[0] = self.best_validation_score_
+        else:
+            if getattr(self, "best_loss_", None) is None:
+                self.best_loss_ = np.inf
+            tracker.best_loss[0] = self.best_loss_
+        tracker.no_improvement[0] = getattr(self, "_no_improvement_count", 0)
+        order = idx_train.copy()
+        n_iter = 0
+        t_start = time.time()
+        for _ in range(self.max_iter):
+            if self.shuffle:
+                rng.shuffle(order)
+            cfg["learning_rate"] = lr
+            status, t_next, loss_sum = _mlp.mlp_epoch(
+                X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
+            if status != 0:
+                raise divergence_error(len(self.loss_curve_) + 1, "learning_rate_init")
+            n_iter += 1
+            t_update = t_next
+            loss = float(loss_sum / n_train)
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (n_iter, loss))
+            score = None
+            if self.early_stopping:
+                score = self._validation_score(X, y_labels, sample_weight, idx_val, params,
+                                               layer_units, n_threads)
+                if self.verbose:
+                    print("Validation score: %f" % score)
+                if score > tracker.best_score[0]:
+                    best_params = params.copy()
+                tracker.update(scores=[score])
+            else:
+                tracker.update(losses=[loss])
+            t_samples = self.t_ + n_train
+            if self.solver == "sgd" and self.learning_rate == "invscaling":
+                lr = float(self.learning_rate_init) / (t_samples + 1) ** self.power_t
+            stopped = tracker.done
+            if tracker.eta[0] != lr and self.learning_rate == "adaptive":
+                lr = float(tracker.eta[0])  # divided by 5 after a plateau
+                if self.verbose:
+                    print(self._plateau_message() + " Setting learning rate to %f" % lr)
+            elif stopped and self.verbose:
+                too_small = self.solver == "sgd" and self.learning_rate == "adaptive"
+                print(self._plateau_message()
+                      + (" Learning rate too small. Stopping." if too_small else " Stopping."))
+            self._commit_epoch(
+                params, layer_units, n_iter, t_samples, loss, score, best_params,
+                int(tracker.no_improvement[0]), tracker.best_loss[0],
+                {"opt": opt.copy(), "t": t_update, "lr": lr,
+                 "signature": self._optimizer_signature()})
+            if stopped or incremental:
+                break
+            if n_iter == self.max_iter:
+                warnings.warn(
+                    "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                    "optimization hasn't converged yet." % self.max_iter,
+                    ConvergenceWarning,
+                )
+        if self.verbose and not incremental:
+            print(f"Training took {time.time() - t_start:.2f} seconds.")
+        if self.early_stopping:
+            # restore the weights of the best validation score
+            self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
+
+    def _plateau_message(self):
+        if self.early_stopping:
+            return ("Validation score did not improve more than tol=%f for %d consecutive "
+                    "epochs." % (self.tol, self.n_iter_no_change))
+        return ("Training loss did not improve more than tol=%f for %d consecutive epochs."
+                % (self.tol, self.n_iter_no_change))
+
+    def _commit_epoch(self, params, layer_units, n_iter, t_samples, loss, score, best_params,
+                      no_improvement, best_loss, optimizer_state):
+        """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
+        never leaves the attributes describing different epochs."""
+        coefs, intercepts = self._unpack(params, layer_units)
+        # The curves grow in place (copying them at every partial_fit call would make
+        # a long stream of calls quadratic); an entry is appended just before its commit.
+        self.loss_curve_.append(loss)
+        attrs = {
+            "coefs_": coefs,
+            "intercepts_": intercepts,
+            "n_iter_": n_iter,
+            "t_": t_samples,
+            "loss_": loss,
+            "_optimizer_state": optimizer_state,
+            "_no_improvement_count": no_improvement,
+            "_best_params": best_params,
+            "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+        }
+        if self.early_stopping:
+            self.validation_scores_.append(score)
+            attrs["best_validation_score_"] = max(self.best_validation_score_, score)
+        else:
+            attrs["best_loss_"] = float(min(best_loss, loss))
+        self.__dict__.update(attrs)
+
+    def _fit_lbfgs(self, X, Y, sample_weight, params, layer_units):
+        n_threads = effective_n_threads(self.n_jobs)
+        rows = np.arange(X.shape[0], dtype=np.intp)
+        sizes = np.array(layer_units, dtype=np.intp)
+        cfg = self._kernel_config(n_threads, X.shape[0])
+        work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
+        grad = np.empty(params.shape[0])
+        x_dtype = np.empty_like(params)
+
+        def objective(x):
+            x_dtype[:] = x
+            _, loss, _ = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, x_dtype, grad,
+                                            *work, cfg)
+            return loss, grad.copy()
+
+        def commit(intermediate_result):
+            # Each iteration is an 'epoch' whose weights survive an interrupt.
+            x = intermediate_result.x
+            if np.all(np.isfinite(x)):
+                coefs, intercepts = self._unpack(x.astype(X.dtype), layer_units)
+                self.__dict__.update({
+                    "coefs_": coefs, "intercepts_": intercepts,
+                    "n_iter_": self.__dict__.get("_epochs_committed", 0) + 1,
+                    "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+                })
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        with warnings.catch_warnings():
+            # a non-finite trial point is reported below as a divergence
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
+            res = scipy.optimize.minimize(
+                objective, params.astype(np.float64), method="L-BFGS-B", jac=True,
+                callback=commit,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        if not (np.isfinite(res.fun) and np.all(np.isfinite(res.x))):
+            raise divergence_error(self.__dict__.get("_epochs_committed", 0) + 1, "alpha")
+        n_iter = _check_optimize_result("lbfgs", res, self.max_iter)
+        final = res.x.astype(X.dtype)
+        _, loss, penalty = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, final, grad,
+                                              *work, cfg)
+        if self.out_activation_ == "identity":
+            # scikit-learn reports the squared error averaged over the outputs
+            loss = (loss - penalty) / Y.shape[1] + penalty
+        coefs, intercepts = self._unpack(final, layer_units)
+        self.__dict__.update({"coefs_": coefs, "intercepts_": intercepts, "n_iter_": n_iter,
+                              "loss_": float(loss),
+                              "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1})
+
+    # ------------------------------------------------------------------ prediction
+    def _forward(self, X, check_input=True, rows=None, params=None, layer_units=None):
+        """Output activations of X (or of its ``rows``), computed natively."""
+        if check_input:
+            check_is_fitted(self)
+            X = validate_data(self, X, accept_sparse=False, dtype=[np.float64, np.float32],
+                              order="C", reset=False)
+        if params is None:
+            layer_units = self._layer_units()
+            dtype = np.result_type(X.dtype, self.coefs_[0].dtype)
+            params = self._pack(dtype)
+        X = np.ascontiguousarray(X, dtype=params.dtype)
+        rows = np.arange(X.shape[0], dtype=np.intp) if rows is None else rows
+        out = np.empty((rows.shape[0], layer_units[-1]), dtype=params.dtype)
+        n_threads = effective_n_threads(self.n_jobs)
+        with blas_limited(1):
+            _mlp.mlp_forward(X, rows, np.array(layer_units, dtype=np.intp), params,
+                             HIDDEN_CODES[self.activation], OUT_CODES[self.out_activation_],
+                             out, n_threads)
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier trained by native epochs.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPClassifier`: the same
+    parameters, attributes and, for the same ``random_state``, the same initial weights,
+    shuffles and validation split. Each epoch (forward pass, log-loss, back-propagation
+    and optimizer step for every mini-batch) runs in compiled code without the GIL,
+    over ``n_jobs`` threads with results that do not depend on ``n_jobs``.
+
+    The output layer is logistic for binary and multilabel targets, softmax for
+    multiclass; the loss is the (binary) cross-entropy, whose output delta is
+    ``y_hat - y``.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : array-like of shape (n_layers - 2,) or int, default=(100,)
+        Neurons of each hidden layer.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
+        Activation of the hidden layers.
+    solver : {'lbfgs', 'sgd', 'adam', 'adagrad'}, default='adam'
+        'lbfgs' minimises the full-batch objective with scipy's L-BFGS-B over the
+        native loss and gradient; the others run mini-batch epochs. 'adagrad' is
+        cgd's addition (step ``learning_rate_init / (sqrt(sum g^2) + epsilon)``).
+    alpha : float, default=0.0001
+        Strength of the L2 penalty on the weights (not the biases), divided by the
+        batch's sample-weight sum as in scikit-learn.
+    batch_size : int or 'auto', default='auto'
+        Samples per update of the stochastic solvers; 'auto' is ``min(200, n_samples)``.
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
+        Schedule of ``solver='sgd'``, applied at the end of each epoch.
+    learning_rate_init : float, default=0.001
+    power_t : float, default=0.5
+    max_iter : int, default=200
+        Epochs (stochastic solvers) or iterations (lbfgs).
+    shuffle : bool, default=True
+    random_state : int, RandomState instance or None, default=None
+        Initial weights, early-stopping split and shuffles.
+    tol : float, default=1e-4
+    verbose : bool, default=False
+        Progress in scikit-learn's format.
+    warm_start : bool, default=False
+    momentum : float, default=0.9
+        Only used by ``solver='sgd'``.
+    nesterovs_momentum : bool, default=True
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the samples (selected by index: X is not
+        copied), stop when their accuracy stops improving and keep the best weights.
+    validation_fraction : float, default=0.1
+    beta_1, beta_2 : float, default=0.9, 0.999
+    epsilon : float, default=1e-8
+        Denominator guard of adam and adagrad.
+    n_iter_no_change : int, default=10
+    max_fun : int, default=15000
+        Maximum number of objective evaluations of lbfgs.
+    class_weight : dict, 'balanced' or None, default=None
+        Weights of the classes (single-output targets), multiplied into the sample
+        weights as in scikit-learn's linear classifiers.
+    n_jobs : int or None, default=None
+        Threads inside one fit and prediction: None or -1 all usable cores (honouring
+        ``OMP_NUM_THREADS`` and threadpoolctl limits), k exactly k. BLAS runs
+        single-threaded inside each thread. The fitted model is bit-for-bit the same
+        for every value.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    loss_ : float
+    best_loss_ : float or None
+    loss_curve_ : list of float
+        Mean training loss of each epoch (stochastic solvers).
+    validation_scores_ : list of float or None
+    best_validation_score_ : float or None
+    t_ : int
+        Training samples seen by the stochastic solver.
+    coefs_ : list of ndarray
+        ``coefs_[l]`` of shape (units of layer l, units of layer l + 1).
+    intercepts_ : list of ndarray
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+    n_iter_ : int
+    n_layers_ : int
+    n_outputs_ : int
+    out_activation_ : str
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        class_weight=None,
+        n_jobs=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+
+    loss = "log_loss"
+
+    def _output_activation(self):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=False, multi_output=True,
+                             dtype=[np.float64, np.float32], order="C", reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start and not incremental:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in "
+                        f"the previous call to fit. Previously got {self.classes_}, `y` has "
+                        f"{classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                    f"{self.classes_}. 'y' has {classes}."
+                )
+        if len(self.classes_) < 2:
+            raise ValueError(
+                "The number of classes has to be greater than one; got "
+                f"{len(self.classes_)} class"
+            )
+        Y = np.ascontiguousarray(self._label_binarizer.transform(y), dtype=X.dtype)
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        return X, Y, y
+
+    def _sample_weight(self, sample_weight, X, y):
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if self.class_weight is not None:
+            if self._label_binarizer.y_type_.startswith("multilabel"):
+                raise ValueError("class_weight is not supported for multilabel targets; "
+                                 "pass sample_weight instead.")
+            cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
+            sw = sw * cw[np.searchsorted(self.classes_, y)].astype(X.dtype)
+        return np.ascontiguousarray(sw, dtype=X.dtype)
+
+    def _validation_score(self, X, y_labels, sample_weight, idx_val, params, layer_units,
+                          n_threads):
+        y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,
+                               layer_units=layer_units)
+        if not np.isfinite(y_pred).all():
+            return np.nan
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        pred = self._label_binarizer.inverse_transform(y_pred)
+        return float(accuracy_score(y_labels[idx_val], pred,
+                                    sample_weight=sample_weight[idx_val]))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_classes)
+        sample_weight : array-like of shape (n_samples,), default=None
+        classes : array of shape (n_classes,), default=None
+            All classes across the calls; required on the first call (not for
+            multilabel targets).
+
+        Returns
+        -------
+        self : MLPClassifier
+        """
+        if self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit. In order to "
+                "use 'balanced' weights, use compute_class_weight('balanced', "
+                "classes=classes, y=y). In place of y you can use a large enough sample "
+                "of the full training set target to properly estimate the class "
+                "frequency distributions. Pass the resulting weights as the "
+                "class_weight parameter."
+            )
+
+        def train():
+            if _check_partial_fit_first_call(self, classes):
+                self._label_binarizer = LabelBinarizer()
+                if type_of_target(y).startswith("multilabel"):
+                    self._label_binarizer.fit(y)
+                else:
+                    self._label_binarizer.fit(classes)
+            self._fit(X, y, sample_weight, incremental=True)
+
+        self._transaction(train)
+        return self
+
+    def predict(self, X):
+        """Predict with the multi-layer perceptron classifier.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        y_pred = self._forward(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
+
+    def predict_proba(self, X):
+        """Probability estimates, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y_prob : ndarray of shape (n_samples, n_classes)
+        """
+        y_pred = self._forward(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """Logarithm of ``predict_proba(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_y_prob : ndarray of shape (n_samples, n_classes)
+        """
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor trained by native epochs.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPRegressor` (see
+    :class:`MLPClassifier` for what is shared). The output layer is the identity with
+    half the squared error (averaged over outputs in the reported loss), or the
+    exponential with half the Poisson deviance for ``loss='poisson'``.
+
+    Parameters
+    ----------
+    loss : {'squared_error', 'poisson'}, default='squared_error'
+        'poisson' needs non-negative targets.
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, \
+warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction, \
+beta_1, beta_2, epsilon, n_iter_no_change, max_fun, n_jobs
+        As :class:`MLPClassifier`; early stopping scores R^2.
+
+    Attributes
+    ----------
+    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_, t_, \
+coefs_, intercepts_, n_features_in_, feature_names_in_, n_iter_, n_layers_, \
+n_outputs_, out_activation_
+        As :class:`MLPClassifier`.
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        n_jobs=None,
+    ):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.n_jobs = n_jobs
+
+    def _output_activation(self):
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=False, multi_output=True,
+                             y_numeric=True, dtype=[np.float64, np.float32], order="C",
+                             reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError(
+                "Some value(s) of y are negative which is not allowed for Poisson "
+                "regression (loss='poisson')."
+            )
+        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=X.dtype)
+        return X, Y, y
+
+    def _sample_weight(self, sample_weight, X, y):
+        return np.ascontiguousarray(_check_sample_weight(sample_weight, X, dtype=X.dtype))
+
+    def _validation_score(self, X, y, sample_weight, idx_val, params, layer_units, n_threads):
+        y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,
+                               layer_units=layer_units)
+        if not np.isfinite(y_pred).all():
+            return np.nan
+        if y_pred.shape[1] == 1:
+            y_pred = y_pred.ravel()
+        return float(r2_score(y[idx_val], y_pred, sample_weight=sample_weight[idx_val]))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : MLPRegressor
+        """
+        self._transaction(lambda: self._fit(X, y, sample_weight, incremental=True))
+        return self
+
+    def predict(self, X):
+        """Predict using the multi-layer perceptron model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
+        y_pred = self._forward(X)
+        if y_pred.shape[1] == 1:
+            return y_pred.ravel()
+        return y_pred
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
