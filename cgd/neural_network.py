@@ -24,7 +24,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_co
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d, compute_class_weight
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -619,7 +618,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     loss = "log_loss"
 
     def _output_activation(self):
-        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+        return "softmax" if self._y_type == "multiclass" else "logistic"
+
+    # Labels <-> output columns, as scikit-learn's LabelBinarizer does for its MLP,
+    # kept as plain data (the type of target and classes_) on the estimator.
+    def _fit_labels(self, y):
+        y_type = type_of_target(y, input_name="y")
+        if "multioutput" in y_type:
+            raise ValueError("Multioutput target data is not supported with label "
+                             "binarization")
+        self._y_type = y_type
+        self.classes_ = unique_labels(y)
+
+    def _binarize(self, y, dtype):
+        if self._y_type.startswith("multilabel"):
+            return np.ascontiguousarray(y, dtype=dtype)
+        if len(self.classes_) == 2:
+            return (y == self.classes_[1]).astype(dtype).reshape(-1, 1)
+        Y = np.zeros((y.shape[0], len(self.classes_)), dtype=dtype)
+        Y[np.arange(y.shape[0]), np.searchsorted(self.classes_, y)] = 1
+        return Y
+
+    def _labels(self, y_pred):
+        """Predicted labels of output activations (threshold 0.5, or the arg max)."""
+        if self._y_type.startswith("multilabel"):
+            return (y_pred > 0.5).astype(int)
+        if y_pred.ndim == 1 or y_pred.shape[1] == 1:
+            return self.classes_[(y_pred.ravel() > 0.5).astype(np.intp)]
+        return self.classes_.take(np.argmax(y_pred, axis=1))
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=False, multi_output=True,
@@ -628,9 +654,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
-            self._label_binarizer = LabelBinarizer()
-            self._label_binarizer.fit(y)
-            self.classes_ = self._label_binarizer.classes_
+            self._fit_labels(y)
         else:
             classes = unique_labels(y)
             if self.warm_start and not incremental:
@@ -650,15 +674,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 "The number of classes has to be greater than one; got "
                 f"{len(self.classes_)} class"
             )
-        Y = np.ascontiguousarray(self._label_binarizer.transform(y), dtype=X.dtype)
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
-        return X, Y, y
+        if self._y_type.startswith("multilabel") and y.shape[1] != len(self.classes_):
+            raise ValueError(f"y has {y.shape[1]} labels, the model was fitted with "
+                             f"{len(self.classes_)}.")
+        return X, self._binarize(y, X.dtype), y
 
     def _sample_weight(self, sample_weight, X, y):
         sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         if self.class_weight is not None:
-            if self._label_binarizer.y_type_.startswith("multilabel"):
+            if self._y_type.startswith("multilabel"):
                 raise ValueError("class_weight is not supported for multilabel targets; "
                                  "pass sample_weight instead.")
             cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
@@ -671,9 +695,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                layer_units=layer_units)
         if not np.isfinite(y_pred).all():
             return np.nan
-        if self.n_outputs_ == 1:
-            y_pred = y_pred.ravel()
-        pred = self._label_binarizer.inverse_transform(y_pred)
+        pred = self._labels(y_pred)
         return float(accuracy_score(y_labels[idx_val], pred,
                                     sample_weight=sample_weight[idx_val]))
 
@@ -688,8 +710,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : array-like of shape (n_samples,) or (n_samples, n_classes)
         sample_weight : array-like of shape (n_samples,), default=None
         classes : array of shape (n_classes,), default=None
-            All classes across the calls; required on the first call (not for
-            multilabel targets).
+            All classes across the calls; required on the first call, except for a
+            multilabel indicator y, whose columns are the classes.
 
         Returns
         -------
@@ -706,12 +728,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
 
         def train():
-            if _check_partial_fit_first_call(self, classes):
-                self._label_binarizer = LabelBinarizer()
-                if type_of_target(y).startswith("multilabel"):
-                    self._label_binarizer.fit(y)
-                else:
-                    self._label_binarizer.fit(classes)
+            multilabel = type_of_target(y).startswith("multilabel")
+            if getattr(self, "classes_", None) is None and classes is None and multilabel:
+                self._fit_labels(y)  # an indicator matrix's columns are its classes
+            elif _check_partial_fit_first_call(self, classes):
+                self._fit_labels(y if multilabel else self.classes_)
             self._fit(X, y, sample_weight, incremental=True)
 
         self._transaction(train)
@@ -728,10 +749,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_classes)
         """
-        y_pred = self._forward(X)
-        if self.n_outputs_ == 1:
-            y_pred = y_pred.ravel()
-        return self._label_binarizer.inverse_transform(y_pred)
+        return self._labels(self._forward(X))
 
     def predict_proba(self, X):
         """Probability estimates, columns in the order of ``classes_``.
