@@ -356,11 +356,17 @@ cdef int batch_gradient(
     double* block_loss,       # scratch (WAVE + 1,)
     int nt,
     double* loss,             # OUT sum over rows of s_i l_i
+    Py_ssize_t* nslots,       # OUT slots whose in-order sum (reduce_chunks) is the gradient
     double* last_check,       # IN/OUT time of the last signal check
 ) except -1 nogil:
+    """Block gradients of a batch. The last wave's slots are left for the caller to
+    sum segment by segment in the same parallel loop as its update (one barrier less
+    per batch: a thread that another process has descheduled costs a time slice at
+    every barrier)."""
     cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS, first = 0, base, cnt, c, b
     cdef Py_ssize_t r0, r1, nseg, s, P = net.P
     loss[0] = 0.0
+    nslots[0] = 1
     while first < nblk:
         base = 0 if first == 0 else 1
         cnt = min(<Py_ssize_t>WAVE, nblk - first)
@@ -376,13 +382,17 @@ cdef int batch_gradient(
                 work_delta + (base + c) * act_stride)
         for c in range(base, base + cnt):
             loss[0] += block_loss[c]
+        first += cnt
+        if first == nblk:
+            nslots[0] = base + cnt
+            break
+        # more waves to come: fold this one into slot 0
         if base + cnt > 1:
             nseg = (P + SEGMENT - 1) // SEGMENT
             for s in prange(nseg, schedule="static",
                             num_threads=threads_for(nseg, P * (base + cnt - 1), nt)):
                 reduce_chunks(work_grad, P, base + cnt, s * SEGMENT, min(P, (s + 1) * SEGMENT))
-        first += cnt
-        if first < nblk and cgd_now() - last_check[0] >= SIGNAL_CHECK_SECONDS:
+        if cgd_now() - last_check[0] >= SIGNAL_CHECK_SECONDS:
             with gil:
                 PyErr_CheckSignals()
             last_check[0] = cgd_now()
@@ -390,20 +400,23 @@ cdef int batch_gradient(
 
 
 cdef void step_segments(
-    OptimConfig* oc, floating* prm, const floating* g, double gscale,
+    OptimConfig* oc, floating* prm,
+    floating* g,              # IN (nslots, P) block gradients, summed here into row 0
+    Py_ssize_t nslots, double gscale,
     floating* s0, floating* s1,
     const intp_t* seg_start, const intp_t* seg_len, const unsigned char* seg_pen,
     Py_ssize_t nseg, Py_ssize_t P, double lr, double l2, double t,
     double* seg_sq,           # OUT (nseg,) sum of squared penalised weights before the step
     int nt,
 ) noexcept nogil:
-    """One optimizer step over all parameters, L2 on the weights only (elementwise:
-    the same bits whichever thread takes which segment)."""
+    """Sum the block gradients and take one optimizer step over all parameters, L2 on
+    the weights only (elementwise: the same bits whichever thread takes which segment)."""
     cdef Py_ssize_t s, j, j0, n
     cdef double sq
-    for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, P, nt)):
+    for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, P * nslots, nt)):
         j0 = seg_start[s]
         n = seg_len[s]
+        reduce_chunks(g, P, nslots, j0, j0 + n)
         sq = 0.0
         if seg_pen[s]:
             for j in range(j0, j0 + n):
@@ -481,6 +494,7 @@ def mlp_epoch(
     cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
     cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
     cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
+    cdef Py_ssize_t nslots
     cdef OptimConfig oc = read_optim_config(config)
     cdef floating* prm = &params[0]
     with nogil:
@@ -494,11 +508,12 @@ def mlp_epoch(
             if sw_sum > 0:
                 batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &order[start], mb,
                                prm, eps, &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                               work_act.shape[1], &block_loss[0], nt, &data_loss, &last_check)
+                               work_act.shape[1], &block_loss[0], nt, &data_loss, &nslots,
+                               &last_check)
                 if not isfinite(data_loss):
                     status = 1
                     break
-                step_segments(&oc, prm, &work_grad[0, 0], 1.0 / sw_sum, &opt_state[0, 0],
+                step_segments(&oc, prm, &work_grad[0, 0], nslots, 1.0 / sw_sum, &opt_state[0, 0],
                               &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, net.P, lr,
                               alpha / sw_sum, t, &seg_sq[0], nt)
                 sq = 0.0
@@ -561,18 +576,21 @@ def mlp_objective(
     cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, inv, last_check
     cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
     cdef const floating* prm = &params[0]
-    cdef const floating* g
+    cdef floating* g = &work_grad[0, 0]
+    cdef Py_ssize_t nslots
     with nogil:
         last_check = cgd_now()
         for i in range(m):
             sw_sum += sample_weight[rows[i]]
         batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
                        &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                       work_act.shape[1], &block_loss[0], nt, &data_loss, &last_check)
+                       work_act.shape[1], &block_loss[0], nt, &data_loss, &nslots,
+                       &last_check)
         inv = 1.0 / sw_sum
-        g = &work_grad[0, 0]
-        for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, net.P, nt)):
+        for s in prange(nseg, schedule="static",
+                        num_threads=threads_for(nseg, net.P * nslots, nt)):
             j0 = ss[s]
+            reduce_chunks(g, net.P, nslots, j0, j0 + sl[s])
             seg_sq[s] = 0.0
             for j in range(j0, j0 + sl[s]):
                 if sp[s]:
