@@ -3,17 +3,21 @@
     python benchmarks/run.py            # full run (markdown table, pasteable into README.md)
     python benchmarks/run.py --quick    # smoke run: every n divided by 10
     python benchmarks/run.py --plain    # plain-text table instead of markdown
+    python benchmarks/run.py --no-torch # skip the PyTorch rows even when torch is installed
 
 Workloads (synthetic, seeded; X standard normal, each dataset generated once and shared
 by every implementation in the run):
 
     W1  linear regression, n=200,000, d=100, float64, 5 epochs, y = X @ w + 0.1 * noise
     W2  binary logistic regression, same shape, y = [X @ w + 0.1 * noise > 0]
+    W3  MLP classifier, n=60,000 (+10,000 held out), d=784, 10 classes, float32, hidden
+        (256, 128), relu, adam, batch 128, 2 epochs; y = argmax of a fixed random teacher
+        network (784 -> 64 tanh -> 10) on X, so held-out accuracy means something
     W4  W1 in float32 at n=1,000,000: bytes of X read per second against the machine
 
 plus the machine limits, measured here with NumPy in the same process: memory read
-bandwidth (summing a large array, on 1 thread and on all threads) and GEMM GFLOP/s.
-(W3, the MLP workload of SPEC.md, is not run: cgd has no MLP estimators yet.)
+bandwidth (summing a large array, on 1 thread and on all threads) and GEMM GFLOP/s
+(float32 also on 1 and on 2 BLAS threads, the limit W3's rows are compared with).
 
 cgd is run at batch_size=1 n_jobs=1 (scikit-learn's per-sample SGD, one thread), and at
 batch_size 64 and 2048 with n_jobs 1 and 2, so the effect of the batch and the effect of
@@ -21,12 +25,27 @@ the second thread can be told apart (a batch below cgd's parallel threshold runs
 thread whatever n_jobs says; the row says so and the threads column shows what ran). Every estimator uses its defaults
 otherwise (same learning-rate schedule as scikit-learn; the row label says which).
 
+W3 runs cgd.MLPClassifier at n_jobs 1 and 2 (BLAS held at 1 thread inside the fit, its
+own OpenMP threads over fixed 64-row blocks of each batch), scikit-learn's MLPClassifier
+as is (NumPy + OpenBLAS on its default threads) and with BLAS limited to 1 thread
+(threadpoolctl), and, when torch imports, PyTorch CPU with the same net, batch, optimizer
+and initialisation on 1 and on 2 threads (the faster is "the torch peer"). W3 runs last,
+so that loading torch cannot affect the other workloads.
+
 Time per epoch is the best of ``--repeats`` fits divided by the number of epochs
-(``max_iter=5, tol=None``, so every fit runs exactly 5 epochs; checked via ``n_iter_``).
+(``max_iter=5, tol=None``, so every fit runs exactly 5 epochs, W3 ``max_iter=2, tol=0``;
+checked via ``n_iter_``).
 "speedup vs sklearn" is sklearn's time per epoch divided by cgd's: > 1 means cgd is
-faster. "X GB/s" is n * d * itemsize bytes per epoch divided by the time per epoch, and
-"of BW" that as a fraction of the read bandwidth measured with as many threads as the fit
-uses. Machines are shared and noisy: read the ratios, not the absolute times.
+faster ("vs torch" likewise, against the faster torch row). "X GB/s" is n * d * itemsize
+bytes per epoch divided by the time per epoch, and "of BW" that as a fraction of the read
+bandwidth measured with as many threads as the fit uses; for W3, "GFLOP/s" is the training
+FLOPs per epoch (see mlp_train_flops) over the time per epoch, and "of GEMM" that as a
+fraction of NumPy's float32 GEMM rate on as many threads. "busy threads (CPU/wall)": the
+OS threads of this process that ran for more than 10% of the best fit's wall time ("?":
+not Linux, or a fit under 20 clock ticks), and the process CPU time over the wall time of
+that fit: more busy threads than the row's threads, or a CPU/wall above them, shows
+threads fighting for the cores (e.g. BLAS threads spinning beside OpenMP ones).
+Machines are shared and noisy: read the ratios, not the absolute times.
 """
 
 import argparse
@@ -37,6 +56,7 @@ import platform
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -45,11 +65,23 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 
 import cgd  # noqa: E402
 import sklearn  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import SGDClassifier as SkSGDClassifier  # noqa: E402
 from sklearn.linear_model import SGDRegressor as SkSGDRegressor  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 EPOCHS = 5
 D = 100
+
+# W3 (SPEC.md section 5): MLP classifier on a random teacher network's labels
+D_MLP = 784
+HIDDEN = (256, 128)
+N_CLASSES = 10
+TEACHER_HIDDEN = 64
+EPOCHS_MLP = 2
+BATCH_MLP = 128
+ALPHA_MLP = 1e-4  # scikit-learn's default L2 penalty, kept by every W3 implementation
 
 
 # --------------------------------------------------------------------------- machine
@@ -92,13 +124,23 @@ def read_bandwidth(nbytes, n_threads, repeats=10):
     return a.nbytes / sec / 1e9
 
 
-def gemm_gflops(dtype, n=2048, repeats=3):
+def gemm_gflops(dtype, n=2048, repeats=3, n_threads=None):
+    """NumPy's GEMM rate in GFLOP/s, on its BLAS's default threads or on `n_threads`."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
-    np.dot(a, b)  # warm-up
-    sec = _best(lambda: np.dot(a, b), repeats)
+    with threadpool_limits(n_threads, user_api="blas"):
+        np.dot(a, b)  # warm-up
+        sec = _best(lambda: np.dot(a, b), repeats)
     return 2.0 * n ** 3 / sec / 1e9
+
+
+def numpy_blas_threads():
+    """Threads NumPy's BLAS uses by default (what scikit-learn's MLP runs on)."""
+    for info in threadpool_info():
+        if info["user_api"] == "blas" and "numpy" in info["filepath"]:
+            return info["num_threads"]
+    return max([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] or [1])
 
 
 # --------------------------------------------------------------------------- data
@@ -118,22 +160,96 @@ def make_linear(n, n_test, d, dtype, seed, classification):
     return X[:n], y[:n], X[n:], y[n:]
 
 
+def make_teacher(n, n_test, d, seed):
+    """W3: float32 X standard normal; y = argmax of a fixed random teacher network
+    d -> TEACHER_HIDDEN tanh -> N_CLASSES on X (weights N(0, 1/fan_in), no biases), so the
+    labels are a smooth nonlinear function of X that a student MLP can learn."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n + n_test, d), dtype=np.float32)
+    w1 = (rng.standard_normal((d, TEACHER_HIDDEN)) / np.sqrt(d)).astype(np.float32)
+    w2 = (rng.standard_normal((TEACHER_HIDDEN, N_CLASSES)) / np.sqrt(TEACHER_HIDDEN)).astype(
+        np.float32)
+    y = np.argmax(np.tanh(X @ w1) @ w2, axis=1).astype(np.int64)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def mlp_train_flops(n, layer_units):
+    """FLOPs of one training epoch of an MLP with `layer_units` = (d, h1, ..., out) on n
+    rows, counting only the layer products (2 FLOPs per multiply-add); activations, loss
+    and optimizer steps are O(n * units) or O(weights) and left out. With
+    S = sum_l fan_in_l * fan_out_l over all layers and S1 = the same sum without the
+    first layer:
+
+        forward                        2 * n * S
+      + backward, weight gradients     2 * n * S      (X_l^T @ delta_l per layer)
+      + backward, deltas               2 * n * S1     (delta_l @ W_l^T for layers l >= 1;
+                                                       the input's delta is not computed)
+
+    cgd, scikit-learn and PyTorch (X does not require grad) all do exactly these
+    products, so one count serves every W3 row."""
+    pairs = list(zip(layer_units[:-1], layer_units[1:]))
+    s = sum(a * b for a, b in pairs)
+    s1 = sum(a * b for a, b in pairs[1:])
+    return 2.0 * n * (2 * s + s1)
+
+
 # --------------------------------------------------------------------------- timing
 
 
-def time_fit(make, X, y, repeats):
-    """Best time per epoch over `repeats` fresh fits, and the last fitted estimator."""
-    times, est = [], None
+def quiesce(seconds=0.3):
+    """Let idle worker threads go to sleep before a timed row: OpenBLAS's threads spin
+    for ~0.1 s after each multi-threaded call (the GEMM measurements, a dataset's X @ w,
+    scikit-learn's MLP), and on a 2-core machine that spinning would take a core from the
+    first fit of the next row."""
+    time.sleep(seconds)
+
+
+def _thread_cpu_ticks():
+    """{thread id: user + system clock ticks} of this process's threads (Linux), or None."""
+    try:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[tid] = int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+    except OSError:
+        return None
+
+
+def _busy_threads(before, after, wall):
+    """OS threads that ran for more than 10% of `wall` seconds between the snapshots, or
+    None when not measurable: thread CPU times come in clock ticks (10 ms), too coarse
+    for a fit shorter than 20 ticks."""
+    hz = os.sysconf("SC_CLK_TCK")
+    if before is None or after is None or wall < 20.0 / hz:
+        return None
+    return sum(1 for tid, t in after.items() if (t - before.get(tid, 0)) / hz > 0.1 * wall)
+
+
+def time_fit(make, X, y, repeats, epochs=EPOCHS):
+    """Best time per epoch over `repeats` fresh fits, worst/best, the process CPU time over
+    the wall time of the best fit, the OS threads busy in it, and the last fitted
+    estimator."""
+    times, est, best = [], None, None
     for _ in range(repeats):
         est = make()
         gc.collect()
+        ticks0, c0 = _thread_cpu_ticks(), time.process_time()
         t0 = time.perf_counter()
         est.fit(X, y)
-        times.append(time.perf_counter() - t0)
-    n_iter = getattr(est, "n_iter_", EPOCHS)
-    if int(np.max(n_iter)) != EPOCHS:
-        raise RuntimeError(f"{type(est).__name__} ran {n_iter} epochs, expected {EPOCHS}")
-    return min(times) / EPOCHS, max(times) / min(times), est
+        wall = time.perf_counter() - t0
+        cpu, ticks1 = time.process_time() - c0, _thread_cpu_ticks()
+        if not times or wall < min(times):
+            best = (cpu / wall, _busy_threads(ticks0, ticks1, wall))
+        times.append(wall)
+    n_iter = getattr(est, "n_iter_", epochs)
+    if int(np.max(n_iter)) != epochs:
+        raise RuntimeError(f"{type(est).__name__} ran {n_iter} epochs, expected {epochs}")
+    return min(times) / epochs, max(times) / min(times), best[0], best[1], est
 
 
 def warm_up():
@@ -150,6 +266,12 @@ def warm_up():
                               n_jobs=nj).fit(X, yc).score(X, yc)
         SkSGDRegressor(max_iter=2, tol=None).fit(X, y).score(X, y)
         SkSGDClassifier(loss="log_loss", max_iter=2, tol=None).fit(X, yc).score(X, yc)
+    X, y, _, _ = make_teacher(512, 0, D_MLP, seed=123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for make in [lambda nj=nj: cgd.MLPClassifier(n_jobs=nj, **mlp_params()) for nj in (1, 2)] + [
+                lambda: SkMLPClassifier(**mlp_params())]:
+            make().fit(X, y).score(X, y)
 
 
 # --------------------------------------------------------------------------- workloads
@@ -196,25 +318,164 @@ def classifier_configs():
     ]
 
 
-def run_workload(wid, title, configs, data, repeats, bw, score_name, log):
+def mlp_params():
+    """W3's MLPClassifier parameters: scikit-learn's, shared by cgd and scikit-learn.
+    tol=0 and n_iter_no_change > max_iter: every fit runs exactly EPOCHS_MLP epochs (and
+    warns that it did not converge)."""
+    return dict(hidden_layer_sizes=HIDDEN, activation="relu", solver="adam", alpha=ALPHA_MLP,
+                batch_size=BATCH_MLP, learning_rate_init=1e-3, max_iter=EPOCHS_MLP, tol=0.0,
+                n_iter_no_change=EPOCHS_MLP + 1, shuffle=True, random_state=SEED_FIT)
+
+
+class BlasLimited:
+    """An estimator fitted with BLAS limited to `n_threads` (threadpoolctl)."""
+
+    def __init__(self, est, n_threads):
+        self.est, self.n_threads = est, n_threads
+
+    def fit(self, X, y):
+        with threadpool_limits(self.n_threads, user_api="blas"):
+            self.est.fit(X, y)
+        self.n_iter_, self.coefs_ = self.est.n_iter_, self.est.coefs_
+        return self
+
+    def score(self, X, y):
+        return self.est.score(X, y)
+
+
+class TorchMLP:
+    """W3's MLPClassifier in PyTorch CPU on `n_threads` intra-op threads: the same net
+    (Linear-ReLU-...-Linear, softmax cross-entropy), batch, epochs and Adam (lr, betas,
+    eps) as mlp_params(), scikit-learn's initialisation (Glorot uniform, bound
+    sqrt(6 / (fan_in + fan_out)), weights and biases) and its L2 penalty: scikit-learn adds
+    alpha * W / batch_size to each weight gradient and not to biases, which is
+    torch.optim.Adam's (coupled) weight_decay = alpha / batch_size on the weights only
+    (scikit-learn divides by the short last batch's own size; torch does not: negligible).
+    Rows are reshuffled every epoch (torch.randperm) and gathered by index, without a
+    DataLoader; float32 throughout."""
+
+    _warmed = set()
+
+    def __init__(self, torch, n_threads, epochs=EPOCHS_MLP, batch_size=BATCH_MLP,
+                 random_state=SEED_FIT):
+        self.torch, self.n_threads, self.epochs = torch, n_threads, epochs
+        self.batch_size, self.random_state = batch_size, random_state
+        if n_threads not in TorchMLP._warmed:  # untimed: factories run outside the timing
+            TorchMLP._warmed.add(n_threads)
+            X, y, _, _ = make_teacher(512, 0, D_MLP, seed=123)
+            TorchMLP(torch, n_threads, epochs=1).fit(X, y)
+
+    def fit(self, X, y):
+        torch, p = self.torch, mlp_params()
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.n_threads)
+        try:
+            self.classes_, yi = np.unique(y, return_inverse=True)
+            g = torch.Generator().manual_seed(self.random_state)
+            units = [X.shape[1], *p["hidden_layer_sizes"], len(self.classes_)]
+            layers = []
+            for fan_in, fan_out in zip(units[:-1], units[1:]):
+                lin = torch.nn.Linear(fan_in, fan_out, dtype=torch.float32)
+                bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+                with torch.no_grad():
+                    lin.weight.uniform_(-bound, bound, generator=g)
+                    lin.bias.uniform_(-bound, bound, generator=g)
+                layers += [lin, torch.nn.ReLU()]
+            net = torch.nn.Sequential(*layers[:-1])
+            lins = [m for m in net if isinstance(m, torch.nn.Linear)]
+            opt = torch.optim.Adam(
+                [{"params": [m.weight for m in lins],
+                  "weight_decay": p["alpha"] / self.batch_size},
+                 {"params": [m.bias for m in lins], "weight_decay": 0.0}],
+                lr=p["learning_rate_init"], betas=(0.9, 0.999), eps=1e-8)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+            yt = torch.from_numpy(yi.astype(np.int64))
+            n, bs = X.shape[0], self.batch_size
+            for _ in range(self.epochs):
+                perm = torch.randperm(n, generator=g)
+                for start in range(0, n, bs):
+                    idx = perm[start:start + bs]
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(net(Xt[idx]), yt[idx])
+                    loss.backward()
+                    opt.step()
+            self.net_, self.n_iter_ = net, self.epochs
+            self.coefs_ = [m.weight.detach().numpy().T for m in lins]
+        finally:
+            torch.set_num_threads(prev)
+        return self
+
+    def score(self, X, y):
+        with self.torch.no_grad():
+            z = self.net_(self.torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
+        return float(np.mean(self.classes_[z.argmax(1).numpy()] == y))
+
+
+def import_torch(skip):
+    """(torch or None, why not)."""
+    if skip:
+        return None, "skipped (--no-torch)"
+    try:
+        import torch
+    except Exception as e:  # not installed, or a broken install: the rows are skipped
+        return None, f"not available ({type(e).__name__}: {e})"
+    return torch, f"torch {torch.__version__}"
+
+
+def mlp_configs(torch=None):
+    nb = numpy_blas_threads()
+    net = "adam, relu, (256, 128), batch 128, alpha=1e-4"
+    rows = [(f"cgd MLPClassifier n_jobs={nj} ({net})", "cgd", nj,
+             lambda nj=nj: cgd.MLPClassifier(n_jobs=nj, **mlp_params())) for nj in (1, 2)]
+    rows += [
+        (f"sklearn MLPClassifier ({net}; NumPy + OpenBLAS, default {nb} BLAS threads)",
+         "sklearn", nb, lambda: SkMLPClassifier(**mlp_params())),
+        ("sklearn MLPClassifier, same, BLAS limited to 1 thread (threadpoolctl)",
+         "sklearn-blas1", 1, lambda: BlasLimited(SkMLPClassifier(**mlp_params()), 1)),
+    ]
+    if torch is not None:
+        rows += [(f"PyTorch {torch.__version__} CPU, same net/init/Adam/L2, "
+                  f"torch.set_num_threads({k})", "torch", k,
+                  lambda k=k: TorchMLP(torch, k)) for k in (1, 2)]
+    return rows
+
+
+def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs=EPOCHS,
+                 flops=None, gemm=None):
+    """Time every config on `data`. `flops` (per epoch) and `gemm` ({threads: GFLOP/s})
+    for compute-bound workloads (W3), else None."""
     X, y, Xt, yt = data
     n, d = X.shape
     x_bytes = X.nbytes
     results = []
     for label, lib, n_jobs, make in configs:
         log(f"  {wid}: timing {label} ...")
-        sec, spread, est = time_fit(make, X, y, repeats)
+        quiesce()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # W3: max_iter=2 on purpose
+            sec, spread, cpu_wall, busy, est = time_fit(make, X, y, repeats, epochs)
         score = est.score(Xt, yt)
-        coef_dtype = np.asarray(est.coef_).dtype
+        coef = est.coefs_[0] if hasattr(est, "coefs_") else est.coef_
+        coef_dtype = np.asarray(coef).dtype
         results.append(dict(wid=wid, title=title, label=label, lib=lib, n_jobs=n_jobs,
-                            sec=sec, spread=spread, score=score, score_name=score_name,
-                            gbs=x_bytes / sec / 1e9, bw=bw[n_jobs], n=n, d=d,
+                            sec=sec, spread=spread, cpu_wall=cpu_wall, busy=busy,
+                            score=score, score_name=score_name,
+                            gbs=x_bytes / sec / 1e9, bw=bw.get(n_jobs), n=n, d=d,
+                            gflops=None if flops is None else flops / sec / 1e9,
+                            gemm=None if gemm is None else gemm.get(n_jobs),
                             dtype=X.dtype.name, coef_dtype=coef_dtype.name))
         del est
     peer = [r for r in results if r["lib"] == "sklearn"]
     peer_sec = peer[0]["sec"] if peer else None
+    torch_rows = [r for r in results if r["lib"] == "torch"]
+    torch_sec = min(r["sec"] for r in torch_rows) if torch_rows else None
+    for r in torch_rows:
+        if r["sec"] == torch_sec and len(torch_rows) > 1:
+            r["label"] += " [faster of the torch rows: the torch peer]"
     for r in results:
         r["speedup"] = (peer_sec / r["sec"]) if (peer_sec and r["lib"] == "cgd") else None
+        r["vs_torch"] = (torch_sec / r["sec"]) if (torch_sec and r["lib"] == "cgd") else None
     return results
 
 
@@ -251,11 +512,14 @@ def main(argv=None):
                     help="plain-text table instead of markdown")
     ap.add_argument("--repeats", type=int, default=3, help="fits per row; the best counts")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="skip W3's PyTorch rows even when torch is installed")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
     scale = 10 if args.quick else 1
     n_w1, n_w4, n_test = 200_000 // scale, 1_000_000 // scale, 20_000 // scale
+    n_w3, n_test_w3 = 60_000 // scale, 10_000 // scale
     md = args.markdown
 
     def log(msg):
@@ -296,55 +560,104 @@ def main(argv=None):
     bw = measure_bandwidth()
     g64 = gemm_gflops(np.float64)
     g32 = gemm_gflops(np.float32)
+    gemm_threads = sorted({1, 2, n_bw})
+
+    def measure_gemm32():  # W3's limit: float32 GEMM on as many BLAS threads as the row
+        return {k: gemm_gflops(np.float32, n_threads=k) for k in gemm_threads}
+
+    g32t = measure_gemm32()
 
     # ---- workloads (each dataset generated once, shared by all rows)
     results = []
-    workloads = [  # id, title, n, dtype, seed, classification, configs, score name
-        ("W1", "linear regression", n_w1, np.float64, 1, False, regressor_configs(), "R^2"),
-        ("W2", "binary logistic regression", n_w1, np.float64, 2, True, classifier_configs(),
-         "accuracy"),
-        ("W4", "linear regression, float32", n_w4, np.float32, 4, False, regressor_configs(),
-         "R^2"),
+    torch = torch_note = None
+
+    def w3_configs():  # torch is imported only now, when the other workloads are done
+        nonlocal torch, torch_note
+        torch, torch_note = import_torch(args.no_torch)
+        log(f"W3 PyTorch: {torch_note}")
+        return mlp_configs(torch)
+
+    layer_units = (D_MLP, *HIDDEN, N_CLASSES)
+    workloads = [  # id, title, n, n held out, d, dtype, seed, kind, configs, score name
+        ("W1", "linear regression", n_w1, n_test, D, np.float64, 1, "regression",
+         regressor_configs, "R^2"),
+        ("W2", "binary logistic regression", n_w1, n_test, D, np.float64, 2, "binary",
+         classifier_configs, "accuracy"),
+        ("W4", "linear regression, float32", n_w4, n_test, D, np.float32, 4, "regression",
+         regressor_configs, "R^2"),
+        # W3 runs last (the table is sorted by id): see the module docstring
+        ("W3", "MLP classifier, 10 classes", n_w3, n_test_w3, D_MLP, np.float32, 3, "mlp",
+         w3_configs, "accuracy"),
     ]
-    for wid, title, n, dtype, seed, classification, configs, score_name in workloads:
-        log(f"{wid} data: n={n}+{n_test} held out, d={D}, {np.dtype(dtype).name}")
-        data = make_linear(n, n_test, D, dtype, seed=seed, classification=classification)
-        results += run_workload(wid, title, configs, data, args.repeats, bw, score_name, log)
+    for wid, title, n, n_held, d, dtype, seed, kind, configs, score_name in workloads:
+        log(f"{wid} data: n={n}+{n_held} held out, d={d}, {np.dtype(dtype).name}")
+        if kind == "mlp":
+            data = make_teacher(n, n_held, d, seed=seed)
+            extra = dict(epochs=EPOCHS_MLP, flops=mlp_train_flops(n, layer_units), gemm=g32t)
+        else:
+            data = make_linear(n, n_held, d, dtype, seed=seed,
+                               classification=kind == "binary")
+            extra = {}
+        results += run_workload(wid, title, configs(), data, args.repeats, bw, score_name,
+                                log, **extra)
         del data
         gc.collect()
+    results.sort(key=lambda r: r["wid"])  # stable: rows keep their order within a workload
 
     # ---- bandwidth again: on a shared machine the best of both measurements is the limit
-    log("machine limits: read bandwidth again")
+    log("machine limits: read bandwidth and float32 GEMM again")
     bw_end = measure_bandwidth()
     bw = {k: max(v, bw_end[k]) for k, v in bw.items()}
     bw1, bwN = bw[1], bw[n_bw]
+    g32_end = measure_gemm32()
+    g32t = {k: max(v, g32_end[k]) for k, v in g32t.items()}
     for r in results:
-        r["bw"] = bw[r["n_jobs"]]
+        r["bw"] = bw.get(r["n_jobs"])
+        if r["gflops"] is not None:
+            r["gemm"] = g32t.get(r["n_jobs"])
 
     # ---- table
     header = ["id", "workload / implementation", "n", "dtype", "threads", "s/epoch",
-              "worst/best", "held-out score", "speedup vs sklearn", "X GB/s", "of BW"]
+              "worst/best", "busy threads (CPU/wall)", "held-out score", "speedup vs sklearn",
+              "speedup vs torch", "X GB/s", "of BW", "GFLOP/s", "of GEMM"]
     rows = []
+
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}x"
+
     for r in results:
         label = r["label"]
         if r["dtype"] != r["coef_dtype"]:
             label += f" [coef_ {r['coef_dtype']}]"
+        mlp = r["gflops"] is not None
         rows.append([
             r["wid"], f"{r['title']}: {label}", f"{r['n']:,}", r["dtype"], r["n_jobs"],
-            f"{r['sec']:.4f}", f"{r['spread']:.2f}", f"{r['score_name']} {r['score']:.6f}",
-            "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
-            f"{r['gbs']:.2f}", f"{r['gbs'] / r['bw']:.1%}",
+            f"{r['sec']:.4f}", f"{r['spread']:.2f}",
+            f"{'?' if r['busy'] is None else r['busy']} ({r['cpu_wall']:.2f})",
+            f"{r['score_name']} {r['score']:.6f}", ratio(r["speedup"]), ratio(r["vs_torch"]),
+            "-" if mlp else f"{r['gbs']:.2f}",
+            "-" if mlp or not r["bw"] else f"{r['gbs'] / r['bw']:.1%}",
+            f"{r['gflops']:.1f}" if mlp else "-",
+            f"{r['gflops'] / r['gemm']:.1%}" if mlp and r["gemm"] else "-",
         ])
+    blank = [""] * 4  # the W3-only columns and busy threads, for the machine rows
     rows.append(["M", "machine: memory read bandwidth, 1 thread (np.sum, "
-                 f"{bw_nbytes >> 20} MiB float64, best of 2x10)", "", "float64", 1, "", "", "", "",
-                 f"{bw1:.2f}", "100%"])
+                 f"{bw_nbytes >> 20} MiB float64, best of 2x10)", "", "float64", 1, "", "", "",
+                 "", "", "", f"{bw1:.2f}", "100%", "", ""])
     rows.append(["M", f"machine: memory read bandwidth, {n_bw} threads (np.sum over equal "
-                 "parts in threads, best of 2x10)", "", "float64", n_bw, "", "", "",
-                 "", f"{bwN:.2f}", "100%"])
-    rows.append(["M", "machine: GEMM float64, np.dot 2048x2048 (best of 3): "
-                 f"{g64:.1f} GFLOP/s", "", "float64", "BLAS", "", "", "", "", "", ""])
-    rows.append(["M", "machine: GEMM float32, np.dot 2048x2048 (best of 3): "
-                 f"{g32:.1f} GFLOP/s", "", "float32", "BLAS", "", "", "", "", "", ""])
+                 "parts in threads, best of 2x10)", "", "float64", n_bw, "", "", "", "", "",
+                 "", f"{bwN:.2f}", "100%", "", ""])
+    rows.append(["M", "machine: GEMM float64, np.dot 2048x2048 (best of 3), default BLAS "
+                 f"threads: {g64:.1f} GFLOP/s", "", "float64", "BLAS", "", "", *blank, "", "",
+                 f"{g64:.1f}", ""])
+    rows.append(["M", "machine: GEMM float32, np.dot 2048x2048 (best of 3), default BLAS "
+                 f"threads: {g32:.1f} GFLOP/s", "", "float32", "BLAS", "", "", *blank, "", "",
+                 f"{g32:.1f}", ""])
+    for k in gemm_threads:
+        rows.append(["M", f"machine: GEMM float32, np.dot 2048x2048 on {k} BLAS thread"
+                     f"{'s' if k > 1 else ''} (threadpoolctl; best of 2x3): "
+                     f"{g32t[k]:.1f} GFLOP/s", "", "float32", k, "", "", *blank, "", "",
+                     f"{g32t[k]:.1f}", "100%"])
     print(fmt_table(header, rows, md))
     print()
     print(f"s/epoch: best of {args.repeats} fits / {EPOCHS} epochs (max_iter={EPOCHS}, "
@@ -353,6 +666,16 @@ def main(argv=None):
           "with the fit's thread count. worst/best: slowest over fastest of the repeated fits "
           "(well above 1 means the machine was busy during that row). sklearn's SGD is "
           "single-threaded.")
+    print()
+    print(f"W3: {n_w3:,} rows + {n_test_w3:,} held out, d={D_MLP}, labels from a random "
+          f"784-64(tanh)-10 teacher; every fit runs max_iter={EPOCHS_MLP} epochs (tol=0), "
+          f"s/epoch = best of {args.repeats} fits / {EPOCHS_MLP}. GFLOP/s = training FLOPs "
+          f"per epoch ({mlp_train_flops(n_w3, layer_units) / 1e9:.2f} GFLOP: forward 2nS + "
+          "weight gradients 2nS + deltas of layers >= 1 2nS1, S = sum of fan_in*fan_out) / "
+          "(s/epoch); 'of GEMM' against NumPy's float32 GEMM on the row's thread count "
+          "(best of the start and end measurements). cgd holds BLAS at 1 thread and runs "
+          "n_jobs OpenMP threads; sklearn runs on NumPy's BLAS threads; PyTorch: "
+          f"{torch_note}. 'speedup vs torch' is against the faster torch row.")
     print(f"total run time: {time.perf_counter() - t_start:.1f} s")
 
 
