@@ -16,7 +16,7 @@ from libc.math cimport exp, log, tanh, isfinite
 from libc.string cimport memset
 
 from _blas cimport gemm
-from _math cimport sigmoid
+from _math cimport dot, sigmoid
 from _optim cimport OptimConfig, optimizer_step, read_optim_config
 from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
@@ -411,17 +411,12 @@ cdef void step_segments(
 ) noexcept nogil:
     """Sum the block gradients and take one optimizer step over all parameters, L2 on
     the weights only (elementwise: the same bits whichever thread takes which segment)."""
-    cdef Py_ssize_t s, j, j0, n
-    cdef double sq
+    cdef Py_ssize_t s, j0, n
     for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, P * nslots, nt)):
         j0 = seg_start[s]
         n = seg_len[s]
         reduce_chunks(g, P, nslots, j0, j0 + n)
-        sq = 0.0
-        if seg_pen[s]:
-            for j in range(j0, j0 + n):
-                sq = sq + (<double>prm[j]) * prm[j]
-        seg_sq[s] = sq
+        seg_sq[s] = dot(prm + j0, prm + j0, n) if seg_pen[s] else 0.0
         optimizer_step(oc, prm + j0, g + j0, gscale, s0 + j0, s1 + j0, n, lr,
                        l2 if seg_pen[s] else 0.0, t)
 
