@@ -136,3 +136,15 @@ def divergence_error(epoch, what="eta0"):
         "input features, e.g. with sklearn.preprocessing.StandardScaler. The estimator "
         "keeps the weights of its last finite epoch."
     )
+
+
+def balanced_partial_fit_error():
+    """scikit-learn's refusal of class_weight='balanced' in partial_fit (one batch does
+    not show the class frequencies)."""
+    return ValueError(
+        "class_weight 'balanced' is not supported for partial_fit. In order to use "
+        "'balanced' weights, use compute_class_weight('balanced', classes=classes, y=y). "
+        "In place of y you can use a large enough sample of the full training set target "
+        "to properly estimate the class frequency distributions. Pass the resulting "
+        "weights as the class_weight parameter."
+    )

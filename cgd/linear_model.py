@@ -30,7 +30,13 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classi
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
 from . import _linear
-from ._fit_loop import ConvergenceTracker, TransactionMixin, divergence_error, validation_split
+from ._fit_loop import (
+    ConvergenceTracker,
+    TransactionMixin,
+    balanced_partial_fit_error,
+    divergence_error,
+    validation_split,
+)
 from ._threads import effective_n_threads
 
 __all__ = ["SGDClassifier", "SGDRegressor"]
@@ -913,14 +919,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         self._validate_params_again()
         self._check_params(for_partial_fit=True)
         if self.class_weight == "balanced":
-            raise ValueError(
-                "class_weight 'balanced' is not supported for partial_fit. In order to "
-                "use 'balanced' weights, use compute_class_weight('balanced', "
-                "classes=classes, y=y). In place of y you can use a large enough sample "
-                "of the full training set target to properly estimate the class "
-                "frequency distributions. Pass the resulting weights as the "
-                "class_weight parameter."
-            )
+            raise balanced_partial_fit_error()
 
         def train():
             _check_partial_fit_first_call(self, classes)

@@ -38,7 +38,12 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _mlp
-from ._fit_loop import ConvergenceTracker, TransactionMixin, divergence_error
+from ._fit_loop import (
+    ConvergenceTracker,
+    TransactionMixin,
+    balanced_partial_fit_error,
+    divergence_error,
+)
 from ._threads import blas_limited, effective_n_threads
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -718,14 +723,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self : MLPClassifier
         """
         if self.class_weight == "balanced":
-            raise ValueError(
-                "class_weight 'balanced' is not supported for partial_fit. In order to "
-                "use 'balanced' weights, use compute_class_weight('balanced', "
-                "classes=classes, y=y). In place of y you can use a large enough sample "
-                "of the full training set target to properly estimate the class "
-                "frequency distributions. Pass the resulting weights as the "
-                "class_weight parameter."
-            )
+            raise balanced_partial_fit_error()
 
         def train():
             multilabel = type_of_target(y).startswith("multilabel")
