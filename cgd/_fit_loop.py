@@ -116,6 +116,9 @@ class TransactionMixin:
         estimator exactly as it was, so refused input or an early divergence or
         Ctrl-C loses nothing. Completed epochs stay (see ``_commit``)."""
         saved = self.__dict__.copy()
+        # The curves (loss_curve_, validation_scores_) grow in place; a shallow copy
+        # shares them, so remember their lengths too.
+        lengths = {k: len(v) for k, v in saved.items() if isinstance(v, list)}
         self._epochs_committed = 0
         try:
             return train()
@@ -123,6 +126,8 @@ class TransactionMixin:
             if self.__dict__.get("_epochs_committed", 0) == 0:
                 self.__dict__.clear()
                 self.__dict__.update(saved)
+                for k, n in lengths.items():
+                    del saved[k][n:]
             raise
         finally:
             self.__dict__.pop("_epochs_committed", None)

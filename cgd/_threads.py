@@ -1,6 +1,7 @@
 """n_jobs -> number of threads for one fit (OpenMP and BLAS together)."""
 
 import os
+import threading
 from contextlib import contextmanager
 
 from joblib import cpu_count
@@ -46,15 +47,31 @@ def effective_n_threads(n_jobs):
 
 
 _CONTROLLER = []  # cached: threadpool_limits() rescans the loaded libraries (~3 ms a call)
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_STATE = {"depth": 0, "limiter": None}
 
 
 @contextmanager
 def blas_limited(n_threads):
     """Cap BLAS at n_threads (scipy's, which the kernels call, and numpy's), e.g. at 1
     while OpenMP threads each run their own GEMMs, so that they never oversubscribe
-    the cores and each GEMM's bits do not depend on BLAS's thread count."""
-    if not _CONTROLLER:
-        # Created on first use, once the kernels have loaded scipy's BLAS.
-        _CONTROLLER.append(ThreadpoolController())
-    with _CONTROLLER[0].limit(limits=n_threads, user_api="blas"):
+    the cores and each GEMM's bits do not depend on BLAS's thread count.
+
+    BLAS thread counts are process-wide: fits and predictions running in several
+    Python threads share one limit, set by the first to enter and restored when the
+    last leaves (cgd always asks for the same limit, 1)."""
+    with _LIMIT_LOCK:
+        if _LIMIT_STATE["depth"] == 0:
+            if not _CONTROLLER:
+                # Created on first use, once the kernels have loaded scipy's BLAS.
+                _CONTROLLER.append(ThreadpoolController())
+            _LIMIT_STATE["limiter"] = _CONTROLLER[0].limit(limits=n_threads, user_api="blas")
+        _LIMIT_STATE["depth"] += 1
+    try:
         yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_STATE["depth"] -= 1
+            if _LIMIT_STATE["depth"] == 0:
+                _LIMIT_STATE["limiter"].restore_original_limits()
+                _LIMIT_STATE["limiter"] = None

@@ -131,7 +131,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if any(not isinstance(s, (Integral, np.integer)) and not float(s).is_integer()
+        if any(isinstance(s, (bool, np.bool_))
+               or (not isinstance(s, (Integral, np.integer)) and not float(s).is_integer())
                for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
         if np.any(np.array(sizes) <= 0):
@@ -230,6 +231,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             "beta_1": float(self.beta_1),
             "beta_2": float(self.beta_2),
             "adam_epsilon": float(self.epsilon),
+            "clamp_decay": False,  # scikit-learn's MLP lets 1 - lr*alpha/S go negative
         }
 
     def _optimizer_signature(self):
@@ -309,8 +311,27 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             tracker.best_loss[0] = self.best_loss_
         tracker.no_improvement[0] = getattr(self, "_no_improvement_count", 0)
         order = idx_train.copy()
-        n_iter = 0
         t_start = time.time()
+        try:
+            self._epochs(X, Y, y_labels, sample_weight, params, layer_units, incremental,
+                         rng, order, idx_val, n_train, sizes, cfg, work, opt, t_update, lr,
+                         tracker, best_params, n_threads)
+        except BaseException:
+            if self.early_stopping and self.__dict__.get("_epochs_committed", 0):
+                # keep what early stopping promises: the best validated weights so far
+                self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
+            raise
+        if self.verbose and not incremental:
+            print(f"Training took {time.time() - t_start:.2f} seconds.")
+        if self.early_stopping:
+            # restore the weights of the best validation score
+            self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
+
+    def _epochs(self, X, Y, y_labels, sample_weight, params, layer_units, incremental, rng,
+                order, idx_val, n_train, sizes, cfg, work, opt, t_update, lr, tracker,
+                best_params, n_threads):
+        """The epoch loop of the stochastic solvers; commits after every epoch."""
+        n_iter = 0
         for _ in range(self.max_iter):
             if self.shuffle:
                 rng.shuffle(order)
@@ -360,11 +381,6 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                     "optimization hasn't converged yet." % self.max_iter,
                     ConvergenceWarning,
                 )
-        if self.verbose and not incremental:
-            print(f"Training took {time.time() - t_start:.2f} seconds.")
-        if self.early_stopping:
-            # restore the weights of the best validation score
-            self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
 
     def _plateau_message(self):
         if self.early_stopping:
@@ -407,22 +423,30 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
         grad = np.empty(params.shape[0])
         x_dtype = np.empty_like(params)
+        last_penalty = [0.0]
+
+        def reported(loss, penalty):
+            if self.out_activation_ == "identity":
+                # scikit-learn reports the squared error averaged over the outputs
+                return float((loss - penalty) / Y.shape[1] + penalty)
+            return float(loss)
 
         def objective(x):
             x_dtype[:] = x
-            _, loss, _ = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, x_dtype, grad,
-                                            *work, cfg)
+            _, loss, last_penalty[0] = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes,
+                                                          x_dtype, grad, *work, cfg)
             return loss, grad.copy()
 
         def commit(intermediate_result):
-            # Each iteration is an 'epoch' whose weights survive an interrupt.
+            # Each iteration is an 'epoch' whose weights (and loss) survive an interrupt.
             x = intermediate_result.x
-            if np.all(np.isfinite(x)):
+            if np.all(np.isfinite(x)) and np.isfinite(intermediate_result.fun):
                 coefs, intercepts = self._unpack(x.astype(X.dtype), layer_units)
+                n = self.__dict__.get("_epochs_committed", 0) + 1
                 self.__dict__.update({
-                    "coefs_": coefs, "intercepts_": intercepts,
-                    "n_iter_": self.__dict__.get("_epochs_committed", 0) + 1,
-                    "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+                    "coefs_": coefs, "intercepts_": intercepts, "n_iter_": n,
+                    "loss_": reported(intermediate_result.fun, last_penalty[0]),
+                    "_epochs_committed": n,
                 })
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
@@ -440,12 +464,9 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         final = res.x.astype(X.dtype)
         _, loss, penalty = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, final, grad,
                                               *work, cfg)
-        if self.out_activation_ == "identity":
-            # scikit-learn reports the squared error averaged over the outputs
-            loss = (loss - penalty) / Y.shape[1] + penalty
         coefs, intercepts = self._unpack(final, layer_units)
         self.__dict__.update({"coefs_": coefs, "intercepts_": intercepts, "n_iter_": n_iter,
-                              "loss_": float(loss),
+                              "loss_": reported(loss, penalty),
                               "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1})
 
     # ------------------------------------------------------------------ prediction
@@ -537,6 +558,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         ``OMP_NUM_THREADS`` and threadpoolctl limits), k exactly k. BLAS runs
         single-threaded inside each thread. The fitted model is bit-for-bit the same
         for every value.
+
+    Notes
+    -----
+    Differences from scikit-learn: sparse X is refused (TypeError); at most 62 hidden
+    layers; negative sample weights are refused; Ctrl-C raises KeyboardInterrupt and
+    keeps the last completed epoch (with early stopping, the best validated one); for
+    multi-output squared error, lbfgs minimises the loss summed over outputs, whose
+    gradient it is given (``loss_`` is still reported averaged over outputs).
 
     Attributes
     ----------
@@ -685,7 +714,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, self._binarize(y, X.dtype), y
 
     def _sample_weight(self, sample_weight, X, y):
-        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
         if self.class_weight is not None:
             if self._y_type.startswith("multilabel"):
                 raise ValueError("class_weight is not supported for multilabel targets; "
@@ -891,7 +920,8 @@ n_outputs_, out_activation_
         return X, Y, y
 
     def _sample_weight(self, sample_weight, X, y):
-        return np.ascontiguousarray(_check_sample_weight(sample_weight, X, dtype=X.dtype))
+        return np.ascontiguousarray(
+            _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True))
 
     def _validation_score(self, X, y, sample_weight, idx_val, params, layer_units, n_threads):
         y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,

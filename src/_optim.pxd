@@ -34,6 +34,7 @@ cdef struct OptimConfig:
     double beta_1
     double beta_2
     double eps
+    bint clamp_decay    # plain SGD: never let the L2 decay factor go below 0 (linear SGD)
 
 
 cdef inline OptimConfig read_optim_config(dict c) except *:
@@ -45,6 +46,7 @@ cdef inline OptimConfig read_optim_config(dict c) except *:
     oc.beta_1 = c["beta_1"]
     oc.beta_2 = c["beta_2"]
     oc.eps = c["adam_epsilon"]
+    oc.clamp_decay = c.get("clamp_decay", True)
     return oc
 
 
@@ -76,10 +78,11 @@ cdef inline void optimizer_step(
     cdef double eps = cfg.eps, lr_t, v
     if cfg.solver == SOLVER_SGD:
         if mu == 0.0:
-            # Plain SGD with weight decay; like scikit-learn, never let a huge lr*alpha
-            # flip the weights' signs: the factor stops at zero.
+            # Plain SGD with weight decay; like scikit-learn's linear SGD, never let a
+            # huge lr*alpha flip the weights' signs: the factor stops at zero (its MLPs
+            # do not clamp: clamp_decay False).
             decay = 1.0 - lr * l2
-            if decay < 0.0:
+            if decay < 0.0 and cfg.clamp_decay:
                 decay = 0.0
             for j in range(n):
                 w[j] = <floating>(w[j] * decay - lr * gscale * g[j])
@@ -99,7 +102,7 @@ cdef inline void optimizer_step(
         lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t))
         if floating is float:
             adam_float(w, g, <float>gscale, s0, s1, n, <float>lr_t, <float>l2, <float>b1,
-                       <float>b2, <float>eps)
+                       <float>b2, <float>(1.0 - b1), <float>(1.0 - b2), <float>eps)
         else:
             for j in range(n):
                 gj = gscale * g[j] + l2 * w[j]
@@ -121,9 +124,11 @@ cdef inline void optimizer_step(
 # double ones and need no conversions (these steps cost as much as a layer's GEMM).
 cdef inline void adam_float(float* w, const float* g, float gscale, float* m, float* v,
                             Py_ssize_t n, float lr_t, float l2, float b1, float b2,
-                            float eps) noexcept nogil:
+                            float c1, float c2, float eps) noexcept nogil:
+    """c1 = 1 - b1 and c2 = 1 - b2 rounded from double (in float, 1 - 0.999 would be
+    off by 1e-5 relative)."""
     cdef Py_ssize_t j
-    cdef float gj, c1 = 1.0 - b1, c2 = 1.0 - b2
+    cdef float gj
     for j in range(n):
         gj = gscale * g[j] + l2 * w[j]
         m[j] = b1 * m[j] + c1 * gj

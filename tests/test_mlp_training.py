@@ -565,3 +565,89 @@ def test_pickle_round_trip_and_plain_state(task, kw):
         est2.partial_fit(X, y)
         for a, b in zip(_weights(est), _weights(est2)):
             np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------- review regressions
+def test_failed_call_truncates_curves_grown_in_place():
+    """The curves grow in place; a call that fails before committing an epoch must cut
+    them back to their length before the call."""
+    from cgd._fit_loop import TransactionMixin
+
+    class Toy(TransactionMixin):
+        pass
+
+    toy = Toy()
+    toy.loss_curve_ = [1.0, 2.0]
+
+    def train():
+        toy.loss_curve_.append(3.0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        toy._transaction(train)
+    assert toy.loss_curve_ == [1.0, 2.0]
+
+
+def test_concurrent_predictions_restore_blas_threads():
+    import threading
+
+    from threadpoolctl import threadpool_info
+    X, y = _task_data("multiclass", n=300)
+    est = cgd.MLPClassifier(hidden_layer_sizes=(20,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    before = sorted((i["filepath"], i["num_threads"]) for i in threadpool_info()
+                    if i["user_api"] == "blas")
+    ref = est.predict_proba(X)
+
+    def work():
+        for _ in range(100):
+            np.testing.assert_array_equal(est.predict_proba(X), ref)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = sorted((i["filepath"], i["num_threads"]) for i in threadpool_info()
+                   if i["user_api"] == "blas")
+    assert after == before
+
+
+def test_early_stopping_keeps_best_weights_when_training_diverges():
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.ones(3) * 1e3
+    est = cgd.MLPRegressor(hidden_layer_sizes=(8,), activation="identity", solver="sgd",
+                           momentum=0.0, learning_rate_init=0.05, batch_size=200,
+                           max_iter=500, tol=0.0, n_iter_no_change=1000, random_state=0,
+                           early_stopping=True)
+    with pytest.raises(ValueError, match="diverged"):
+        est.fit(X, y)
+    assert est.n_iter_ >= 1
+    best = est._unpack(est._best_params, est._layer_units())
+    for a, b in zip(est.coefs_ + est.intercepts_, best[0] + best[1]):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(est.predict(X)).all()
+
+
+def test_negative_sample_weights_are_refused():
+    X, y = _task_data("binary")
+    with pytest.raises(ValueError, match="[Nn]egative"):
+        cgd.MLPClassifier().fit(X, y, sample_weight=-np.ones(len(y)))
+
+
+def test_plain_sgd_weight_decay_is_not_clamped_as_in_scikit_learn():
+    """lr * alpha / batch > 1: scikit-learn's MLP flips the weights' signs; so does cgd."""
+    from sklearn.neural_network import MLPRegressor
+    X, y = _task_data("regression", n=40)
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=300.0,
+              learning_rate_init=0.3, batch_size=40, shuffle=False, max_iter=2,
+              random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = cgd.MLPRegressor(**kw).fit(X, y)
+        theirs = MLPRegressor(**kw).fit(X, y)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
