@@ -20,7 +20,13 @@ from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    RegressorMixin,
+    _fit_context,
+    is_classifier,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -313,9 +319,55 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         order = idx_train.copy()
         t_start = time.time()
         try:
-            self._epochs(X, Y, y_labels, sample_weight, params, layer_units, incremental,
-                         rng, order, idx_val, n_train, sizes, cfg, work, opt, t_update, lr,
-                         tracker, best_params, n_threads)
+            n_iter = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    rng.shuffle(order)
+                cfg["learning_rate"] = lr
+                status, t_next, loss_sum = _mlp.mlp_epoch(
+                    X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
+                if status != 0:
+                    raise divergence_error(len(self.loss_curve_) + 1, "learning_rate_init")
+                n_iter += 1
+                t_update = t_next
+                loss = float(loss_sum / n_train)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (n_iter, loss))
+                score = None
+                if self.early_stopping:
+                    score = self._validation_score(X, y_labels, sample_weight, idx_val,
+                                                   params, layer_units)
+                    if self.verbose:
+                        print("Validation score: %f" % score)
+                    if score > tracker.best_score[0]:
+                        best_params = params.copy()
+                    tracker.update(scores=[score])
+                else:
+                    tracker.update(losses=[loss])
+                t_samples = self.t_ + n_train
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    lr = float(self.learning_rate_init) / (t_samples + 1) ** self.power_t
+                stopped = tracker.done
+                if tracker.eta[0] != lr and self.learning_rate == "adaptive":
+                    lr = float(tracker.eta[0])  # divided by 5 after a plateau
+                    if self.verbose:
+                        print(self._plateau_message() + " Setting learning rate to %f" % lr)
+                elif stopped and self.verbose:
+                    too_small = self.solver == "sgd" and self.learning_rate == "adaptive"
+                    print(self._plateau_message()
+                          + (" Learning rate too small. Stopping." if too_small else " Stopping."))
+                self._commit_epoch(
+                    params, layer_units, n_iter, t_samples, loss, score, best_params, tracker,
+                    {"opt": opt.copy(), "t": t_update, "lr": lr,
+                     "signature": self._optimizer_signature()})
+                if stopped or incremental:
+                    break
+                if n_iter == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                        "optimization hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning,
+                    )
         except BaseException:
             if self.early_stopping and self.__dict__.get("_epochs_committed", 0):
                 # keep what early stopping promises: the best validated weights so far
@@ -327,61 +379,6 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             # restore the weights of the best validation score
             self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
 
-    def _epochs(self, X, Y, y_labels, sample_weight, params, layer_units, incremental, rng,
-                order, idx_val, n_train, sizes, cfg, work, opt, t_update, lr, tracker,
-                best_params, n_threads):
-        """The epoch loop of the stochastic solvers; commits after every epoch."""
-        n_iter = 0
-        for _ in range(self.max_iter):
-            if self.shuffle:
-                rng.shuffle(order)
-            cfg["learning_rate"] = lr
-            status, t_next, loss_sum = _mlp.mlp_epoch(
-                X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
-            if status != 0:
-                raise divergence_error(len(self.loss_curve_) + 1, "learning_rate_init")
-            n_iter += 1
-            t_update = t_next
-            loss = float(loss_sum / n_train)
-            if self.verbose:
-                print("Iteration %d, loss = %.8f" % (n_iter, loss))
-            score = None
-            if self.early_stopping:
-                score = self._validation_score(X, y_labels, sample_weight, idx_val, params,
-                                               layer_units, n_threads)
-                if self.verbose:
-                    print("Validation score: %f" % score)
-                if score > tracker.best_score[0]:
-                    best_params = params.copy()
-                tracker.update(scores=[score])
-            else:
-                tracker.update(losses=[loss])
-            t_samples = self.t_ + n_train
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                lr = float(self.learning_rate_init) / (t_samples + 1) ** self.power_t
-            stopped = tracker.done
-            if tracker.eta[0] != lr and self.learning_rate == "adaptive":
-                lr = float(tracker.eta[0])  # divided by 5 after a plateau
-                if self.verbose:
-                    print(self._plateau_message() + " Setting learning rate to %f" % lr)
-            elif stopped and self.verbose:
-                too_small = self.solver == "sgd" and self.learning_rate == "adaptive"
-                print(self._plateau_message()
-                      + (" Learning rate too small. Stopping." if too_small else " Stopping."))
-            self._commit_epoch(
-                params, layer_units, n_iter, t_samples, loss, score, best_params,
-                int(tracker.no_improvement[0]), tracker.best_loss[0],
-                {"opt": opt.copy(), "t": t_update, "lr": lr,
-                 "signature": self._optimizer_signature()})
-            if stopped or incremental:
-                break
-            if n_iter == self.max_iter:
-                warnings.warn(
-                    "Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                    "optimization hasn't converged yet." % self.max_iter,
-                    ConvergenceWarning,
-                )
-
     def _plateau_message(self):
         if self.early_stopping:
             return ("Validation score did not improve more than tol=%f for %d consecutive "
@@ -390,7 +387,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 % (self.tol, self.n_iter_no_change))
 
     def _commit_epoch(self, params, layer_units, n_iter, t_samples, loss, score, best_params,
-                      no_improvement, best_loss, optimizer_state):
+                      tracker, optimizer_state):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
         never leaves the attributes describing different epochs."""
         coefs, intercepts = self._unpack(params, layer_units)
@@ -404,15 +401,15 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             "t_": t_samples,
             "loss_": loss,
             "_optimizer_state": optimizer_state,
-            "_no_improvement_count": no_improvement,
+            "_no_improvement_count": int(tracker.no_improvement[0]),
             "_best_params": best_params,
             "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
         }
         if self.early_stopping:
             self.validation_scores_.append(score)
-            attrs["best_validation_score_"] = max(self.best_validation_score_, score)
+            attrs["best_validation_score_"] = float(tracker.best_score[0])
         else:
-            attrs["best_loss_"] = float(min(best_loss, loss))
+            attrs["best_loss_"] = float(tracker.best_loss[0])
         self.__dict__.update(attrs)
 
     def _fit_lbfgs(self, X, Y, sample_weight, params, layer_units):
@@ -723,8 +720,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             sw = sw * cw[np.searchsorted(self.classes_, y)].astype(X.dtype)
         return np.ascontiguousarray(sw, dtype=X.dtype)
 
-    def _validation_score(self, X, y_labels, sample_weight, idx_val, params, layer_units,
-                          n_threads):
+    def _validation_score(self, X, y_labels, sample_weight, idx_val, params, layer_units):
         y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,
                                layer_units=layer_units)
         if not np.isfinite(y_pred).all():
@@ -923,7 +919,7 @@ n_outputs_, out_activation_
         return np.ascontiguousarray(
             _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True))
 
-    def _validation_score(self, X, y, sample_weight, idx_val, params, layer_units, n_threads):
+    def _validation_score(self, X, y, sample_weight, idx_val, params, layer_units):
         y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,
                                layer_units=layer_units)
         if not np.isfinite(y_pred).all():

@@ -190,56 +190,6 @@ cdef double loss_grad_rows(
     return loss
 
 
-def mlp_loss_grad(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
-    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
-    const floating[::1] sample_weight,  # IN  (n_samples,)
-    const intp_t[::1] rows,             # IN  (m,) rows to use
-    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
-    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
-    int hidden_activation,
-    int out_activation,
-    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
-):
-    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``.
-
-    Single-threaded BLAS calls on the caller's thread; the estimators cut batches into
-    fixed chunks around it for thread-count-independent results.
-    """
-    import numpy as np
-    cdef Py_ssize_t L = sizes.shape[0] - 1, l, m = rows.shape[0], total = 0
-    if L < 1 or L > 63:
-        raise ValueError("an MLP has between 1 and 63 layers of weights")
-    if sizes[0] != X.shape[1] or sizes[L] != Y.shape[1] or Y.shape[0] != X.shape[0] \
-            or sample_weight.shape[0] != X.shape[0]:
-        raise ValueError("inconsistent shapes passed to mlp_loss_grad")
-    offsets = np.zeros(L, dtype=np.intp)
-    cdef intp_t[::1] off = offsets
-    cdef Py_ssize_t P = 0
-    for l in range(L):
-        off[l] = P
-        P += (sizes[l] + 1) * sizes[l + 1]
-        total += m * sizes[l]
-    total += m * sizes[L]
-    if params.shape[0] != P or grad.shape[0] != P:
-        raise ValueError(f"params and grad must have {P} entries")
-    if m and (np.min(rows) < 0 or np.max(rows) >= X.shape[0]):
-        raise ValueError("rows out of range")
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
-    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
-    cdef double eps = np.finfo(dtype).eps
-    cdef double loss
-    grad[:] = 0
-    if m == 0:
-        return 0.0
-    with nogil:
-        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
-                              &params[0], &sizes[0], &off[0], L, hidden_activation,
-                              out_activation, eps, &grad[0], &acts[0], &deltas[0])
-    return loss
-
-
 # ---------------------------------------------------------------- batches and epochs
 #
 # A batch of m rows is cut into nblk = ceil(m / BLOCK_ROWS) blocks, block b holding rows
@@ -438,6 +388,45 @@ cdef void check_work(Layout* net, Py_ssize_t m, work_grad, work_act, work_delta)
             or work_delta.shape[0] < work_act.shape[0] or work_delta.shape[1] != work_act.shape[1]:
         raise ValueError("work buffers do not match the layers and batch size "
                          "(see work_buffers)")
+
+
+def mlp_loss_grad(
+    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
+    const floating[::1] sample_weight,  # IN  (n_samples,)
+    const intp_t[::1] rows,             # IN  (m,) rows to use
+    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
+    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
+    int hidden_activation,
+    int out_activation,
+    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
+):
+    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``.
+
+    Single-threaded BLAS calls on the caller's thread; the estimators cut batches into
+    fixed chunks around it for thread-count-independent results.
+    """
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1], hidden_activation,
+                          out_activation)
+    check_common(&net, X, Y, sample_weight, rows, params)
+    if grad.shape[0] != net.P:
+        raise ValueError(f"grad must have {net.P} entries")
+    cdef Py_ssize_t m = rows.shape[0], total = m * net.act_total
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
+    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
+    cdef double eps = np.finfo(dtype).eps
+    cdef double loss
+    grad[:] = 0
+    if m == 0:
+        return 0.0
+    with nogil:
+        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
+                              &params[0], net.sizes, net.offsets, net.L, net.hidden_act,
+                              net.out_act, eps, &grad[0], &acts[0], &deltas[0])
+    return loss
 
 
 def mlp_epoch(
