@@ -651,3 +651,28 @@ def test_plain_sgd_weight_decay_is_not_clamped_as_in_scikit_learn():
         theirs = MLPRegressor(**kw).fit(X, y)
     for a, b in zip(ours.coefs_, theirs.coefs_):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+MLP_BAD_PARAMS = [
+    dict(hidden_layer_sizes=-1), dict(activation="softmax"), dict(solver="newton"),
+    dict(alpha=-1.0), dict(batch_size=0), dict(batch_size="big"),
+    dict(learning_rate="optimal"), dict(learning_rate_init=0.0), dict(power_t=-0.5),
+    dict(max_iter=0), dict(shuffle="yes"), dict(random_state="seed"), dict(tol=-1.0),
+    dict(verbose="loud"), dict(warm_start="yes"), dict(momentum=1.5),
+    dict(nesterovs_momentum="yes"), dict(early_stopping="yes"), dict(validation_fraction=1.0),
+    dict(beta_1=1.0), dict(beta_2=-0.1), dict(epsilon=0.0), dict(n_iter_no_change=0),
+    dict(max_fun=0), dict(n_jobs=1.5),
+]
+
+
+@pytest.mark.parametrize("params", MLP_BAD_PARAMS + [dict(class_weight="uniform")],
+                         ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_bad_parameter_values_raise_invalid_parameter_error(params):
+    X, y = _task_data("multiclass")
+    for cls in (cgd.MLPClassifier, cgd.MLPRegressor):
+        if "class_weight" in params and cls is cgd.MLPRegressor:
+            continue
+        with pytest.raises(InvalidParameterError):
+            cls(**params).fit(X, y)
+    with pytest.raises(InvalidParameterError):
+        cgd.MLPRegressor(loss="log_loss").fit(X, y)
