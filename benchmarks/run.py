@@ -1,4 +1,4 @@
-"""cgd benchmarks: one command, one table (SPEC.md section 5).
+"""cgd benchmarks: one command, one table.
 
     python benchmarks/run.py            # full run (markdown table, pasteable into README.md)
     python benchmarks/run.py --quick    # smoke run: every n divided by 10
@@ -74,7 +74,7 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 EPOCHS = 5
 D = 100
 
-# W3 (SPEC.md section 5): MLP classifier on a random teacher network's labels
+# W3: MLP classifier on a random teacher network's labels
 D_MLP = 784
 HIDDEN = (256, 128)
 N_CLASSES = 10

@@ -4,16 +4,16 @@ A model has K outputs (1 for regression and binary classification, one per class
 one-vs-rest and multinomial) stored in one flat parameter buffer of length
 P = K * (n_features + 1): the K coefficient rows, then the K intercepts.
 
-One update on a batch B of m rows (SPEC.md §2):
+One update on a batch B of m rows (sample weights s_i, penalty R):
     w <- w - eta_t * ( (1/m) sum_{i in B} s_i dl/dz_i x_i + alpha * grad R(w) )
 
-Determinism (SPEC.md §3): a batch of m rows is cut into nch = min(ceil(m / CHUNK_ROWS),
+Determinism (results must not depend on n_jobs): a batch of m rows is cut into nch = min(ceil(m / CHUNK_ROWS),
 MAX_CHUNKS) chunks, chunk c holding rows [c*m // nch, (c+1)*m // nch): boundaries that
 depend on the batch size only, never on the thread count; each chunk's
 partial gradient goes to its own row of `work_grad`; rows are summed in chunk order.
 Threads take chunks with a static schedule, so any thread count gives the same bits.
 
-Memory (SPEC.md §3.7): each row is read once per update. Its dot products, loss
+Memory (linear SGD is bound by reading X, not by arithmetic): each row is read once per update. Its dot products, loss
 derivative and gradient contribution are computed while it sits in L1, and rows a few
 places ahead in the visiting order are prefetched, since a shuffled order defeats the
 hardware prefetcher.

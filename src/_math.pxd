@@ -1,8 +1,8 @@
 # Per-sample math shared by every kernel: losses and their derivatives w.r.t. the
 # decision value z, numerically stable sigmoid / log(1 + exp) / softmax, dense dot.
 #
-# Conventions (SPEC.md §2, the seeds): squared loss is 1/2 (z - y)^2 so its derivative
-# is (z - y); classification margin losses take y in {-1, +1}. Loss codes are plain
+# Conventions: squared loss is 1/2 (z - y)^2 (the half makes its derivative exactly
+# (z - y), the residual the delta rule propagates); classification margin losses take y in {-1, +1}. Loss codes are plain
 # integers so a kernel chooses one with a switch (a well-predicted branch), never a
 # virtual call per sample.
 

@@ -5,7 +5,7 @@ for each layer its weights W_l (sizes[l] x sizes[l+1], row-major, as scikit-lear
 ``coefs_[l]``) followed by its biases b_l (sizes[l+1]); ``offsets`` gives where each
 layer's W_l starts. Layer products are row-major GEMMs (``_blas.pxd``).
 
-The delta rule of the seeds: at the output delta = (y_hat - y) for the canonical pairs
+Back-propagation by the delta rule: at the output delta = (y_hat - y) for the canonical pairs
 (identity / squared error, logistic / binary log-loss, softmax / cross-entropy), then
 delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation.
 """

@@ -1,4 +1,5 @@
-# The fixed-order sum behind cgd's thread-count-independent gradients (SPEC.md §3.3).
+# The fixed-order sum behind cgd's thread-count-independent gradients: per-chunk
+# partial gradients are always added in chunk order, whichever thread computed them.
 
 from cython cimport floating
 

@@ -1,4 +1,4 @@
-"""The arithmetic of SPEC.md §2, checked against NumPy references written here.
+"""cgd's update arithmetic, checked against NumPy references written here.
 
 One full-batch step must equal w0 - eta * grad L(w0) to 1e-10; a mini-batch sequence
 must equal a NumPy loop of the update rule; native gradients must equal central
@@ -102,7 +102,7 @@ def test_full_batch_step_sample_weight_and_class_weight():
 def _reference_minibatch(X, y, w, b, *, m, epochs, eta0, alpha, schedule="constant",
                          power_t=0.25, solver="sgd", momentum=0.0, nesterov=False,
                          beta_1=0.9, beta_2=0.999):
-    """SPEC.md §2's update rule on squared loss, batches in storage order."""
+    """The mini-batch update rule on squared loss, batches in storage order."""
     n = len(y)
     w, b = w.copy(), b
     vw, vb = np.zeros_like(w), 0.0

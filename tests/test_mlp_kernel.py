@@ -45,7 +45,7 @@ def _unpack(params, sizes):
 
 
 def _numpy_backprop(X, Y, sw, sizes, params, act, task):
-    """The seeds' delta rule, written out: forward, delta = y_hat - y, backwards."""
+    """The delta rule, written out: forward, delta = y_hat - y, backwards."""
     Ws, bs = _unpack(params, sizes)
     A = [X]
     for l, (W, b) in enumerate(zip(Ws, bs)):
