@@ -9,6 +9,12 @@ switches:
     Much slower: never for benchmarks.
 ``CGD_DISABLE_OPENMP=1``
     Force the serial build (used to test the fallback).
+``CGD_LIBOMP_PREFIX``
+    macOS: where libomp is installed (default: Homebrew's ``/opt/homebrew/opt/libomp``).
+
+The kernels are cythonized only when extensions are built (``build_ext``, a wheel, an
+editable install), so ``sdist`` and metadata commands need no Cython and leave no
+generated C behind.
 """
 
 import os
@@ -26,7 +32,20 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-os.chdir(HERE)  # sources and build paths below are relative to this folder
+# setuptools wants source paths relative to the project, and its build/ and *.egg-info
+# paths are relative to the working directory: so `python path/to/setup.py ...` run
+# from elsewhere must work from here (pip's build backend already runs in this folder).
+os.chdir(HERE)
+
+KERNEL_SOURCES = sorted(glob(os.path.join("src", "*.pyx")))
+if not KERNEL_SOURCES:
+    # Without kernels setuptools would happily make a pure-Python wheel that installs
+    # "successfully" and then fails at `import cgd`: refuse instead.
+    sys.exit(
+        f"cgd: no kernel sources (src/*.pyx) under {HERE}. cgd cannot be built without "
+        "its Cython kernels: build from a complete git clone or from the sdist published "
+        "for this version (an incomplete sdist lacks src/)."
+    )
 
 OPENMP_TEST_PROGRAM = textwrap.dedent(
     """
@@ -84,7 +103,16 @@ def _openmp_flags(compiler):
 
 
 class BuildExt(build_ext):
-    """build_ext that adds OpenMP flags after checking that they link."""
+    """build_ext that cythonizes the kernels, then adds OpenMP flags after checking
+    that they link."""
+
+    def run(self):
+        # The Extension objects carry setuptools' per-build state (set by
+        # finalize_options), so they keep their identity: only their sources change.
+        generated = {ext.name: ext for ext in _cythonize(self.extensions, self.force)}
+        for ext in self.extensions:
+            ext.sources = list(generated[ext.name].sources)
+        super().run()
 
     def build_extensions(self):
         flags = _openmp_flags(self.compiler)
@@ -116,7 +144,8 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-def _extensions():
+def _cythonize(extensions, force):
+    """C sources for the kernel extensions (release or CGD_PROFILE=1 line tracing)."""
     from Cython.Build import cythonize
 
     profile = os.environ.get("CGD_PROFILE", "0") not in ("", "0")
@@ -137,22 +166,19 @@ def _extensions():
         # Release: no tracing hooks even if the generated C came from a profile build.
         macros += [("CYTHON_TRACE", "0"), ("CYTHON_TRACE_NOGIL", "0"), ("CYTHON_PROFILE", "0")]
     macros.append(("CGD_PROFILE_BUILD", "1" if profile else "0"))
+    for ext in extensions:
+        ext.define_macros = list(macros)
 
     # Cython regenerates C only when sources are newer; directives do not count. So
-    # switching between release and profile builds forces regeneration once.
+    # switching between release and profile builds forces regeneration once. The stamp
+    # sits in the build tree of this source tree (a clone or an unpacked sdist), and is
+    # written only once the C matches the mode.
     stamp = HERE / "build" / "cgd_build_mode"
     mode = "profile" if profile else "release"
-    force = not stamp.exists() or stamp.read_text() != mode
-    stamp.parent.mkdir(exist_ok=True)
-    stamp.write_text(mode)
+    force = force or not stamp.exists() or stamp.read_text() != mode
 
-    exts = []
-    for pyx in sorted(glob(os.path.join("src", "*.pyx"))):
-        name = Path(pyx).stem
-        exts.append(Extension(f"cgd.{name}", [pyx], include_dirs=["src"],
-                              define_macros=macros))
-    return cythonize(
-        exts,
+    generated = cythonize(
+        extensions,
         force=force,
         include_path=["src"],
         compiler_directives=directives,
@@ -160,6 +186,15 @@ def _extensions():
         annotate=os.environ.get("CGD_ANNOTATE", "0") not in ("", "0"),
         quiet=True,
     )
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(mode)
+    return generated
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
+setup(
+    ext_modules=[
+        Extension(f"cgd.{Path(pyx).stem}", [pyx], include_dirs=["src"])
+        for pyx in KERNEL_SOURCES
+    ],
+    cmdclass={"build_ext": BuildExt},
+)
