@@ -133,13 +133,32 @@ class TransactionMixin:
             self.__dict__.pop("_epochs_committed", None)
 
 
-def divergence_error(epoch, what="eta0"):
-    """The ValueError raised when a loss or a weight stops being finite."""
+def linear_divergence_error(epoch):
+    """The ValueError raised when a linear model's loss or weights stop being finite.
+
+    It opens with scikit-learn's own message, word for word, so that code matching on
+    it keeps working, then adds what cgd knows."""
     return ValueError(
-        f"Training diverged at epoch {epoch}: the loss or the weights became non-finite "
-        f"(floating-point overflow). Use a smaller learning rate ({what}) or scale the "
-        "input features, e.g. with sklearn.preprocessing.StandardScaler. The estimator "
-        "keeps the weights of its last finite epoch."
+        f"Floating-point under-/overflow occurred at epoch #{epoch}. Scaling input data "
+        "with StandardScaler or MinMaxScaler might help. "
+        f"Training diverged at epoch {epoch}: the loss or the weights became non-finite; "
+        "a smaller learning rate (eta0) may help too. The estimator keeps the weights of "
+        "its last finite epoch."
+    )
+
+
+def mlp_divergence_error(epoch, hint="a smaller learning rate (learning_rate_init)",
+                         unit="epoch"):
+    """The ValueError raised when an MLP's loss or weights stop being finite.
+
+    scikit-learn's MLPs check their weights after training and raise this message; cgd
+    stops at the epoch (or L-BFGS iteration) that overflowed, keeps scikit-learn's
+    words for code that matches on them and adds what it knows."""
+    return ValueError(
+        "Solver produced non-finite parameter weights. The input data may contain large "
+        f"values and need to be preprocessed. Training diverged at {unit} {epoch}: the "
+        f"loss or the weights became non-finite; {hint} may help too. The estimator "
+        f"keeps the weights of its last finite {unit}."
     )
 
 

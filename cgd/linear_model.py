@@ -34,7 +34,7 @@ from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
     balanced_partial_fit_error,
-    divergence_error,
+    linear_divergence_error,
     validation_split,
 )
 from ._threads import effective_n_threads
@@ -185,27 +185,44 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
             "parallel_min_work": float(PARALLEL_MIN_WORK),
         }
 
-    def _initial_params(self, K, n_features, dtype, coef_init, intercept_init):
-        """Flat parameter buffer from coef_init / intercept_init (zeros by default)."""
+    def _initial_params(self, K, n_features, dtype, coef_init, intercept_init,
+                        names=("coef_init", "intercept_init")):
+        """Flat parameter buffer from coef_init / intercept_init (zeros by default).
+
+        Shapes are checked as scikit-learn checks them, with its messages ("Provided
+        ... does not match dataset", which code may match on) followed by the shapes:
+        (K, n_features) and (K,) for K > 1 outputs; for one output any array of
+        n_features values and an intercept of shape (1,) or ()."""
         params = np.zeros(K * (n_features + 1), dtype=dtype)
+        coef_name, intercept_name = names
         if coef_init is not None:
             if sp.issparse(coef_init):
                 coef_init = coef_init.toarray()
-            coef = check_array(coef_init, ensure_2d=False, dtype=dtype, input_name="coef_init")
-            if coef.size != K * n_features or (coef.ndim == 2 and coef.shape != (K, n_features)):
+            shape = np.shape(coef_init)
+            if K > 1 and shape != (K, n_features):
                 raise ValueError(
-                    f"coef_init has shape {coef.shape}, expected "
-                    f"{(K, n_features) if K > 1 else (n_features,)} for this data."
+                    "Provided ``coef_`` does not match dataset. "
+                    f"{coef_name} has shape {shape}; these data need ({K}, {n_features}) "
+                    "(n_classes, n_features)."
                 )
+            if K == 1 and int(np.prod(shape)) != n_features:
+                raise ValueError(
+                    f"Provided {coef_name} does not match dataset. It has shape {shape}; "
+                    f"these data need ({n_features},) (n_features,)."
+                )
+            coef = check_array(np.reshape(coef_init, (K, n_features)), dtype=dtype,
+                               input_name=coef_name)
             params[: K * n_features] = coef.ravel()
         if intercept_init is not None:
-            b = check_array(np.atleast_1d(intercept_init), ensure_2d=False, dtype=dtype,
-                            input_name="intercept_init")
-            if b.shape != (K,):
+            shape = np.shape(intercept_init)
+            if shape != (K,) and not (K == 1 and shape == ()):
                 raise ValueError(
-                    f"intercept_init has shape {np.shape(intercept_init)}, expected ({K},)."
+                    f"Provided {intercept_name} does not match dataset. It has shape "
+                    f"{shape}; these data need ({K},)."
                 )
-            params[K * n_features:] = b
+            b = check_array(np.reshape(intercept_init, (1, K)), dtype=dtype,
+                            input_name=intercept_name)
+            params[K * n_features:] = b.ravel()
         return params
 
     def _state_signature(self):
@@ -242,7 +259,8 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
                 # coef_ / intercept_ were set by hand: continue from them, as
                 # scikit-learn's partial_fit does, with fresh optimizer state.
                 state = {"params": self._initial_params(K, X.shape[1], dtype, user_coef,
-                                                        self.intercept_),
+                                                        self.intercept_,
+                                                        names=("coef_", "intercept_")),
                          **{k: f() for k, f in fresh.items()}}
             elif signature != getattr(self, "_sgd_signature", signature):
                 state.update(opt=fresh["opt"](), avg=fresh["avg"](), avg_n=fresh["avg_n"]())
@@ -347,7 +365,7 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
                 state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
                 state["avg_n"], work_grad, work_obj, work_z, work_k, obj, cfg, t)
             if status != 0:
-                raise divergence_error(len(loss_curve) + 1)
+                raise linear_divergence_error(len(loss_curve) + 1)
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]

@@ -48,7 +48,7 @@ from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
     balanced_partial_fit_error,
-    divergence_error,
+    mlp_divergence_error,
 )
 from ._threads import blas_limited, effective_n_threads
 
@@ -327,7 +327,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 status, t_next, loss_sum = _mlp.mlp_epoch(
                     X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
                 if status != 0:
-                    raise divergence_error(len(self.loss_curve_) + 1, "learning_rate_init")
+                    raise mlp_divergence_error(len(self.loss_curve_) + 1)
                 n_iter += 1
                 t_update = t_next
                 loss = float(loss_sum / n_train)
@@ -456,7 +456,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
                          **_get_additional_lbfgs_options_dict("iprint", iprint)})
         if not (np.isfinite(res.fun) and np.all(np.isfinite(res.x))):
-            raise divergence_error(self.__dict__.get("_epochs_committed", 0) + 1, "alpha")
+            raise mlp_divergence_error(self.__dict__.get("_epochs_committed", 0) + 1,
+                                       hint="a larger alpha", unit="L-BFGS iteration")
         n_iter = _check_optimize_result("lbfgs", res, self.max_iter)
         final = res.x.astype(X.dtype)
         _, loss, penalty = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, final, grad,

@@ -605,3 +605,25 @@ def test_class_weight_is_sample_weight(task, class_weight, with_sample_weight,
     assert not (m := _mismatches(weighted, ref)), "\n".join(m)
     # and the weights did matter
     assert _rel_err(_flat(weighted.coefs_), _flat(unweighted.coefs_)) > 1e-3
+
+
+# ------------------------------------------------ scikit-learn's messages and behaviour
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_nonfinite_weights_message_keeps_sklearn_words(solver):
+    # scikit-learn's own test of this message: inputs near the largest float
+    rng = np.random.RandomState(0)
+    X = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
+    y = rng.standard_normal(size=10)
+    sklearn_words = ("Solver produced non-finite parameter weights. The input data may "
+                     "contain large values and need to be preprocessed.")
+    for module in (sk_nn, cgd):  # scikit-learn first: the words are its own
+        est = module.MLPRegressor(solver=solver, random_state=0)
+        with warnings.catch_warnings():
+            # scikit-learn's overflows, and its 200 epochs of NaN before it checks
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            with pytest.raises(ValueError, match=re.escape(sklearn_words)) as info:
+                est.fit(X, y)
+    # cgd stops at the epoch that overflowed and says so; nothing half-fitted is kept
+    assert re.search(r"diverged at epoch 1\b.*learning_rate_init", str(info.value))
+    assert not hasattr(est, "coefs_")

@@ -291,3 +291,71 @@ def test_adam_minibatch_needs_fewer_epochs_than_sklearn(dataset, seed):
             return
     pytest.fail(f"cgd adam did not reach {target:.4f} in {ref.n_iter_ - 1} epochs "
                 f"(sklearn's SGD needed {ref.n_iter_}); last score {score:.4f}")
+
+
+# ------------------------------------------------------------ 5. scikit-learn's messages
+# Code written against scikit-learn matches on its error messages; cgd's keep its words
+# and add what cgd knows. Each check runs scikit-learn's estimator first, on the same
+# input, to show that the words are scikit-learn's own.
+_IRIS_X, _IRIS_Y = load_iris(return_X_y=True)
+_INIT_CASES = {
+    # (estimator, y, fit parameter, shape): scikit-learn accepts or refuses the shape
+    "binary": ("SGDClassifier", (_IRIS_Y == 1).astype(int)),
+    "multiclass": ("SGDClassifier", _IRIS_Y),
+    "regression": ("SGDRegressor", _IRIS_X[:, 0] - _IRIS_X[:, 1]),
+}
+_INIT_SHAPES = [
+    (task, "coef_init", shape) for task, shapes in {
+        "binary": [(4,), (1, 4), (4, 1), (3,), (2, 4), (8,)],
+        "multiclass": [(3, 4), (4, 3), (12,), (2, 4), (4,)],
+        "regression": [(4,), (1, 4), (5,)],
+    }.items() for shape in shapes
+] + [
+    (task, "intercept_init", shape) for task, shapes in {
+        "binary": [(1,), (), (2,)],
+        "multiclass": [(3,), (1,), (), (3, 1)],
+        "regression": [(1,), (), (3,)],
+    }.items() for shape in shapes
+]
+
+
+@pytest.mark.parametrize("task, param, shape", _INIT_SHAPES)
+def test_init_shapes_checked_as_sklearn_with_its_message(task, param, shape):
+    name, y = _INIT_CASES[task]
+    fit_params = {param: np.full(shape, 0.1)}
+    outcomes = []
+    for module in (sk_linear, cgd):  # scikit-learn first: the words are its own
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            try:
+                getattr(module, name)(max_iter=3, random_state=0).fit(
+                    _IRIS_X, y, **fit_params)
+                outcomes.append(None)
+            except ValueError as exc:
+                outcomes.append(str(exc))
+    ref, ours = outcomes
+    assert (ref is None) == (ours is None), f"scikit-learn: {ref!r}; cgd: {ours!r}"
+    if ref is not None:
+        # scikit-learn's sentence, verbatim, then the shapes
+        assert ours.startswith(ref.strip()), ours
+        assert str(shape) in ours and "these data need" in ours
+
+
+@pytest.mark.parametrize("name", ["SGDClassifier", "SGDRegressor"])
+def test_divergence_message_keeps_sklearn_words(name):
+    # scikit-learn's own test of this message: two features scaled by 1e300
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(100, 10))
+    X[:, :2] *= 1e300
+    y = (X[:, 2] > 0).astype(np.int32) if name == "SGDClassifier" else X[:, 2]
+    sklearn_words = (r"Floating-point under-/overflow occurred at epoch #.*"
+                     " Scaling input data with StandardScaler or MinMaxScaler might help.")
+    loss = {"loss": "squared_hinge"} if name == "SGDClassifier" else {}
+    for module in (sk_linear, cgd):  # scikit-learn first: the words are its own
+        est = getattr(module, name)(alpha=0.1, max_iter=500, random_state=0, **loss)
+        with pytest.raises(ValueError, match=sklearn_words) as info:
+            est.fit(X, y)
+    message = str(info.value)
+    assert "epoch #1." in message and "diverged at epoch 1:" in message
+    assert "smaller learning rate" in message and "last finite epoch" in message
+    assert getattr(est, "coef_", None) is None  # nothing half-fitted is published
