@@ -404,16 +404,22 @@ def test_divergence_on_huge_features_names_the_epoch(kind):
     est = _make(kind, max_iter=5)
     with pytest.raises(ValueError, match=r"(?s)epoch 1\b.*learning rate"):
         est.fit(X, y)
-    # Nothing half-fitted is published.
-    assert getattr(est, "coef_", None) is None or np.isfinite(est.coef_).all()
+    # No epoch completed, so nothing is published: not even a half-fitted attribute.
+    assert [a for a in vars(est) if a.endswith("_")] == []
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_divergence_on_huge_learning_rate_names_the_epoch(kind):
     X, y, _ = _data(kind)
     est = _make(kind, learning_rate="constant", eta0=1e200, max_iter=5)
-    with pytest.raises(ValueError, match=r"(?s)epoch \d+.*learning rate"):
+    with pytest.raises(ValueError, match=r"(?s)epoch (\d+).*learning rate") as info:
         est.fit(X, y)
+    epoch = int(re.search(r"epoch (\d+)", str(info.value)).group(1))
+    if epoch == 1:
+        assert [a for a in vars(est) if a.endswith("_")] == []
+    else:  # the weights of the last finite epoch, as a fit of that many epochs
+        ref = _make(kind, learning_rate="constant", eta0=1e200, max_iter=epoch - 1).fit(X, y)
+        np.testing.assert_array_equal(est.coef_, ref.coef_)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -607,14 +613,45 @@ def test_unusual_layouts_partial_fit_and_init_arrays_not_modified(kind, layout, 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fitted_weights_do_not_alias_caller_or_each_other(kind):
-    """coef_ is the estimator's own copy: a caller writing to it, or to X, after fit
-    does not change later training or predictions."""
+    """coef_ and intercept_ are the estimator's own arrays: writing to the caller's X,
+    coef_init or intercept_init after fit changes nothing, and coef_, intercept_ and
+    the training state share no memory. Writing into coef_ / intercept_ in place acts
+    as setting them by hand: the next partial_fit starts from the written values (as
+    scikit-learn's), exactly as if new arrays had been assigned."""
     X, y, _ = _data(kind)
-    est = _make(kind).fit(X, y)
-    p = est.predict(X).copy()
+    K = 1 if kind == "reg" else 3
+    coef_init = np.full((D,) if K == 1 else (K, D), 0.25)
+    intercept_init = np.full(K, -0.5)
+    est = _make(kind).fit(X, y, coef_init=coef_init, intercept_init=intercept_init)
+    ref = _make(kind).fit(X.copy(), y, coef_init=coef_init.copy(),
+                          intercept_init=intercept_init.copy())
     X_copy = X.copy()
     X[:] = 0.0
-    np.testing.assert_array_equal(est.predict(X_copy), p)
+    coef_init[...] = 99.0
+    intercept_init[...] = 99.0
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+    np.testing.assert_array_equal(est.intercept_, ref.intercept_)
+    np.testing.assert_array_equal(est.predict(X_copy), ref.predict(X_copy))
+
+    state = [v for v in est._sgd_state.values() if isinstance(v, np.ndarray)]
+    assert not np.shares_memory(est.coef_, est.intercept_)
+    for a in (est.coef_, est.intercept_):
+        assert not any(np.shares_memory(a, v) for v in state)
+
+    # In place versus assigned: the same next partial_fit, which differs from one that
+    # ignored the write.
+    by_hand = _make(kind).fit(X_copy, y)
+    untouched = _make(kind).fit(X_copy, y)
+    est = _make(kind).fit(X_copy, y)
+    est.coef_[...] = 0.5
+    est.intercept_[...] = 0.25
+    by_hand.coef_ = np.full_like(by_hand.coef_, 0.5)
+    by_hand.intercept_ = np.full_like(by_hand.intercept_, 0.25)
+    for e in (est, by_hand, untouched):
+        e.partial_fit(X_copy, y)
+    np.testing.assert_array_equal(est.coef_, by_hand.coef_)
+    np.testing.assert_array_equal(est.intercept_, by_hand.intercept_)
+    assert not np.array_equal(est.coef_, untouched.coef_)
 
 
 # ------------------------------------------------------------------- 5. Ctrl-C

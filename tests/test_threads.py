@@ -1,7 +1,6 @@
-"""Results do not depend on the number of threads (SPEC.md §1, §3.3)."""
+"""Results do not depend on the number of threads; n_jobs means what it says."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -12,6 +11,8 @@ import cgd
 from cgd import _openmp_helpers
 from cgd import linear_model
 from cgd._threads import effective_n_threads
+
+from _helpers import requires_openmp, run_subprocess
 
 _SAVED_MIN_WORK = linear_model.PARALLEL_MIN_WORK
 
@@ -51,6 +52,7 @@ def _target(i, y):
     return np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))
 
 
+@requires_openmp
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("i", range(len(ESTIMATORS)))
 def test_n_jobs_gives_bit_identical_weights(i, dtype):
@@ -64,7 +66,7 @@ def test_n_jobs_gives_bit_identical_weights(i, dtype):
         assert f.loss_curve_ == fits[0].loss_curve_
 
 
-@pytest.mark.skipif(not _openmp_helpers.openmp_enabled(), reason="serial build: one thread only")
+@requires_openmp
 def test_omp_num_threads_in_subprocess_gives_same_weights(tmp_path):
     X, y = _data(np.float64)
     np.save(tmp_path / "X.npy", X)
@@ -73,19 +75,23 @@ def test_omp_num_threads_in_subprocess_gives_same_weights(tmp_path):
         import numpy as np, cgd, cgd.linear_model
         cgd.linear_model.PARALLEL_MIN_WORK = 0
         from cgd._threads import effective_n_threads
-        assert effective_n_threads(None) == 3, effective_n_threads(None)
+        # OMP_NUM_THREADS alone decides, even above the number of cores.
+        got = {{k: effective_n_threads(k) for k in (None, -1, -2, -3, -9, 1, 2, 7)}}
+        assert got == {{None: 3, -1: 3, -2: 2, -3: 1, -9: 1, 1: 1, 2: 2, 7: 7}}, got
         X = np.load({str(tmp_path / 'X.npy')!r}); y = np.load({str(tmp_path / 'y.npy')!r})
         est = cgd.SGDRegressor(batch_size=256, max_iter=4, tol=None, random_state=0,
                                learning_rate="constant", eta0=0.01).fit(X, y)
         np.save({str(tmp_path / 'coef3.npy')!r}, est.coef_)
     """)
     env = dict(os.environ, OMP_NUM_THREADS="3")
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    res = run_subprocess([sys.executable, "-c", script], 120, env=env)
+    assert res.returncode == 0, res.stderr
     ref = cgd.SGDRegressor(batch_size=256, max_iter=4, tol=None, random_state=0, n_jobs=1,
                            learning_rate="constant", eta0=0.01).fit(X, y)
     assert np.array_equal(np.load(tmp_path / "coef3.npy"), ref.coef_)
 
 
+@requires_openmp
 def test_n_jobs_identical_at_default_parallel_threshold():
     """A batch large enough to be spread over threads with the shipped threshold."""
     X, y = _data(np.float64, n=6000, d=_SAVED_MIN_WORK // 2048 + 1)
@@ -100,13 +106,41 @@ def test_n_jobs_identical_at_default_parallel_threshold():
     assert np.array_equal(fits[0].coef_, fits[1].coef_)
 
 
-def test_effective_n_threads():
-    assert effective_n_threads(1) == 1
-    assert effective_n_threads(5) == (5 if _openmp_helpers.openmp_enabled() else 1)
-    assert effective_n_threads(None) >= 1
-    assert effective_n_threads(-1) == effective_n_threads(None)
+def test_effective_n_threads_explicit_counts():
     with pytest.raises(ValueError, match="n_jobs"):
         effective_n_threads(0)
+    if not _openmp_helpers.openmp_enabled():
+        # A serial build has one thread whatever is asked.
+        assert {effective_n_threads(k) for k in (None, -1, -2, 1, 2, 5)} == {1}
+        return
+    for k in (1, 2, 5, 17):
+        assert effective_n_threads(k) == k  # exactly k, even above the number of cores
+
+
+@requires_openmp
+def test_effective_n_threads_follows_the_machine_and_threadpoolctl():
+    """Without OMP_NUM_THREADS, None and -1 mean every core the process may use: the
+    CPUs of its affinity mask (what OpenMP starts from), but no more than the physical
+    cores joblib counts (it also reads cgroup CPU quotas); threadpoolctl's OpenMP limit
+    lowers that; -k leaves k - 1 of them free."""
+    script = textwrap.dedent("""
+        import os, joblib
+        from threadpoolctl import threadpool_limits
+        from cgd._threads import effective_n_threads
+        cores = min(len(os.sched_getaffinity(0)), joblib.cpu_count(only_physical_cores=True))
+        got = {k: effective_n_threads(k) for k in (None, -1, -2, -100, 3)}
+        want = {None: cores, -1: cores, -2: max(1, cores - 1), -100: 1, 3: 3}
+        assert got == want, (got, want)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            got = {k: effective_n_threads(k) for k in (None, -1, 3)}
+            assert got == {None: 1, -1: 1, 3: 3}, got
+        print("ok")
+    """)
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no os.sched_getaffinity on this platform to compare with")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    res = run_subprocess([sys.executable, "-c", script], 120, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def test_n_jobs_zero_is_rejected_before_training():
@@ -118,6 +152,7 @@ def test_n_jobs_zero_is_rejected_before_training():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
+@requires_openmp
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(3, 300), d=st.integers(1, 17), batch_size=st.integers(1, 400),
        multinomial=st.booleans(), solver=st.sampled_from(["sgd", "adam"]))
@@ -137,3 +172,91 @@ def test_thread_independence_for_any_shape(n, d, batch_size, multinomial, solver
                                           random_state=0)
     a, b = make(1).fit(X, y), make(2).fit(X, y)
     assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+
+
+# ------------------------------------------------------------ wide models
+# The per-chunk gradients of a batch are summed over the parameters in blocks of 2048
+# (REDUCE_BLOCK in src/_linear.pyx), the blocks spread over the threads once there are
+# at least two of them and P * chunks >= 65536; below that one thread sums them all.
+# The models here have P > 2048 parameters and batches of 1024 rows (32 chunks), at or
+# above the shipped threshold of multiply-adds per batch, so with n_jobs > 1 both the
+# chunk gradients and their reduction run on several threads.
+WIDE = {
+    # name: (outputs K, features d) -> P = K * (d + 1)
+    "regression": (1, 2100),   # P = 2101: two reduction blocks, the second of 53
+    "multinomial": (5, 500),   # P = 2505
+}
+
+
+def _wide_data(kind, dtype=np.float64):
+    K, d = WIDE[kind]
+    rng = np.random.default_rng(11)
+    n = 2048
+    X = rng.standard_normal((n, d))
+    sw = rng.uniform(0.5, 2.0, n)
+    if kind == "regression":
+        y = X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    else:
+        y = np.argmax(X @ rng.standard_normal((d, K)), axis=1)
+    return X.astype(dtype), y, sw.astype(dtype)
+
+
+def _wide_fit(kind, X, y, sw, n_jobs, max_iter=2):
+    kw = dict(batch_size=1024, max_iter=max_iter, tol=None, shuffle=False, alpha=1e-3,
+              learning_rate="constant", eta0=0.1, n_jobs=n_jobs)
+    if kind == "regression":
+        est = cgd.SGDRegressor(**kw)
+    else:
+        est = cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", **kw)
+    return est.fit(X, y, sample_weight=sw)
+
+
+def _wide_reference(kind, X, y, sw, max_iter=2, batch_size=1024, eta=0.1, alpha=1e-3):
+    """NumPy: mini-batch SGD, w <- w - eta * ((1/m) sum_i s_i dl_i/dz x_i + alpha w),
+    intercepts unpenalised, rows in storage order."""
+    K, d = WIDE[kind]
+    W, b = np.zeros((K, d)), np.zeros(K)
+    for _ in range(max_iter):
+        for s in range(0, len(y), batch_size):
+            Xb, yb, sb = X[s:s + batch_size], y[s:s + batch_size], sw[s:s + batch_size]
+            Z = Xb @ W.T + b
+            if kind == "regression":
+                D = Z - yb[:, None]                        # squared error: z - y
+            else:
+                P = np.exp(Z - Z.max(axis=1, keepdims=True))
+                D = P / P.sum(axis=1, keepdims=True)       # softmax cross-entropy:
+                D[np.arange(len(yb)), yb] -= 1.0           # p - onehot(y)
+            D *= sb[:, None]
+            W = W - eta * (D.T @ Xb / len(yb) + alpha * W)
+            b = b - eta * D.mean(axis=0)
+    return W, b
+
+
+@pytest.mark.parametrize("kind", sorted(WIDE))
+def test_wide_model_matches_numpy_reference(kind):
+    X, y, sw = _wide_data(kind)
+    K, d = WIDE[kind]
+    assert 1024 * K * d >= _SAVED_MIN_WORK  # threaded at the shipped threshold too
+    est = _wide_fit(kind, X, y, sw, n_jobs=2)
+    W, b = _wide_reference(kind, X, y, sw)
+    scale = np.max(np.abs(W))
+    assert scale > 0.01  # the four steps moved the weights well away from zero
+    np.testing.assert_allclose(np.reshape(est.coef_, (K, d)), W, rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(est.intercept_, b, rtol=0, atol=1e-10 * scale)
+
+
+@requires_openmp
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", sorted(WIDE))
+def test_wide_model_threaded_reduction_is_bit_identical(kind, dtype):
+    X, y, sw = _wide_data(kind, dtype)
+    saved, linear_model.PARALLEL_MIN_WORK = linear_model.PARALLEL_MIN_WORK, _SAVED_MIN_WORK
+    try:
+        fits = [_wide_fit(kind, X, y, sw, n_jobs=j) for j in (1, 2, 3)]
+    finally:
+        linear_model.PARALLEL_MIN_WORK = saved
+    for f in fits[1:]:
+        assert f.coef_.dtype == dtype
+        assert np.array_equal(f.coef_, fits[0].coef_)
+        assert np.array_equal(f.intercept_, fits[0].intercept_)
+        assert f.loss_curve_ == fits[0].loss_curve_
