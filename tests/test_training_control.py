@@ -206,20 +206,42 @@ def test_multinomial_with_two_classes_is_binary_logistic():
     np.testing.assert_array_equal(a.coef_, b.coef_)
 
 
-def test_predict_proba_sums_to_one_and_orders_classes():
+def _proba_reference(kind, D):
+    """Class probabilities from decision values, computed here: one-vs-rest log_loss
+    normalises the K sigmoids, multinomial takes the softmax, modified_huber
+    normalises (clip(d, -1, 1) + 1) / 2 (uniform where all are 0); a binary model
+    (log_loss with two classes is one logistic output either way) gives [1 - p, p]."""
+    if D.ndim == 1:
+        p = 1 / (1 + np.exp(-D)) if kind != "huber" else (np.clip(D, -1, 1) + 1) / 2
+        return np.column_stack([1 - p, p])
+    if kind == "multinomial":
+        e = np.exp(D - D.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    p = 1 / (1 + np.exp(-D)) if kind == "ovr" else (np.clip(D, -1, 1) + 1) / 2
+    total = p.sum(axis=1, keepdims=True)
+    return np.where(total == 0, 1 / D.shape[1], p / np.where(total == 0, 1, total))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_predict_proba_follows_the_decision_values(binary):
     Xi, yi = _iris()
-    for kw in [dict(loss="log_loss"), dict(loss="log_loss", multiclass="multinomial"),
-               dict(loss="modified_huber")]:
+    if binary:
+        Xi, yi = Xi[yi < 2], yi[yi < 2]
+    for kind, kw in [("ovr", dict(loss="log_loss")),
+                     ("multinomial", dict(loss="log_loss", multiclass="multinomial")),
+                     ("huber", dict(loss="modified_huber"))]:
         est = cgd.SGDClassifier(random_state=0, **kw).fit(Xi, yi)
+        D = est.decision_function(Xi)
+        np.testing.assert_allclose(D, np.squeeze(Xi @ est.coef_.T + est.intercept_),
+                                   rtol=1e-12, atol=1e-12)
         p = est.predict_proba(Xi)
-        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+        np.testing.assert_allclose(p, _proba_reference(kind, D), rtol=1e-12, atol=1e-15)
         # The predicted class has the largest probability (modified_huber clips at
         # +-1, so several classes can tie at the top).
         pred_idx = np.searchsorted(est.classes_, est.predict(Xi))
         np.testing.assert_array_equal(p[np.arange(len(p)), pred_idx], p.max(axis=1))
-        if kw["loss"] == "log_loss":
-            np.testing.assert_array_equal(est.classes_[p.argmax(1)], est.predict(Xi))
-        np.testing.assert_allclose(est.predict_log_proba(Xi), np.log(p))
+        with np.errstate(divide="ignore"):  # modified_huber gives exact zeros
+            np.testing.assert_allclose(est.predict_log_proba(Xi), np.log(p))
     with pytest.raises(AttributeError, match="predict_proba"):
         cgd.SGDClassifier(loss="hinge").fit(Xi, yi).predict_proba(Xi)
 
