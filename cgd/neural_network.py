@@ -327,7 +327,15 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 status, t_next, loss_sum = _mlp.mlp_epoch(
                     X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
                 if status != 0:
-                    raise mlp_divergence_error(len(self.loss_curve_) + 1)
+                    if not self.early_stopping:
+                        raise mlp_divergence_error(len(self.loss_curve_) + 1)
+                    # scikit-learn's MLP does not raise here: with early stopping it
+                    # ends the fit on the best validated weights, which are finite. It
+                    # gets there by running its remaining epochs on NaN; cgd stops now.
+                    warnings.warn(self._diverged_message(len(self.loss_curve_) + 1,
+                                                         tracker.best_score[0]),
+                                  ConvergenceWarning)
+                    break
                 n_iter += 1
                 t_update = t_next
                 loss = float(loss_sum / n_train)
@@ -376,8 +384,20 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         if self.verbose and not incremental:
             print(f"Training took {time.time() - t_start:.2f} seconds.")
         if self.early_stopping:
-            # restore the weights of the best validation score
-            self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
+            # restore the weights of the best validation score (the ones this call
+            # started from when no epoch was validated before training diverged)
+            self._best_params = best_params
+            self.coefs_, self.intercepts_ = self._unpack(best_params, layer_units)
+
+    def _diverged_message(self, epoch, best_score):
+        kept = ("the weights it started from: no epoch was validated"
+                if best_score == -np.inf else
+                f"its best validated weights (validation score {best_score:.6g})")
+        return (
+            f"Training diverged at epoch {epoch}: the loss or the weights became "
+            "non-finite. Early stopping ends the fit there and the estimator keeps "
+            f"{kept}. A smaller learning_rate_init or scaled input data may help."
+        )
 
     def _plateau_message(self):
         if self.early_stopping:
@@ -541,6 +561,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the samples (selected by index: X is not
         copied), stop when their accuracy stops improving and keep the best weights.
+        If training diverges (non-finite loss or weights), the fit stops at that epoch
+        with a ConvergenceWarning and keeps the best validated weights, as
+        scikit-learn's does (without early stopping it raises a ValueError).
     validation_fraction : float, default=0.1
     beta_1, beta_2 : float, default=0.9, 0.999
     epsilon : float, default=1e-8

@@ -627,3 +627,37 @@ def test_nonfinite_weights_message_keeps_sklearn_words(solver):
     # cgd stops at the epoch that overflowed and says so; nothing half-fitted is kept
     assert re.search(r"diverged at epoch 1\b.*learning_rate_init", str(info.value))
     assert not hasattr(est, "coefs_")
+
+
+@pytest.mark.parametrize("learning_rate_init", [0.05, 1e100])
+def test_early_stopping_divergence_keeps_best_weights_as_sklearn(learning_rate_init):
+    # Raw diabetes targets (~150): plain SGD with momentum overflows within a few
+    # epochs at 0.05, in the first at 1e100. scikit-learn's MLP does not raise then: it
+    # runs its remaining epochs on NaN (which never score best) and restores the best
+    # validated weights (its initial weights when no epoch validated); it warns that
+    # max_iter was reached. cgd stops at the overflowing epoch, warns, and ends on the
+    # same weights.
+    X, y = _diabetes()
+    params = dict(hidden_layer_sizes=(12,), solver="sgd", learning_rate_init=learning_rate_init,
+                  early_stopping=True, random_state=0, max_iter=30)
+    fitted = []
+    for module in (sk_nn, cgd):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn's overflows
+            with pytest.warns(ConvergenceWarning) as record:
+                fitted.append(module.MLPRegressor(**params).fit(X, y))
+    ref, ours = fitted
+    messages = [str(w.message) for w in record if w.category is ConvergenceWarning]
+    assert any(f"diverged at epoch {ours.n_iter_ + 1}:" in m for m in messages), messages
+    weights = _flat(ours.coefs_ + ours.intercepts_)
+    assert np.isfinite(weights).all() and np.isfinite(ours.predict(X)).all()
+    assert _rel_err(weights, _flat(ref.coefs_ + ref.intercepts_)) <= RTOL
+    # cgd's curve is scikit-learn's up to the overflow, with the same best score
+    assert _close(ours.validation_scores_, ref.validation_scores_[:ours.n_iter_], RTOL)
+    assert _close(ours.best_validation_score_, ref.best_validation_score_, RTOL)
+    if learning_rate_init == 0.05:
+        # guard: finite epochs after the best one, so the restore is really checked
+        assert 0 <= np.argmax(ours.validation_scores_) < ours.n_iter_ - 1
+        assert "best validated weights" in messages[-1]
+    else:
+        assert ours.n_iter_ == 0 and "no epoch was validated" in messages[-1]

@@ -623,9 +623,10 @@ def test_early_stopping_keeps_best_weights_when_training_diverges():
                            momentum=0.0, learning_rate_init=0.05, batch_size=200,
                            max_iter=500, tol=0.0, n_iter_no_change=1000, random_state=0,
                            early_stopping=True)
-    with pytest.raises(ValueError, match="diverged"):
+    # as scikit-learn's MLPs: no error, a warning, the best validated weights
+    with pytest.warns(ConvergenceWarning, match=r"diverged at epoch \d+.*best validated"):
         est.fit(X, y)
-    assert est.n_iter_ >= 1
+    assert est.n_iter_ >= 1 and len(est.validation_scores_) == est.n_iter_
     best = est._unpack(est._best_params, est._layer_units())
     for a, b in zip(est.coefs_ + est.intercepts_, best[0] + best[1]):
         np.testing.assert_array_equal(a, b)
