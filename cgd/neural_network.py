@@ -690,6 +690,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.ascontiguousarray(y, dtype=dtype)
         if len(self.classes_) == 2:
             return (y == self.classes_[1]).astype(dtype).reshape(-1, 1)
+        if len(self.classes_) == 1:
+            # One class: one logistic output whose target is 0 everywhere, as
+            # scikit-learn's LabelBinarizer encodes it (its MLP trains on that).
+            return np.zeros((y.shape[0], 1), dtype=dtype)
         Y = np.zeros((y.shape[0], len(self.classes_)), dtype=dtype)
         Y[np.arange(y.shape[0]), np.searchsorted(self.classes_, y)] = 1
         return Y
@@ -698,6 +702,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Predicted labels of output activations (threshold 0.5, or the arg max)."""
         if self._y_type.startswith("multilabel"):
             return (y_pred > 0.5).astype(int)
+        if len(self.classes_) == 1:
+            return np.repeat(self.classes_, y_pred.shape[0])  # the only class seen
         if y_pred.ndim == 1 or y_pred.shape[1] == 1:
             return self.classes_[(y_pred.ravel() > 0.5).astype(np.intp)]
         return self.classes_.take(np.argmax(y_pred, axis=1))
@@ -724,11 +730,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     f"`y` has classes not in `self.classes_`. `self.classes_` has "
                     f"{self.classes_}. 'y' has {classes}."
                 )
-        if len(self.classes_) < 2:
-            raise ValueError(
-                "The number of classes has to be greater than one; got "
-                f"{len(self.classes_)} class"
-            )
         if self._y_type.startswith("multilabel") and y.shape[1] != len(self.classes_):
             raise ValueError(f"y has {y.shape[1]} labels, the model was fitted with "
                              f"{len(self.classes_)}.")

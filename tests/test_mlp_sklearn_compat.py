@@ -661,3 +661,44 @@ def test_early_stopping_divergence_keeps_best_weights_as_sklearn(learning_rate_i
         assert "best validated weights" in messages[-1]
     else:
         assert ours.n_iter_ == 0 and "no epoch was validated" in messages[-1]
+
+
+@pytest.mark.parametrize("how", ["adam", "lbfgs", "early_stopping", "partial_fit"])
+def test_single_class_as_sklearn(how):
+    # scikit-learn's MLPClassifier accepts a target with one class: one logistic
+    # output trained towards 0, predict returns that class, predict_proba has the
+    # columns [1 - p, p].
+    X, _ = _task("binary")
+    y = np.array(["only"] * len(X), dtype=object)
+    params = dict(hidden_layer_sizes=(6,), max_iter=8, random_state=0, **ADAM)
+    if how == "lbfgs":
+        params.update(solver="lbfgs")
+    train = (lambda est: est.partial_fit(X, y, classes=["only"])) if how == "partial_fit" \
+        else (lambda est: est.fit(X, y))
+    if how == "early_stopping":
+        params.update(early_stopping=True)
+    ours, ref = _fit_pair("MLPClassifier", params, train)
+    tol = LBFGS_RTOL if how == "lbfgs" else RTOL
+    assert not (mismatches := _mismatches(ours, ref, tol)), "\n".join(mismatches)
+    np.testing.assert_array_equal(ours.classes_, ["only"])
+    np.testing.assert_array_equal(ours.predict(X[:7]), ref.predict(X[:7]))
+    proba = ours.predict_proba(X[:7])
+    assert proba.shape == ref.predict_proba(X[:7]).shape == (7, 2)
+    np.testing.assert_allclose(proba, ref.predict_proba(X[:7]), rtol=1e-6)
+    assert ours.score(X, y) == ref.score(X, y) == 1.0
+
+
+def test_stratified_split_error_names_the_users_labels():
+    # One sample of a class cannot be stratified into a training and a validation
+    # set. scikit-learn's MLP says so in words code may match on, but names its encoded
+    # label ('True'); cgd keeps the words and names the user's label.
+    X, _ = _task("binary")
+    y = np.array(["common"] * (len(X) - 1) + ["rare"], dtype=object)
+    words = "The least populated classes? in y ha(s|ve) only 1 member"
+    messages = []
+    for module in (sk_nn, cgd):  # scikit-learn first: the words are its own
+        with pytest.raises(ValueError, match=words) as info:
+            module.MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+        messages.append(str(info.value))
+    assert "['True']" in messages[0]
+    assert "'rare'" in messages[1] and "True" not in messages[1]

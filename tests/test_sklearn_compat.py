@@ -359,3 +359,23 @@ def test_divergence_message_keeps_sklearn_words(name):
     assert "epoch #1." in message and "diverged at epoch 1:" in message
     assert "smaller learning rate" in message and "last finite epoch" in message
     assert getattr(est, "coef_", None) is None  # nothing half-fitted is published
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_stratified_split_error_names_the_users_labels(n_classes):
+    # One sample of a class cannot be stratified into a training and a validation
+    # set. scikit-learn's binary SGDClassifier names its encoded label (1.0) in that
+    # message; cgd keeps the words and names the user's label.
+    X = _IRIS_X
+    y = np.array(["setosa", "versicolor", "virginica"], dtype=object)[_IRIS_Y]
+    y[:] = "common" if n_classes == 2 else y
+    y[-1] = "rare"
+    words = "The least populated classes? in y ha(s|ve) only 1 member"
+    messages = []
+    for module in (sk_linear, cgd):  # scikit-learn first: the words are its own
+        with pytest.raises(ValueError, match=words) as info:
+            module.SGDClassifier(early_stopping=True, random_state=0).fit(X, y)
+        messages.append(str(info.value))
+    if n_classes == 2:
+        assert "[1.0]" in messages[0], messages[0]
+    assert "'rare'" in messages[1] and "1.0" not in messages[1], messages[1]
