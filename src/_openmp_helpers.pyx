@@ -19,6 +19,43 @@ cdef extern from *:
     const char* CGD_COMPILER
     int CGD_PROFILE_BUILD
 
+# Fork support for GNU OpenMP. libgomp keeps the idle worker threads of a parallel
+# region in a pool owned by the thread that started it, and never resets that pool in
+# a forked child: the child inherits a pool whose threads do not exist, and its first
+# parallel region of more than one thread waits for them forever (a region of one
+# thread never touches the pool). omp_pause_resource_all (OpenMP 5.0, libgomp since
+# GCC 9) ends the calling thread's pool, so calling it just before fork() leaves the
+# child no pool to inherit. It is referenced weakly: a runtime without it leaves the
+# pointer NULL instead of failing to load. dladdr names the runtime the kernels were
+# linked against (LLVM's and Intel's runtimes reset themselves in a forked child).
+cdef extern from *:
+    """
+    #if defined(_OPENMP) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+        extern int cgd_omp_pause_resource_all(int kind)
+            __asm__("omp_pause_resource_all") __attribute__((weak));
+        /* 0: the calling thread's pool is ended; nonzero: it is not. */
+        static int cgd_omp_release_threads(void) {
+            if (!cgd_omp_pause_resource_all) return -2;
+            return cgd_omp_pause_resource_all(1 /* omp_pause_soft */);
+        }
+    #else
+        static int cgd_omp_release_threads(void) { return -2; }
+    #endif
+    #if defined(_OPENMP) && !defined(_WIN32)
+        #include <dlfcn.h>
+        static const char* cgd_omp_runtime_path(void) {
+            Dl_info info;
+            if (dladdr((void*)&omp_get_max_threads, &info) && info.dli_fname)
+                return info.dli_fname;
+            return "";
+        }
+    #else
+        static const char* cgd_omp_runtime_path(void) { return ""; }
+    #endif
+    """
+    int cgd_omp_release_threads() noexcept nogil
+    const char* cgd_omp_runtime_path() noexcept nogil
+
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -43,3 +80,22 @@ def compiler():
 def profile_build():
     """True for a ``CGD_PROFILE=1`` build (Cython line tracing in the kernels)."""
     return bool(CGD_PROFILE_BUILD)
+
+
+def openmp_runtime_path():
+    """File of the OpenMP runtime the kernels call (e.g. ``.../libgomp.so.1``), or
+    ``""`` when unknown (no OpenMP, Windows, or the loader cannot say)."""
+    return cgd_omp_runtime_path().decode("utf-8", "replace")
+
+
+def release_threads():
+    """End the OpenMP worker threads that the calling thread's parallel regions keep
+    idle (``omp_pause_resource_all``); the next parallel region starts new ones.
+
+    Returns 0 when done, nonzero when the runtime cannot (older than OpenMP 5.0's
+    pause, no OpenMP, or called inside a parallel region). Must not be called in a
+    process forked without it: GNU OpenMP would wait for threads that do not exist.
+    """
+    # The GIL stays held: this runs just before fork(), and no other Python thread
+    # should get to start anything in between.
+    return int(cgd_omp_release_threads())
