@@ -8,6 +8,7 @@ matplotlib: ``pip install "cgd[plot]"``). ``python -m cgd config`` prints the bu
 import argparse
 import os
 import sys
+import textwrap
 import time
 import warnings
 
@@ -46,9 +47,15 @@ def _race(makers, X, y, repeats):
     return fitted, best, rounds
 
 
-def _timing_table(say, rows, rounds):
-    """rows: (library, epochs, best fit time in s, held-out accuracy). Prints the table
-    and the ratio of cgd's time per epoch to scikit-learn's."""
+def _wrapped(say, text):
+    """Say a long remark in lines of at most 90 columns, indented as the tables."""
+    for line in textwrap.wrap(text, width=90, initial_indent="   ", subsequent_indent="   "):
+        say(line)
+
+
+def _timing_table(say, rows, rounds, note=None):
+    """rows: (library, epochs, best fit time in s, held-out accuracy). Prints the table,
+    the ratio of cgd's time per epoch to scikit-learn's, then ``note``."""
     say(f"   {'library':<13} {'epochs':>6} {'fit time':>10} {'per epoch':>10} "
         f"{'held-out accuracy':>18}")
     per_epoch = {}
@@ -58,6 +65,22 @@ def _timing_table(say, rows, rounds):
             f"{acc:>18.3f}")
     say(f"   time per epoch, cgd / scikit-learn: "
         f"{per_epoch['cgd'] / per_epoch['scikit-learn']:.2f} (fit times: best of {rounds})")
+    if note:
+        _wrapped(say, note)
+    busy = _busy()
+    if busy:
+        say(f"   (this machine is busy: load average {busy[0]:.1f} on {busy[1]} CPUs; "
+            "times vary from run to run)")
+
+
+def _busy():
+    """(1-minute load average, usable CPUs) when other work holds every CPU, else None."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (load, cpus) if cpus and load > cpus else None
 
 
 def demo(out=None, plot=None):
@@ -123,22 +146,23 @@ def demo(out=None, plot=None):
              for name, cls in libs.items()}, X_tr, y_tr, LINEAR_REPEATS)
         rows = [(name, pipes[name][-1].n_iter_, best[name], pipes[name].score(X_te, y_te))
                 for name in libs]
-        _timing_table(say, rows, rounds)
-        say("   (one-vs-rest: cgd trains the 10 binary problems in one pass over the data, "
-            "scikit-learn one after another)")
+        _timing_table(say, rows, rounds, note=(
+            "(one-vs-rest: cgd trains the 10 binary problems in one pass over the data, "
+            "scikit-learn one after another)"))
         if rows[0][1] != rows[1][1]:
             # Say why, from a run that shows it rather than from belief.
             ordered = [make_pipeline(StandardScaler(), cls(random_state=0, shuffle=False))
                        .fit(X_tr, y_tr)[-1] for cls in libs.values()]
             diff = float(np.max(np.abs(ordered[0].coef_ - ordered[1].coef_)))
             if ordered[0].n_iter_ == ordered[1].n_iter_ and diff < 1e-9:
-                say("   The epoch counts differ only because the libraries shuffle with "
-                    "different random generators: with shuffle=False both stop after "
-                    f"{ordered[0].n_iter_} epochs with the same weights (largest coef_ "
-                    f"difference {diff:.1e}).")
+                _wrapped(say, "The epoch counts differ only because the libraries shuffle "
+                         "with different random generators: with shuffle=False both stop "
+                         f"after {ordered[0].n_iter_} epochs with the same weights (largest "
+                         f"coef_ difference {diff:.1e}).")
             else:
-                say(f"   With shuffle=False: scikit-learn {ordered[0].n_iter_} epochs, cgd "
-                    f"{ordered[1].n_iter_} (largest coef_ difference {diff:.1e}).")
+                _wrapped(say, f"With shuffle=False: scikit-learn {ordered[0].n_iter_} "
+                         f"epochs, cgd {ordered[1].n_iter_} (largest coef_ difference "
+                         f"{diff:.1e}).")
     say("")
 
     say("3) Same weights whatever the thread count (batch_size=256, 5 epochs):")
