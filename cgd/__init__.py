@@ -46,18 +46,65 @@ __all__ = ["MLPClassifier", "MLPRegressor", "SGDClassifier", "SGDRegressor", "sh
            "__version__"]
 
 
+def _kernels_openmp_runtime():
+    """Real path of the OpenMP runtime library cgd's kernels are bound to, or None.
+
+    Several copies of an OpenMP runtime can be loaded in one process (cgd's wheel bundles
+    its own libgomp, scikit-learn's wheel another, and each library uses its own copy), so
+    the name alone does not say which is cgd's. On Linux and macOS the dynamic linker is
+    asked: looking ``omp_get_max_threads`` up through the kernel module's own handle
+    searches that module's dependencies, and ``dladdr`` names the file that defines it.
+    Elsewhere (or if that fails) None.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    from . import _openmp_helpers
+
+    if not _openmp_helpers.openmp_enabled() or not hasattr(os, "RTLD_NOLOAD"):
+        return None
+
+    class _DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+    try:
+        # RTLD_NOLOAD: the handle of the already loaded module, never a second copy.
+        kernel = ctypes.CDLL(_openmp_helpers.__file__, mode=os.RTLD_NOLOAD)
+        address = ctypes.cast(kernel.omp_get_max_threads, ctypes.c_void_p)
+        # dladdr is in libc (glibc >= 2.34, macOS) or in libdl (older glibc).
+        for lib in (None, ctypes.util.find_library("dl")):
+            try:
+                dladdr = ctypes.CDLL(lib).dladdr
+                break
+            except (OSError, AttributeError):
+                continue
+        else:
+            return None
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        info = _DlInfo()
+        if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+            return None
+        return os.path.realpath(os.fsdecode(info.dli_fname))
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 def show_config(file=None):
     """Print how cgd was built and how many threads a fit would use.
 
-    Lists the compiler, whether OpenMP is compiled in (and which runtime is loaded),
-    the thread count of ``n_jobs=None``, the BLAS libraries NumPy/SciPy use, and
-    whether this is a ``CGD_PROFILE=1`` (line-tracing) build.
+    Lists the compiler, whether OpenMP is compiled in, every OpenMP runtime loaded in
+    the process (marking the one cgd's kernels use: a wheel bundles its own, beside
+    e.g. scikit-learn's), the thread count of ``n_jobs=None``, the BLAS libraries
+    NumPy/SciPy use, and whether this is a ``CGD_PROFILE=1`` (line-tracing) build.
 
     Parameters
     ----------
     file : file-like, default=None
         Where to print (standard output by default).
     """
+    import os
     import platform
     import sys
 
@@ -76,13 +123,32 @@ def show_config(file=None):
         f"cgd {__version__}",
         f"python: {sys.version.split()[0]} ({platform.machine()}, {platform.system()})",
         f"compiler: {_openmp_helpers.compiler()}",
-        "openmp: " + (
-            f"on (_OPENMP={_openmp_helpers.openmp_version()}); runtime: "
-            + (", ".join(f"{m.get('internal_api')} {m.get('version') or ''} "
-                         f"{m.get('filepath')}".strip() for m in omp) or "not loaded yet")
-            if _openmp_helpers.openmp_enabled()
-            else "off (serial build: every fit uses one thread)"
-        ),
+    ]
+    if _openmp_helpers.openmp_enabled():
+        own = _kernels_openmp_runtime()
+        # A wheel's bundled runtime sits in cgd.libs (auditwheel, delvewheel) or
+        # cgd/.dylibs (delocate): the fallback where the linker cannot be asked.
+        pkg = os.path.dirname(os.path.realpath(__file__))
+        bundled = (os.path.join(os.path.dirname(pkg), "cgd.libs"), os.path.join(pkg, ".dylibs"))
+
+        def is_own(m):
+            path = os.path.realpath(m.get("filepath") or "")
+            return path == own if own else os.path.dirname(path) in bundled
+
+        lines.append(f"openmp: on (_OPENMP={_openmp_helpers.openmp_version()}); "
+                     f"OpenMP runtimes loaded: {len(omp)}")
+        for m in omp:
+            name = " ".join(str(v) for v in (m.get("prefix") or m.get("internal_api"),
+                                             m.get("version"), m.get("filepath")) if v)
+            mark = "cgd's kernels, " if is_own(m) else ""
+            lines.append(f"  {name} ({mark}{m.get('num_threads')} threads)")
+        if own and not any(is_own(m) for m in omp):
+            lines.append(f"  {own} (cgd's kernels; not listed by threadpoolctl)")
+        elif not own and not any(is_own(m) for m in omp):
+            lines.append("  (which one cgd's kernels use could not be determined)")
+    else:
+        lines.append("openmp: off (serial build: every fit uses one thread)")
+    lines += [
         f"threads: n_jobs=None -> {effective_n_threads(None)}; "
         f"omp_get_max_threads() = {_openmp_helpers.omp_max_threads()}",
         "blas: " + ("; ".join(
