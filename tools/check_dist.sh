@@ -12,9 +12,10 @@
 #     libgomp; it is platform-specific, carries every compiled kernel module and the
 #     runtime (its size is reported);
 #  5. the repaired wheel installs (binary packages only) into another fresh venv in an
-#     environment where no C compiler can be found (PATH holds only that venv's bin/,
-#     CC=/bin/false), and the demo, the smoke test and tools/openmp_coexistence.py
-#     (cgd's bundled libgomp beside scikit-learn's) pass there.
+#     environment where no C compiler can be found (PATH: that venv's bin/ and links to
+#     every other program but compilers, assemblers and linkers; CC=/bin/false), and the
+#     demo, the smoke test and tools/openmp_coexistence.py (cgd's bundled libgomp
+#     beside scikit-learn's) pass there.
 #
 # Exits nonzero on the first failed step, printing that step's log. Steps 1 and 3 each
 # compile the kernels (~1 min each) and run side by side. `--keep` keeps the work
