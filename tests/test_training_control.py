@@ -262,6 +262,16 @@ def test_sparsify_densify_keep_predictions_and_training():
     assert isinstance(clf.coef_, np.ndarray)
     np.testing.assert_array_equal(clf.decision_function(X), dec)
 
+    # Training goes on from a sparsified coef_ exactly as from the dense one (and
+    # publishes a dense coef_ again).
+    dense = cgd.SGDClassifier(penalty="l1", alpha=0.01, random_state=0).fit(X, y)
+    sparse = cgd.SGDClassifier(penalty="l1", alpha=0.01, random_state=0).fit(X, y).sparsify()
+    dense.partial_fit(X, y)
+    sparse.partial_fit(X, y)
+    np.testing.assert_array_equal(sparse.coef_, dense.coef_)
+    np.testing.assert_array_equal(sparse.intercept_, dense.intercept_)
+    assert sparse.t_ == dense.t_
+
 
 def _ovr_blobs():
     rng = np.random.default_rng(5)
