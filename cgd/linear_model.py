@@ -69,6 +69,122 @@ MAX_INT = np.iinfo(np.int32).max
 PARALLEL_MIN_WORK = 1 << 17
 
 
+# ------------------------------------------------------------------ loss_functions
+# scikit-learn's SGD estimators publish ``loss_functions``: loss name -> (loss class,
+# *default arguments). Code written against it tests membership, lists the losses, reads
+# the defaults (``loss_functions["huber"][1]``) or builds ``cls(*args)`` and evaluates
+# ``py_loss(p, y)`` / ``py_dloss(p, y)``. cgd publishes the same keys with values of the
+# same shape, whose classes evaluate the losses as cgd's kernels compute them.
+DEFAULT_EPSILON = 0.1  # default threshold of huber and the epsilon-insensitive losses
+
+
+class SGDLoss:
+    """One per-sample loss of cgd's SGD kernels, evaluated one sample at a time.
+
+    ``p`` is the decision value; margin losses take ``y`` in {-1, +1}. ``py_dloss`` is
+    the derivative with respect to ``p``, clipped at +-1e12 as in training.
+    """
+
+    loss = None  # the ``loss`` parameter value this object computes
+    epsilon = DEFAULT_EPSILON
+
+    def py_loss(self, p, y):
+        return _linear.sample_loss(LOSS_CODES[self.loss], float(p), float(y),
+                                   float(self.epsilon))[0]
+
+    def py_dloss(self, p, y):
+        return _linear.sample_loss(LOSS_CODES[self.loss], float(p), float(y),
+                                   float(self.epsilon))[1]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(loss={self.loss!r})"
+
+
+class Hinge(SGDLoss):
+    """``max(0, threshold - y p)``: threshold 1 is 'hinge', 0 is 'perceptron' (the two
+    thresholds cgd's kernels implement)."""
+
+    def __init__(self, threshold=1.0):
+        losses = {1.0: "hinge", 0.0: "perceptron"}
+        if threshold not in losses:
+            raise ValueError(f"cgd implements the hinge loss at threshold 1.0 ('hinge') "
+                             f"and 0.0 ('perceptron'), not {threshold!r}.")
+        self.threshold = float(threshold)
+        self.loss = losses[self.threshold]
+
+
+class SquaredHinge(SGDLoss):
+    """``max(0, 1 - y p) ** 2`` (threshold 1, the one cgd's kernels implement)."""
+
+    def __init__(self, threshold=1.0):
+        if threshold != 1.0:
+            raise ValueError(f"cgd implements the squared hinge loss at threshold 1.0, "
+                             f"not {threshold!r}.")
+        self.threshold = 1.0
+        self.loss = "squared_hinge"
+
+
+class LogLoss(SGDLoss):
+    """Logistic loss ``log(1 + exp(-y p))``."""
+
+    loss = "log_loss"
+
+
+class ModifiedHuber(SGDLoss):
+    """Smoothed hinge: ``max(0, 1 - y p) ** 2`` for ``y p >= -1``, else ``-4 y p``."""
+
+    loss = "modified_huber"
+
+
+class SquaredError(SGDLoss):
+    """Half the squared error ``(p - y) ** 2 / 2``."""
+
+    loss = "squared_error"
+
+
+class Huber(SGDLoss):
+    """Squared error within ``epsilon`` of the target, linear beyond."""
+
+    loss = "huber"
+
+    def __init__(self, epsilon=DEFAULT_EPSILON):
+        self.epsilon = float(epsilon)
+
+
+class EpsilonInsensitive(SGDLoss):
+    """``max(0, |y - p| - epsilon)``."""
+
+    loss = "epsilon_insensitive"
+
+    def __init__(self, epsilon=DEFAULT_EPSILON):
+        self.epsilon = float(epsilon)
+
+
+class SquaredEpsilonInsensitive(SGDLoss):
+    """``max(0, |y - p| - epsilon) ** 2``."""
+
+    loss = "squared_epsilon_insensitive"
+
+    def __init__(self, epsilon=DEFAULT_EPSILON):
+        self.epsilon = float(epsilon)
+
+
+REGRESSION_LOSS_FUNCTIONS = {
+    "squared_error": (SquaredError,),
+    "huber": (Huber, DEFAULT_EPSILON),
+    "epsilon_insensitive": (EpsilonInsensitive, DEFAULT_EPSILON),
+    "squared_epsilon_insensitive": (SquaredEpsilonInsensitive, DEFAULT_EPSILON),
+}
+CLASSIFICATION_LOSS_FUNCTIONS = {
+    "hinge": (Hinge, 1.0),
+    "squared_hinge": (SquaredHinge, 1.0),
+    "perceptron": (Hinge, 0.0),
+    "log_loss": (LogLoss,),
+    "modified_huber": (ModifiedHuber,),
+    **REGRESSION_LOSS_FUNCTIONS,
+}
+
+
 class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
     """Parameters, validation and the epoch loop shared by both estimators."""
 
@@ -544,7 +660,15 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     best_validation_score_ : float or None
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
+    loss_functions : dict
+        Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
+        arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
+        the per-sample loss and its derivative as cgd's kernels compute them.
     """
+
+    #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
+    #: the same name; the classes evaluate cgd's per-sample losses.
+    loss_functions = REGRESSION_LOSS_FUNCTIONS
 
     _parameter_constraints: dict = {
         **_BaseSGD._parameter_constraints,
@@ -738,7 +862,15 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         As :class:`SGDRegressor`; validation scores are accuracies.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
+    loss_functions : dict
+        Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
+        arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
+        the per-sample loss and its derivative as cgd's kernels compute them.
     """
+
+    #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
+    #: the same name; the classes evaluate cgd's per-sample losses.
+    loss_functions = CLASSIFICATION_LOSS_FUNCTIONS
 
     _parameter_constraints: dict = {
         **_BaseSGD._parameter_constraints,

@@ -379,3 +379,40 @@ def test_stratified_split_error_names_the_users_labels(n_classes):
     if n_classes == 2:
         assert "[1.0]" in messages[0], messages[0]
     assert "'rare'" in messages[1] and "1.0" not in messages[1], messages[1]
+
+
+def _sklearn_loss_and_dloss(loss, p, y):
+    """(loss, dloss/dp) of one of scikit-learn's ``loss_functions`` objects: the SGD
+    ones have ``py_loss`` / ``py_dloss``; the shared ones (``sklearn._loss``) take
+    arrays, and the binomial one takes y in {0, 1} where the SGD losses take {-1, 1}."""
+    if hasattr(loss, "py_loss"):
+        return loss.py_loss(p, y), loss.py_dloss(p, y)
+    if type(loss).__name__ == "CyHalfBinomialLoss":
+        y = (y + 1) / 2
+    out, grad = np.empty(1), np.empty(1)
+    loss.loss(np.array([y]), np.array([p]), None, out, 1)
+    loss.gradient(np.array([y]), np.array([p]), None, grad, 1)
+    return out[0], grad[0]
+
+
+@pytest.mark.parametrize("name", ["SGDClassifier", "SGDRegressor"])
+def test_loss_functions_as_sklearn(name):
+    ours = getattr(cgd, name).loss_functions
+    ref = getattr(sk_linear, name).loss_functions
+    assert list(ours) == list(ref)
+    # every loss the estimator accepts is listed, as in scikit-learn
+    accepted = getattr(cgd, name)._parameter_constraints["loss"][0].options
+    assert set(ours) == accepted
+    assert getattr(cgd, name)(epsilon=0.5).loss_functions["huber"][1] == 0.1
+    grid_p = np.linspace(-3, 3, 25)  # steps of 0.25: the kinks at 0, +-1 included
+    for key, (cls, *args) in ours.items():
+        ref_cls, *ref_args = ref[key]
+        assert args == ref_args, key
+        mine, theirs = cls(*args), ref_cls(*ref_args)
+        targets = (-1.0, 1.0) if key in CLASSIFIER_LOSSES[:5] else (-1.5, 0.0, 0.05, 0.7, 2.0)
+        for p in grid_p:
+            for y in targets:
+                expected = _sklearn_loss_and_dloss(theirs, p, y)
+                got = (mine.py_loss(p, y), mine.py_dloss(p, y))
+                np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15,
+                                           err_msg=f"{key} at p={p}, y={y}")
