@@ -214,7 +214,7 @@ def test_matches_sklearn_sgd_weighted(name, weighting, learning_rate):
 @functools.cache
 def _split(dataset):
     loader = {"diabetes": load_diabetes, "breast_cancer": load_breast_cancer,
-              "wine": load_wine, "digits": load_digits}[dataset]
+              "wine": load_wine, "digits": load_digits, "iris": load_iris}[dataset]
     X, y = loader(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=0.25, random_state=0, stratify=None if dataset == "diabetes" else y)
@@ -416,3 +416,56 @@ def test_loss_functions_as_sklearn(name):
                 got = (mine.py_loss(p, y), mine.py_dloss(p, y))
                 np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15,
                                            err_msg=f"{key} at p={p}, y={y}")
+
+
+
+# ------------------------------------------------- adam / adagrad at every other default
+def _default_scores(module, name, split, **params):
+    """Held-out scores over SEEDS with every parameter but ``params`` at its default;
+    a ConvergenceWarning fails the test."""
+    X_train, X_test, y_train, y_test = split
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        for seed in SEEDS:
+            est = getattr(module, name)(random_state=seed, **params).fit(X_train, y_train)
+            scores.append(est.score(X_test, y_test))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("solver", ["adam", "adagrad"])
+@pytest.mark.parametrize("dataset", ["iris", "digits", "breast_cancer", "wine"])
+def test_adaptive_solver_at_defaults_reaches_sklearn_default_score(solver, dataset):
+    # SGDClassifier(solver=...) alone: the default learning_rate='optimal' then means
+    # the adaptive solvers' own 1/sqrt(t) step (see SGDRegressor's docstring).
+    ours = _default_scores(cgd, "SGDClassifier", _split(dataset), solver=solver)
+    ref = _default_scores(sk_linear, "SGDClassifier", _split(dataset))
+    assert ours >= ref - 0.02, f"cgd {solver} {ours:.4f} vs scikit-learn {ref:.4f}"
+
+
+@pytest.mark.parametrize("solver", ["adam", "adagrad"])
+def test_adaptive_solver_at_defaults_reaches_sklearn_default_score_regression(solver):
+    # The regressor's default schedule is 'invscaling' (eta0=0.01): adam / adagrad
+    # steps are in units of the weights, so the target is standardised (see
+    # _adam_split; R^2 does not change with it).
+    ours = _default_scores(cgd, "SGDRegressor", _adam_split("diabetes"), solver=solver)
+    ref = _default_scores(sk_linear, "SGDRegressor", _adam_split("diabetes"))
+    assert ours >= ref - 0.02, f"cgd {solver} {ours:.4f} vs scikit-learn {ref:.4f}"
+
+
+@pytest.mark.parametrize("solver, same_as", [
+    ("adam", dict(learning_rate="invscaling", eta0=1.0, power_t=0.5)),
+    ("adagrad", dict(learning_rate="constant", eta0=1.0)),
+])
+def test_optimal_schedule_of_adaptive_solvers_is_the_documented_step(solver, same_as):
+    X_train, _, y_train, _ = _split("wine")
+    a = cgd.SGDClassifier(solver=solver, max_iter=5, tol=None, random_state=0,
+                          eta0=0.3, power_t=0.9).fit(X_train, y_train)  # both ignored
+    b = cgd.SGDClassifier(solver=solver, max_iter=5, tol=None, random_state=0,
+                          **same_as).fit(X_train, y_train)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    # and alpha=0 is fine: the adaptive steps do not depend on it (plain SGD's do)
+    cgd.SGDClassifier(solver=solver, alpha=0.0, max_iter=3, tol=None).fit(X_train, y_train)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        cgd.SGDClassifier(alpha=0.0).fit(X_train, y_train)
