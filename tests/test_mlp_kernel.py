@@ -6,7 +6,7 @@ from scipy.special import expit, softmax
 
 from cgd import _mlp
 
-from _helpers import central_differences
+from _helpers import central_differences, requires_openmp
 
 ACT = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
 OUT = {"regression": 0, "binary": 1, "multilabel": 1, "multiclass": 4, "poisson": 5}
@@ -208,6 +208,7 @@ def test_zero_weight_batch_is_skipped():
     assert status == 0 and t == 1.0 and np.array_equal(params, w0)
 
 
+@requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch_size", [64, 200, 1000, 3000])
 def test_epoch_is_bit_identical_for_any_thread_count(dtype, batch_size):
@@ -262,6 +263,7 @@ def test_objective_matches_numpy_and_finite_differences(task, hidden):
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
 
 
+@requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_objective_is_bit_identical_for_any_thread_count(dtype):
     X, Y, sw, sizes, params = _problem("multiclass", (30,), seed=9, n=2500, d=20, dtype=dtype)
