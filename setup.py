@@ -141,7 +141,17 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = opt + (flags[0] if flags else [])
             ext.extra_link_args = list(flags[1]) if flags else []
+        # build_ext skips a module whose output is newer than its C source, even if it
+        # was compiled with other flags: switching CGD_DISABLE_OPENMP (or the compiler's
+        # OpenMP support) would otherwise leave the previous build's modules in a wheel.
+        # So a change of flags since this build folder's last build recompiles all.
+        stamp = Path(self.build_temp) / "cgd_compile_flags"
+        flags_now = repr((self.compiler.compiler_type, opt, flags))
+        if not stamp.exists() or stamp.read_text() != flags_now:
+            self.force = True
         super().build_extensions()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(flags_now)
 
 
 def _cythonize(extensions, force):
