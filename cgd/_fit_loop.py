@@ -8,6 +8,7 @@ never copied), and the error raised when training diverges.
 
 import numpy as np
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.utils.multiclass import unique_labels
 
 
 class ConvergenceTracker:
@@ -172,3 +173,23 @@ def balanced_partial_fit_error():
         "to properly estimate the class frequency distributions. Pass the resulting "
         "weights as the class_weight parameter."
     )
+
+
+def first_partial_fit_call(estimator, classes):
+    """True on a classifier's first ``partial_fit`` call, which must name every class
+    (``classes``) and sets ``classes_`` to them, sorted; later calls may repeat the same
+    classes or pass None. The messages are scikit-learn's."""
+    known = getattr(estimator, "classes_", None)
+    if classes is None:
+        if known is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return False
+    if known is None:
+        estimator.classes_ = unique_labels(classes)
+        return True
+    if not np.array_equal(known, unique_labels(classes)):
+        raise ValueError(
+            f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+            f"was: {known!r}"
+        )
+    return False

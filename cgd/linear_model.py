@@ -18,22 +18,23 @@ from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn import get_config
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import SparseCoefMixin
 from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state, compute_class_weight
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import safe_sparse_dot, softmax
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _linear
+from ._compat import Interval, StrOptions, check_sample_weight, fit_context
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
     balanced_partial_fit_error,
+    first_partial_fit_call,
     linear_divergence_error,
     validation_split,
 )
@@ -185,7 +186,7 @@ CLASSIFICATION_LOSS_FUNCTIONS = {
 }
 
 
-class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
+class _BaseSGD(TransactionMixin, BaseEstimator):
     """Parameters, validation and the epoch loop shared by both estimators."""
 
     _parameter_constraints: dict = {
@@ -246,7 +247,7 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
     def _validate_params_again(self):
         """scikit-learn skips parameter validation on a fitted estimator's partial_fit;
         cgd validates every call, since set_params may have changed anything. (Inside
-        ``_fit_context`` the skip flag is already set for nested calls, so it cannot be
+        ``fit_context`` the skip flag is already set for nested calls, so it cannot be
         consulted here.)"""
         self._validate_params()
 
@@ -571,7 +572,7 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
         return X, y
 
     def _check_sample_weight(self, sample_weight, X):
-        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype,
+        sw = check_sample_weight(sample_weight, X, dtype=X.dtype,
                                   allow_all_zero_weights=self.early_stopping)
         return np.ascontiguousarray(sw)
 
@@ -588,6 +589,37 @@ class _BaseSGD(TransactionMixin, SparseCoefMixin, BaseEstimator):
                 "raise an error in 1.10. Use values in the range [0.0, inf) instead.",
                 FutureWarning,
             )
+
+    def densify(self):
+        """Convert ``coef_`` back to a dense NumPy array (a no-op unless
+        :meth:`sparsify` was called).
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, msg="Estimator, %(name)s, must be fitted before densifying.")
+        if sp.issparse(self.coef_):
+            self.coef_ = self.coef_.toarray()
+        return self
+
+    def sparsify(self):
+        """Convert ``coef_`` to a SciPy CSR sparse matrix (or array, as scikit-learn's
+        ``sparse_interface`` setting says), which saves memory when most coefficients
+        are zero (``penalty='l1'``). ``intercept_`` stays dense. Prediction works on
+        the sparse ``coef_``, and so does further training, which publishes a dense
+        ``coef_`` again.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, msg="Estimator, %(name)s, must be fitted before sparsifying.")
+        coef = sp.csr_array(self.coef_)
+        if get_config().get("sparse_interface", "spmatrix") == "spmatrix":
+            coef = sp.csr_matrix(coef)
+        self.coef_ = coef
+        return self
 
     def _decision(self, X):
         check_is_fitted(self)
@@ -788,7 +820,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
             y_labels=y, validation_scorer=scorer, reset=reset)
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
         """Fit the model by (mini-batch) stochastic gradient descent.
 
@@ -813,7 +845,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self._maybe_warn_convergence()
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
         """Run one epoch over (X, y), continuing from the current state.
 
@@ -1054,7 +1086,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
             y_labels=y, validation_scorer=scorer, reset=reset, user_weight=user_weight)
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
         """Fit the linear classifier by (mini-batch) stochastic gradient descent.
 
@@ -1084,7 +1116,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         self._maybe_warn_convergence()
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Run one epoch over (X, y), continuing from the current state.
 
@@ -1107,7 +1139,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
             raise balanced_partial_fit_error()
 
         def train():
-            _check_partial_fit_first_call(self, classes)
+            first_partial_fit_call(self, classes)
             return self._train(X, y, sample_weight, 1, reset=first, classes=self.classes_)
 
         return self._transaction(train)

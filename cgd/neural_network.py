@@ -19,35 +19,25 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import scipy
 import scipy.optimize
-from sklearn.base import (
-    BaseEstimator,
-    ClassifierMixin,
-    RegressorMixin,
-    _fit_context,
-    is_classifier,
-)
+from numpy.lib import NumpyVersion
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d, compute_class_weight
-from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import (
-    _check_partial_fit_first_call,
-    check_classification_targets,
-    type_of_target,
-    unique_labels,
-)
-from sklearn.utils.optimize import _check_optimize_result
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _mlp
+from ._compat import Interval, Options, StrOptions, check_sample_weight, fit_context
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
     balanced_partial_fit_error,
+    first_partial_fit_call,
     mlp_divergence_error,
 )
 from ._threads import blas_limited, effective_n_threads
@@ -59,6 +49,30 @@ HIDDEN_CODES = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
 OUT_CODES = {"identity": 0, "logistic": 1, "softmax": 4, "exp": 5}
 SOLVER_CODES = {"sgd": 0, "adam": 1, "adagrad": 2}
 STOCHASTIC_SOLVERS = ("sgd", "adam", "adagrad")
+
+
+def _lbfgs_print_options(verbose):
+    """L-BFGS-B's printing option, as scikit-learn sets it: ``iprint`` (1 when verbose,
+    else -1) before SciPy 1.15, which deprecates it and prints nothing by default."""
+    if NumpyVersion(scipy.__version__) >= "1.15.0":
+        return {}
+    return {"iprint": 1 if verbose is True or verbose >= 1 else -1}
+
+
+def _lbfgs_iterations(result, max_iter):
+    """Iterations L-BFGS ran (SciPy can report one more than maxiter). When it stopped
+    without converging, warns in scikit-learn's words."""
+    n_iter = min(result.nit, max_iter)
+    if result.status != 0:
+        message = (f"lbfgs failed to converge after {n_iter} iteration(s) "
+                   f"(status={result.status}):\n{result.message}\n")
+        if n_iter == max_iter:
+            message += ("\nIncrease the number of iterations to improve the convergence "
+                        f"(max_iter={max_iter}).")
+        message += ("\nYou might also want to scale the data as shown in:\n"
+                    "    https://scikit-learn.org/stable/modules/preprocessing.html")
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    return n_iter
 
 
 def _layer_slices(layer_units):
@@ -106,7 +120,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
     }
 
     # ------------------------------------------------------------------ public API
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -466,7 +480,6 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                     "_epochs_committed": n,
                 })
 
-        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         with warnings.catch_warnings():
             # a non-finite trial point is reported below as a divergence
             warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -474,11 +487,11 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 objective, params.astype(np.float64), method="L-BFGS-B", jac=True,
                 callback=commit,
                 options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
+                         **_lbfgs_print_options(self.verbose)})
         if not (np.isfinite(res.fun) and np.all(np.isfinite(res.x))):
             raise mlp_divergence_error(self.__dict__.get("_epochs_committed", 0) + 1,
                                        hint="a larger alpha", unit="L-BFGS iteration")
-        n_iter = _check_optimize_result("lbfgs", res, self.max_iter)
+        n_iter = _lbfgs_iterations(res, self.max_iter)
         final = res.x.astype(X.dtype)
         _, loss, penalty = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, final, grad,
                                               *work, cfg)
@@ -736,7 +749,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, self._binarize(y, X.dtype), y
 
     def _sample_weight(self, sample_weight, X, y):
-        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        sw = check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
         if self.class_weight is not None:
             if self._y_type.startswith("multilabel"):
                 raise ValueError("class_weight is not supported for multilabel targets; "
@@ -755,7 +768,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                     sample_weight=sample_weight[idx_val]))
 
     @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with a single epoch over the given data.
 
@@ -779,7 +792,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             multilabel = type_of_target(y).startswith("multilabel")
             if getattr(self, "classes_", None) is None and classes is None and multilabel:
                 self._fit_labels(y)  # an indicator matrix's columns are its classes
-            elif _check_partial_fit_first_call(self, classes):
+            elif first_partial_fit_call(self, classes):
                 self._fit_labels(y if multilabel else self.classes_)
             self._fit(X, y, sample_weight, incremental=True)
 
@@ -942,7 +955,7 @@ n_outputs_, out_activation_
 
     def _sample_weight(self, sample_weight, X, y):
         return np.ascontiguousarray(
-            _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True))
+            check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True))
 
     def _validation_score(self, X, y, sample_weight, idx_val, params, layer_units):
         y_pred = self._forward(X, check_input=False, rows=idx_val, params=params,
@@ -954,7 +967,7 @@ n_outputs_, out_activation_
         return float(r2_score(y[idx_val], y_pred, sample_weight=sample_weight[idx_val]))
 
     @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data.
 

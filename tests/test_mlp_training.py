@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
-from sklearn.utils._param_validation import InvalidParameterError
 
 import cgd
 from _helpers import central_differences
 from cgd import _mlp
+from cgd._compat import InvalidParameterError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]

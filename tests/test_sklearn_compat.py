@@ -6,15 +6,29 @@
    the same ``coef_`` / ``intercept_`` to 1e-10 relative to the largest coefficient.
 3. Held-out scores on scikit-learn's bundled data sets, within 0.02 of scikit-learn's.
 4. Mini-batch Adam reaches scikit-learn's held-out score in fewer epochs than its SGD.
+5. scikit-learn's messages and behaviour where cgd used to differ: init shapes,
+   divergence, stratified splits, ``loss_functions``, adam / adagrad at the defaults.
+6. Future scikit-learn releases: no private scikit-learn import outside cgd/_compat.py,
+   and each stand-in for a private helper behaves as scikit-learn's own.
 """
 
+import ast
 import functools
+import importlib
 import itertools
+import re
+import sys
+import textwrap
 import warnings
+from numbers import Real
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sklearn.linear_model as sk_linear
+from scipy.optimize import OptimizeResult
+from sklearn import config_context, get_config
+from sklearn.base import BaseEstimator
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -22,6 +36,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import cgd
+import cgd.neural_network as nn_module
+from _helpers import run_subprocess
+from cgd import _compat
+from cgd._compat import InvalidParameterError
+from cgd._fit_loop import first_partial_fit_call
 
 CLASSIFIER_LOSSES = (
     "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron",
@@ -469,3 +488,228 @@ def test_optimal_schedule_of_adaptive_solvers_is_the_documented_step(solver, sam
     cgd.SGDClassifier(solver=solver, alpha=0.0, max_iter=3, tol=None).fit(X_train, y_train)
     with pytest.raises(ValueError, match="alpha must be > 0"):
         cgd.SGDClassifier(alpha=0.0).fit(X_train, y_train)
+
+
+
+# ------------------------------------------------------------ 6. future releases
+REPO = Path(__file__).resolve().parents[1]
+_PRIVATE_SKLEARN = re.compile(r"\bsklearn(\.\w+)*\._(?!_)\w")  # not __version__
+
+
+def _private(name):
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_sklearn_imports(path):
+    """'line: what' for every private scikit-learn module or name imported (or named
+    in a dotted path, e.g. for importlib) by the Python file at ``path``."""
+    source = path.read_text()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sklearn":
+            names = [a.name for a in node.names]
+            if any(_private(part) for part in node.module.split(".") + names):
+                found.append(f"{node.lineno}: from {node.module} import {', '.join(names)}")
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.split(".")[0] == "sklearn"
+                      and any(_private(part) for part in a.name.split("."))]
+    for lineno, line in enumerate(source.splitlines(), 1):
+        if _PRIVATE_SKLEARN.search(line.split("#")[0]):
+            found.append(f"{lineno}: {line.strip()}")
+    return found
+
+
+def test_private_sklearn_names_only_through_compat():
+    files = [f for f in sorted((REPO / "cgd").glob("*.py")) if f.name != "_compat.py"]
+    files += sorted((REPO / "benchmarks").glob("*.py"))
+    assert len(files) >= 5
+    offending = {f.relative_to(REPO).as_posix(): found for f in files
+                 if (found := _private_sklearn_imports(f))}
+    assert not offending, (
+        "private scikit-learn names must be imported through cgd/_compat.py "
+        f"(or replaced): {offending}")
+    # the detector itself finds what it must
+    probe = REPO / "cgd" / "_compat.py"
+    assert any("_param_validation" in f for f in _private_sklearn_imports(probe))
+
+
+def _sklearn_private(module, name):
+    """scikit-learn's private helper a cgd stand-in is compared with; the comparison is
+    skipped once scikit-learn no longer has it."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"{module}.{name} is gone from this scikit-learn")
+
+
+def _outcome(func, *args, **kwargs):
+    """('ok', result) or (exception type, message) of a call."""
+    try:
+        return "ok", func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - compared with the other implementation
+        return type(exc), str(exc)
+
+
+_SW_X = np.zeros((4, 2))
+_SW_CASES = [
+    (None, {}), (2.5, {}), (3, {"dtype": np.float32}), ([1, 2, 3, 4], {}),
+    (np.arange(4, dtype=np.int64), {}), (np.ones(4, np.float32), {}),
+    (np.ones(4, np.float32), {"dtype": np.float64}), (np.ones(4), {"dtype": np.int32}),
+    (np.ones((4, 1)), {}), (np.ones(3), {}), (np.zeros(4), {}),
+    (np.zeros(4), {"allow_all_zero_weights": True}),
+    (np.array([1.0, -1.0, 2.0, 0.0]), {"ensure_non_negative": True}),
+    (np.array([1.0, np.nan, 2.0, 0.0]), {}), (np.array([1.0, np.inf, 2.0, 0.0]), {}),
+    (np.array(["a", "b", "c", "d"]), {}),
+]
+
+
+@pytest.mark.parametrize("sample_weight, kwargs", _SW_CASES)
+def test_check_sample_weight_fallback_as_sklearn(sample_weight, kwargs):
+    ref_func = _sklearn_private("sklearn.utils.validation", "_check_sample_weight")
+    ours = _outcome(_compat._check_sample_weight_fallback, sample_weight, _SW_X, **kwargs)
+    ref = _outcome(ref_func, sample_weight, _SW_X, **kwargs)
+    if ref[0] == "ok":
+        assert ours[0] == "ok", ours
+        assert ours[1].dtype == ref[1].dtype and ours[1].flags.c_contiguous
+        np.testing.assert_array_equal(ours[1], ref[1])
+    else:
+        assert ours == ref
+
+
+class _Toy(BaseEstimator):
+    """An estimator whose fit / partial_fit record scikit-learn's validation flag."""
+
+    _parameter_constraints: dict = {"a": [_compat.Interval(Real, 0, None, closed="left")]}
+
+    def __init__(self, a=1.0):
+        self.a = a
+
+    def _run(self, name):
+        skipping = get_config()["skip_parameter_validation"]
+        self.flags_ = getattr(self, "flags_", []) + [(name, skipping)]
+        return self
+
+
+@pytest.mark.parametrize("prefer_skip", [True, False])
+def test_fit_context_fallback_as_sklearn(prefer_skip):
+    ref_decorator = _sklearn_private("sklearn.base", "_fit_context")
+    runs = []
+    for decorator in (ref_decorator, _compat._fit_context_fallback):
+        def fit(self):
+            return self._run("fit")
+
+        def partial_fit(self):  # the decorators treat partial_fit by its name
+            return self._run("partial_fit")
+
+        toy = type("Toy", (_Toy,), {
+            "fit": decorator(prefer_skip_nested_validation=prefer_skip)(fit),
+            "partial_fit": decorator(prefer_skip_nested_validation=prefer_skip)(partial_fit),
+        })
+        record = [_outcome(toy(a=-1).fit)[0], _outcome(toy(a=-1).partial_fit)[0]]
+        est = toy().fit()
+        est.set_params(a=-1)
+        record.append(_outcome(est.partial_fit)[0])  # fitted: not validated again
+        with config_context(skip_parameter_validation=True):
+            record.append(_outcome(toy(a=-1).fit)[0])
+        record.append(est.flags_)
+        runs.append(record)
+    assert runs[0] == runs[1]
+    assert runs[1][0] is InvalidParameterError and runs[1][2] == "ok"
+
+
+def test_first_partial_fit_call_as_sklearn():
+    ref_func = _sklearn_private("sklearn.utils.multiclass", "_check_partial_fit_first_call")
+    steps = [None, ["b", "a"], None, ["a", "b"], ["a", "c"], np.array(["b", "a"])]
+    runs = []
+    for func in (ref_func, first_partial_fit_call):
+        est, record = BaseEstimator(), []
+        for classes in steps:
+            record.append(_outcome(func, est, classes))
+            record.append(list(getattr(est, "classes_", [])))
+        runs.append(record)
+    assert runs[0] == runs[1]
+
+
+def test_lbfgs_helpers_as_sklearn():
+    ref_iter = _sklearn_private("sklearn.utils.optimize", "_check_optimize_result")
+    ref_opts = _sklearn_private("sklearn.utils.fixes", "_get_additional_lbfgs_options_dict")
+    for verbose in (False, True, 0, 2):
+        iprint = 1 if verbose is True or verbose >= 1 else -1
+        assert nn_module._lbfgs_print_options(verbose) == ref_opts("iprint", iprint)
+    for status, nit, max_iter in [(0, 7, 10), (1, 10, 10), (1, 11, 10), (2, 4, 10)]:
+        result = OptimizeResult(status=status, nit=nit, message="ABNORMAL: made up")
+        messages = []
+        for func in (lambda: ref_iter("lbfgs", result, max_iter),
+                     lambda: nn_module._lbfgs_iterations(result, max_iter)):
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                n_iter = func()
+            messages.append((n_iter, [(w.category, str(w.message)) for w in record]))
+        assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("interface", ["spmatrix", "sparray"])
+@pytest.mark.parametrize("name", ["SGDClassifier", "SGDRegressor"])
+def test_densify_sparsify_as_sklearn(name, interface):
+    X, y = _IRIS_X, (_IRIS_Y if name == "SGDClassifier" else _IRIS_X[:, 0])
+    kinds = []
+    for module in (sk_linear, cgd):
+        est = getattr(module, name)(penalty="l1", alpha=0.05, max_iter=5, random_state=0)
+        kinds.append(_outcome(est.sparsify))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        dense = est.coef_.copy()
+        with config_context(sparse_interface=interface):
+            est.sparsify()
+        kinds.append((type(est.coef_), est.coef_.shape))
+        np.testing.assert_array_equal(est.coef_.toarray().reshape(dense.shape), dense)
+        est.densify()
+        kinds.append((type(est.coef_), est.coef_.shape))
+    assert kinds[:3] == kinds[3:]
+
+
+_WITHOUT_PRIVATE_HELPERS = textwrap.dedent("""
+    import warnings
+    import numpy as np
+    import sklearn.base, sklearn.utils.validation
+    # scikit-learn's own modules that cgd imports need them: load those first
+    import sklearn.metrics, sklearn.model_selection, sklearn.utils.extmath
+    import sklearn.utils.metaestimators, sklearn.utils.multiclass
+    # then a scikit-learn release that no longer has these private helpers
+    del sklearn.base._fit_context, sklearn.utils.validation._check_sample_weight
+    import cgd
+    from cgd import _compat
+    assert _compat.fit_context is _compat._fit_context_fallback
+    assert _compat.check_sample_weight is _compat._check_sample_weight_fallback
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    warnings.simplefilter("ignore")
+    for est in (cgd.SGDClassifier(random_state=0),
+                cgd.MLPClassifier(max_iter=30, learning_rate_init=0.05, random_state=0)):
+        assert est.fit(X, y, sample_weight=np.ones(60)).score(X, y) > 0.7
+        for bad, exc in (({"alpha": -1.0}, _compat.InvalidParameterError),):
+            try:
+                type(est)(**bad).fit(X, y)
+            except exc:
+                pass
+            else:
+                raise AssertionError("bad parameter accepted")
+        try:
+            type(est)().fit(X, y, sample_weight=np.ones(59))
+        except ValueError as e:
+            assert "sample_weight.shape" in str(e), e
+        else:
+            raise AssertionError("bad sample_weight accepted")
+    print("OK")
+""")
+
+
+def test_cgd_works_without_sklearn_private_helpers():
+    # The fallbacks of cgd/_compat.py stand in for scikit-learn's private helpers when
+    # a release drops them: import, fit, parameter and sample-weight checks still work.
+    result = run_subprocess([sys.executable, "-c", _WITHOUT_PRIVATE_HELPERS], timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr
