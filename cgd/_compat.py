@@ -1,6 +1,7 @@
 """Every private scikit-learn name cgd uses, in one place.
 
-Supported range: scikit-learn >= 1.9, < 1.11 (the dependency range in pyproject.toml).
+Supported range: scikit-learn >= 1.9, < 1.10 (the dependency range in pyproject.toml;
+a test keeps the two equal).
 
 scikit-learn may rename or move a private name in any release, without a deprecation
 cycle. cgd's modules import such names only from here, and a test

@@ -19,6 +19,7 @@ import itertools
 import re
 import sys
 import textwrap
+import tomllib
 import warnings
 from numbers import Real
 from pathlib import Path
@@ -532,6 +533,15 @@ def test_private_sklearn_names_only_through_compat():
     # the detector itself finds what it must
     probe = REPO / "cgd" / "_compat.py"
     assert any("_param_validation" in f for f in _private_sklearn_imports(probe))
+
+
+def test_compat_states_the_supported_sklearn_range_of_pyproject():
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "dependencies"]
+    spec = next(d for d in dependencies if re.match(r"scikit-learn\b", d))
+    stated = re.search(r"Supported range: scikit-learn ([^(]*?) \(", _compat.__doc__)
+    assert stated, "cgd/_compat.py's docstring must state the supported range"
+    assert stated.group(1).replace(" ", "") == spec[len("scikit-learn"):].replace(" ", "")
 
 
 def _sklearn_private(module, name):
