@@ -1,4 +1,4 @@
-"""SPEC section 4: bad input gives a clear error and loses nothing.
+"""Bad input gives a clear error before training, and loses nothing.
 
 Covers invalid data (NaN / inf / shapes / strings / one class / wrong number of
 features), invalid and unsupported parameters, divergence, unusual but valid input
@@ -287,7 +287,7 @@ def test_invalid_parameter_error(kind, params):
 
 
 # scikit-learn's _fit_context skips parameter validation in partial_fit once the
-# estimator is fitted. SPEC section 4 still asks for InvalidParameterError: a bad value
+# estimator is fitted. Bad parameter values still raise InvalidParameterError: a bad value
 # set between partial_fit calls must not crash with a KeyError deep inside, nor be
 # silently trained with (momentum=2 blows the weights up; penalty='l3' trains as
 # elastic net; alpha=-1 trains with a negative penalty).

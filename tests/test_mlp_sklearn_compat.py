@@ -15,7 +15,7 @@
    tolerance). Then predict / predict_proba / predict_log_proba / score on held-out data.
 3. Held-out scores on scikit-learn's bundled digits, breast_cancer (accuracy) and
    diabetes (R^2, standardised y) within 0.02 of scikit-learn's, with scikit-learn's
-   defaults and with the seeds' architecture (sigmoid network, mini-batch SGD); and
+   defaults and with a classic architecture (sigmoid network, mini-batch SGD); and
    float32 input scoring within 0.02 of scikit-learn's float64 fit.
 4. ``class_weight`` (cgd's addition): a dict or 'balanced' trains exactly as the
    corresponding ``sample_weight`` does (in cgd and in scikit-learn).
@@ -528,7 +528,7 @@ def test_predictions_match_sklearn(task):
 SETTINGS = {
     # scikit-learn's defaults: relu, adam, hidden_layer_sizes=(100,), max_iter=200
     "defaults": {},
-    # the seeds' architecture: a sigmoid network trained by mini-batch SGD
+    # the classic architecture: a sigmoid network trained by mini-batch SGD
     "seeds": dict(activation="logistic", solver="sgd", hidden_layer_sizes=(64,),
                   batch_size=32, learning_rate_init=0.1),
 }

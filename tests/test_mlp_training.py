@@ -9,7 +9,7 @@
 3. float32 input keeps float32 parameters and predictions; results follow float64.
 4. 100 ``partial_fit`` calls equal ``fit(max_iter=100, shuffle=False)``; warm_start;
    early stopping restores the best weights; stopping rule, verbose, warnings.
-5. SPEC section 4 for the MLPs: bad input, divergence naming the epoch with nothing
+5. Bad input and divergence for the MLPs: bad input, divergence naming the epoch with nothing
    lost, Ctrl-C within a second, pickling.
 """
 
@@ -30,7 +30,7 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import cgd
-from _helpers import central_differences
+from _helpers import central_differences, requires_openmp
 from cgd import _mlp
 from cgd._compat import InvalidParameterError
 
@@ -74,7 +74,7 @@ def _targets(task, y):
 
 
 def _numpy_gradient(X, Y, sw, coefs, intercepts, act, task):
-    """The seeds' delta rule written out: forward, delta = y_hat - y, backwards."""
+    """The delta rule written out: forward, delta = y_hat - y, backwards."""
     A = [X]
     for l, (W, b) in enumerate(zip(coefs, intercepts)):
         h = A[-1] @ W + b
@@ -163,6 +163,7 @@ def _thread_data(n=700, d=60, seed=5):
     return X, y
 
 
+@requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", [
     dict(solver="adam", batch_size=256),
@@ -338,7 +339,7 @@ def test_adaptive_learning_rate_is_divided_by_five():
     assert est.n_iter_ == 9
 
 
-# ------------------------------------------------------------- 5. SPEC section 4
+# ------------------------------------------------ 5. bad input and divergence
 BAD = {
     "X_nan": (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 3, np.nan, X), y),
               r"NaN"),

@@ -1,4 +1,4 @@
-"""cgd's linear estimators as drop-in replacements for scikit-learn's (SPEC.md section 1).
+"""cgd's linear estimators as drop-in replacements for scikit-learn's.
 
 1. scikit-learn's own estimator checks (``parametrize_with_checks``).
 2. Exact equivalence with ``sklearn.linear_model.SGDRegressor`` / ``SGDClassifier`` at
