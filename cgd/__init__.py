@@ -50,45 +50,16 @@ def _kernels_openmp_runtime():
     """Real path of the OpenMP runtime library cgd's kernels are bound to, or None.
 
     Several copies of an OpenMP runtime can be loaded in one process (cgd's wheel bundles
-    its own libgomp, scikit-learn's wheel another, and each library uses its own copy), so
-    the name alone does not say which is cgd's. On Linux and macOS the dynamic linker is
-    asked: looking ``omp_get_max_threads`` up through the kernel module's own handle
-    searches that module's dependencies, and ``dladdr`` names the file that defines it.
-    Elsewhere (or if that fails) None.
+    its own libgomp, scikit-learn's wheel another, and each library calls its own copy),
+    so a name alone does not say which is cgd's; the kernels ask the dynamic linker which
+    file defines the OpenMP functions they call (Linux, macOS; None elsewhere).
     """
-    import ctypes
-    import ctypes.util
     import os
 
     from . import _openmp_helpers
 
-    if not _openmp_helpers.openmp_enabled() or not hasattr(os, "RTLD_NOLOAD"):
-        return None
-
-    class _DlInfo(ctypes.Structure):
-        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
-
-    try:
-        # RTLD_NOLOAD: the handle of the already loaded module, never a second copy.
-        kernel = ctypes.CDLL(_openmp_helpers.__file__, mode=os.RTLD_NOLOAD)
-        address = ctypes.cast(kernel.omp_get_max_threads, ctypes.c_void_p)
-        # dladdr is in libc (glibc >= 2.34, macOS) or in libdl (older glibc).
-        for lib in (None, ctypes.util.find_library("dl")):
-            try:
-                dladdr = ctypes.CDLL(lib).dladdr
-                break
-            except (OSError, AttributeError):
-                continue
-        else:
-            return None
-        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-        info = _DlInfo()
-        if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
-            return None
-        return os.path.realpath(os.fsdecode(info.dli_fname))
-    except (OSError, AttributeError, ValueError):
-        return None
+    path = _openmp_helpers.openmp_runtime_path() if _openmp_helpers.openmp_enabled() else ""
+    return os.path.realpath(path) if path else None
 
 
 def show_config(file=None):
