@@ -1,9 +1,11 @@
-"""cgd's OpenMP runtime beside scikit-learn's, in one process (used by tools/check_dist.sh).
+"""cgd's OpenMP runtime beside scikit-learn's, in one process (used by tools/check_dist.sh
+and as part of cibuildwheel's test command on Linux and macOS).
 
-A cgd wheel bundles its own libgomp (auditwheel renames it cgd.libs/libgomp-<hash>.so),
-scikit-learn's wheel bundles another (scikit_learn.libs/libgomp-<hash>.so); a source
-build links the system's libgomp, again a copy distinct from scikit-learn's. This checks
-that both runtimes load and work side by side:
+A cgd wheel bundles its own OpenMP runtime (Linux: auditwheel's
+cgd.libs/libgomp-<hash>.so; macOS: delocate's cgd/.dylibs/libomp.dylib), scikit-learn's
+wheel bundles another (scikit_learn.libs/libgomp-<hash>.so, sklearn/.dylibs/libomp.dylib);
+a source build links the system's runtime, again a copy distinct from scikit-learn's.
+This checks that both runtimes load and work side by side:
 
 1. threadpoolctl lists both OpenMP runtimes, and cgd.show_config() names cgd's;
 2. scikit-learn OpenMP estimators (KMeans, HistGradientBoostingClassifier) and cgd
