@@ -42,8 +42,10 @@ _load_kernels()
 from .linear_model import SGDClassifier, SGDRegressor  # noqa: E402
 from .neural_network import MLPClassifier, MLPRegressor  # noqa: E402
 
-__all__ = ["MLPClassifier", "MLPRegressor", "SGDClassifier", "SGDRegressor", "show_config",
-           "__version__"]
+from ._threads import ForkedProcessThreadsWarning  # noqa: E402
+
+__all__ = ["ForkedProcessThreadsWarning", "MLPClassifier", "MLPRegressor", "SGDClassifier",
+           "SGDRegressor", "show_config", "__version__"]
 
 
 def _kernels_openmp_runtime():
@@ -85,7 +87,7 @@ def show_config(file=None):
     from threadpoolctl import threadpool_info
 
     from . import _openmp_helpers
-    from ._threads import effective_n_threads
+    from ._threads import effective_n_threads, fork_status
 
     info = threadpool_info()
     omp = [m for m in info if m.get("user_api") == "openmp"]
@@ -122,6 +124,7 @@ def show_config(file=None):
     lines += [
         f"threads: n_jobs=None -> {effective_n_threads(None)}; "
         f"omp_get_max_threads() = {_openmp_helpers.omp_max_threads()}",
+        f"fork: {fork_status()}",
         "blas: " + ("; ".join(
             f"{m.get('internal_api')} {m.get('version') or ''} ({m.get('num_threads')} threads)"
             for m in blas) or "none loaded"),
