@@ -101,7 +101,17 @@ def demo(out=None, plot=None):
     -------
     status : int
         0 when every n_jobs gave bit-identical weights, else 1.
+
+    Raises
+    ------
+    ImportError, ValueError
+        ``plot`` is given but matplotlib is missing, or the file cannot be written
+        there (checked before the demo runs).
     """
+    if plot is not None:
+        backend = _plot_backend(plot)
+        if isinstance(backend, str):
+            raise (ImportError if "matplotlib" in backend else ValueError)(backend)
     from sklearn import linear_model as sk
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning

@@ -144,6 +144,11 @@ def _after_fork_in_child():
     global _LIMIT_LOCK
     # A lock held by another thread of the parent would never be released here.
     _LIMIT_LOCK = threading.Lock()
+    # The threads inside blas_limited() at the fork do not exist here, so nothing would
+    # ever lower the depth: start at 0, and undo the parent's temporary BLAS limit at the
+    # first blas_limited() (not in this hook, which must not call into BLAS).
+    if _LIMIT_STATE["depth"]:
+        _LIMIT_STATE.update(depth=0, stale=_LIMIT_STATE["limiter"], limiter=None)
     _FORK.update(pid=os.getpid(), warned=False)
     if not _FORK["released"] and not _FORK_HANDLED_BY_RUNTIME:
         _FORK["serial"] = True
@@ -164,7 +169,7 @@ def fork_status():
 
 _CONTROLLER = []  # cached: threadpool_limits() rescans the loaded libraries (~3 ms a call)
 _LIMIT_LOCK = threading.Lock()
-_LIMIT_STATE = {"depth": 0, "limiter": None}
+_LIMIT_STATE = {"depth": 0, "limiter": None, "stale": None}
 
 
 @contextmanager
@@ -178,6 +183,9 @@ def blas_limited(n_threads):
     last leaves (cgd always asks for the same limit, 1)."""
     with _LIMIT_LOCK:
         if _LIMIT_STATE["depth"] == 0:
+            if _LIMIT_STATE["stale"] is not None:  # a limit inherited through fork
+                _LIMIT_STATE.pop("stale").restore_original_limits()
+                _LIMIT_STATE["stale"] = None
             if not _CONTROLLER:
                 # Created on first use, once the kernels have loaded scipy's BLAS.
                 _CONTROLLER.append(ThreadpoolController())

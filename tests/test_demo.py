@@ -6,14 +6,12 @@ import re
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _helpers import run_subprocess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds; the demo takes a few on an idle 2-core machine
 
 ROW = re.compile(r"^\s+(scikit-learn|cgd)\s+(\d+)\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)$")
@@ -24,7 +22,6 @@ SHUFFLE = re.compile(r"with shuffle=False both stop after (\d+) epochs with the 
 
 def _env(tmp_path):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # Neither the user's matplotlibrc nor a shared font cache: the figure's size must
     # come from the demo alone, and parallel test runs must not race on the cache.
     env["MPLCONFIGDIR"] = str(tmp_path / "mplconfig")
@@ -32,7 +29,8 @@ def _env(tmp_path):
 
 
 def _run(args, tmp_path):
-    return run_subprocess([sys.executable, *args], TIMEOUT, cwd=REPO_ROOT, env=_env(tmp_path))
+    return run_subprocess([sys.executable, "-P", *args], TIMEOUT, cwd=tmp_path,
+                          env=_env(tmp_path))
 
 
 @pytest.fixture(scope="module")

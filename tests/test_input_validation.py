@@ -18,7 +18,6 @@ import textwrap
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ from cgd._compat import InvalidParameterError
 
 import cgd
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 N, D = 40, 3
 
@@ -734,11 +732,10 @@ def _expect(q, want, timeout):
 )
 def test_ctrl_c_interrupts_quickly_and_keeps_last_epoch(kind, kw, wait):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, kind, json.dumps(kw)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env,
+        [sys.executable, "-P", "-c", CHILD, kind, json.dumps(kw)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     q = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()

@@ -22,7 +22,6 @@ import sys
 import textwrap
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +33,6 @@ from _helpers import central_differences, requires_openmp
 from cgd import _mlp
 from cgd._compat import InvalidParameterError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
 F = {"identity": lambda h: h, "logistic": expit, "tanh": np.tanh,
      "relu": lambda h: np.maximum(h, 0)}
@@ -519,9 +517,9 @@ def test_ctrl_c_stops_within_a_second(solver):
     import threading
 
     from test_input_validation import _expect, _reader
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, solver], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-P", "-c", CHILD, solver], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     q = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
     try:

@@ -11,8 +11,6 @@ that its OpenMP pool holds a worker when it forks.
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -20,7 +18,7 @@ import pytest
 
 from cgd import _threads
 
-from _helpers import requires_openmp
+from _helpers import requires_openmp, run_subprocess
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
@@ -89,15 +87,9 @@ def _run(body, timeout=TIMEOUT):
     On timeout the whole group (the script and the processes it forked) is killed and
     the test fails with what the script printed so far."""
     script = PRELUDE + textwrap.dedent(body)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"hung: no result within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    res = run_subprocess([sys.executable, "-P", "-c", script], timeout)
+    out, err = res.stdout, res.stderr
+    assert res.returncode == 0, f"exit code {res.returncode}\nstdout:\n{out}\nstderr:\n{err}"
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -250,3 +242,46 @@ def test_grid_search_same_result_under_each_joblib_backend(grid_results, backend
     assert got["best_params"] == ref["best_params"]
     assert got["best_score"] == ref["best_score"]
     assert got["scores"] == ref["scores"]
+
+
+def test_fork_inside_another_threads_blas_limit_restores_blas_in_the_child():
+    """A fork while another thread is inside a fit (BLAS held to 1 thread for it): the
+    child, where that thread does not exist, must neither keep BLAS at 1 thread for good
+    nor wait on the parent's bookkeeping; its first fit restores the original limit."""
+    res = _run("""
+        import threading
+        from threadpoolctl import threadpool_info
+
+        def blas_threads():
+            return sorted(m["num_threads"] for m in threadpool_info()
+                          if m["user_api"] == "blas")
+
+        before = blas_threads()
+        inside, release = threading.Event(), threading.Event()
+
+        def hold():
+            with _threads.blas_limited(1):
+                inside.set()
+                release.wait()
+
+        t = threading.Thread(target=hold)
+        t.start()
+        inside.wait()
+        during = blas_threads()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            make("mlp").fit(X[:512], y[:512])
+            os.write(w, json.dumps({"child_after_fit": blas_threads(),
+                                    "depth": _threads._LIMIT_STATE["depth"]}).encode())
+            os._exit(0)
+        os.close(w)
+        child = json.loads(os.read(r, 1 << 16))
+        os.waitpid(pid, 0)
+        release.set()
+        t.join()
+        print(json.dumps(dict(child, before=before, during=during, after=blas_threads())))
+    """)
+    assert all(n == 1 for n in res["during"]) and max(res["before"]) > 1, res
+    assert res["child_after_fit"] == res["before"], res
+    assert res["depth"] == 0 and res["after"] == res["before"], res

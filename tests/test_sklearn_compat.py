@@ -720,6 +720,6 @@ _WITHOUT_PRIVATE_HELPERS = textwrap.dedent("""
 def test_cgd_works_without_sklearn_private_helpers():
     # The fallbacks of cgd/_compat.py stand in for scikit-learn's private helpers when
     # a release drops them: import, fit, parameter and sample-weight checks still work.
-    result = run_subprocess([sys.executable, "-c", _WITHOUT_PRIVATE_HELPERS], timeout=120,
+    result = run_subprocess([sys.executable, "-P", "-c", _WITHOUT_PRIVATE_HELPERS], timeout=120,
                             cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr

@@ -84,7 +84,7 @@ def test_omp_num_threads_in_subprocess_gives_same_weights(tmp_path):
         np.save({str(tmp_path / 'coef3.npy')!r}, est.coef_)
     """)
     env = dict(os.environ, OMP_NUM_THREADS="3")
-    res = run_subprocess([sys.executable, "-c", script], 120, env=env)
+    res = run_subprocess([sys.executable, "-P", "-c", script], 120, env=env)
     assert res.returncode == 0, res.stderr
     ref = cgd.SGDRegressor(batch_size=256, max_iter=4, tol=None, random_state=0, n_jobs=1,
                            learning_rate="constant", eta0=0.01).fit(X, y)
@@ -139,7 +139,7 @@ def test_effective_n_threads_follows_the_machine_and_threadpoolctl():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no os.sched_getaffinity on this platform to compare with")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    res = run_subprocess([sys.executable, "-c", script], 120, env=env)
+    res = run_subprocess([sys.executable, "-P", "-c", script], 120, env=env)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 

@@ -32,7 +32,10 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/cgd-dist.XXXXXX")"
 mkdir -p "$work/logs" "$work/dist" "$work/wheelhouse" "$work/run-sdist" "$work/run-wheel"
 bg_pid=""
 cleanup() {
-    if [[ -n "$bg_pid" ]]; then kill "$bg_pid" 2>/dev/null || true; fi
+    if [[ -n "$bg_pid" ]]; then
+        kill -- "-$bg_pid" 2>/dev/null || kill "$bg_pid" 2>/dev/null || true
+        wait "$bg_pid" 2>/dev/null || true
+    fi
     if ((keep)); then echo "check_dist: work folder kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -83,11 +86,12 @@ cat "$work/logs/sdist-contents.log"
 
 step "wheel from the sdist, and (side by side) pip install of the sdist into a fresh venv"
 "$py" -m venv "$work/venv-sdist"
-(
-    cd "$work/run-sdist"
-    "$work/venv-sdist/bin/python" -m pip install --upgrade "pip>=23" &&
-    "$work/venv-sdist/bin/python" -m pip install "$sdist"
-) >"$work/logs/sdist-install.log" 2>&1 &
+# In its own process group (setsid), so that a failure elsewhere stops the pip and the
+# compilers it started, not only the shell around them, before the folder is removed.
+setsid bash -c 'cd "$1/run-sdist" &&
+    "$1/venv-sdist/bin/python" -m pip install --upgrade "pip>=23" &&
+    "$1/venv-sdist/bin/python" -m pip install "$2"' _ "$work" "$sdist" \
+    >"$work/logs/sdist-install.log" 2>&1 &
 bg_pid=$!
 logged wheel.log "$tpy" -m build --wheel --outdir "$work/dist" "$sdist"
 if ! wait "$bg_pid"; then bg_pid=""; show_log sdist-install.log; die "pip install $sdist"; fi

@@ -101,6 +101,10 @@ def main(argv=None):
         ]
     if not all(np.array_equal(a, b) for a, b in zip(*mlps)):
         fail("MLPClassifier coefs_ differ between n_jobs=1 and n_jobs=2")
+    # 4. A child forked after a 2-thread fit keeps its threads and the parent's weights:
+    # the bundled GNU OpenMP must be the one whose idle threads cgd ends before os.fork().
+    _check_fork(X, y, coefs[0])
+
     acc = cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", batch_size=512,
                             solver="adam", learning_rate="constant", eta0=0.01, max_iter=3,
                             tol=None, random_state=0).fit(X, y).score(X, y)
@@ -111,6 +115,71 @@ def main(argv=None):
     print(f"wheel smoke test passed in {time.perf_counter() - t0:.1f} s "
           f"(pid {os.getpid()}, python {sys.version.split()[0]})")
     return 0
+
+
+
+def _check_fork(X, y, expected, timeout=60):
+    """Fork after a threaded fit; the child refits on 2 threads and reports through a
+    pipe. A child that hangs is killed after ``timeout`` seconds and the check fails."""
+    import pickle
+    import select
+    import signal
+
+    import numpy as np
+
+    import cgd
+    from cgd import _openmp_helpers, _threads
+
+    if not hasattr(os, "fork") or not _openmp_helpers.openmp_enabled():
+        print("fork check: skipped (no fork, or no OpenMP)")
+        return
+    if not _threads._FORK_HANDLED_BY_RUNTIME and _openmp_helpers.release_threads() != 0:
+        fail("omp_pause_resource_all is unavailable in the bundled OpenMP runtime: "
+             "forked children would run on one thread")
+
+    def fit():
+        return cgd.SGDClassifier(loss="log_loss", multiclass="multinomial", solver="adam",
+                                 batch_size=512, learning_rate="constant", eta0=0.01,
+                                 max_iter=3, tol=None, random_state=0, n_jobs=2).fit(X, y).coef_
+
+    fit()  # the parent's OpenMP threads exist when it forks
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running the parent's cleanup
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                n_threads = _threads.effective_n_threads(2)
+                coef = fit()
+            msg = (n_threads, coef, [str(c.message) for c in caught
+                                     if issubclass(c.category, _threads.ForkedProcessThreadsWarning)])
+            os.write(w, pickle.dumps(msg))
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks, deadline = [], time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            fail(f"a child forked after a 2-thread fit hung for {timeout} s")
+        chunk = os.read(r, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    if not chunks:
+        fail("the forked child reported nothing")
+    n_threads, coef, warned = pickle.loads(b"".join(chunks))
+    if warned:
+        fail(f"the forked child warned: {warned[0]}")
+    if n_threads != 2:
+        fail(f"the forked child resolved n_jobs=2 to {n_threads} thread(s)")
+    if not np.array_equal(coef, expected):
+        fail("the forked child's 2-thread fit differs from the parent's")
+    print("fork after a 2-thread fit: the child keeps 2 threads and the parent's weights")
 
 
 if __name__ == "__main__":
