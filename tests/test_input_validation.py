@@ -676,7 +676,9 @@ CHILD = textwrap.dedent(
         print("finished", flush=True)
         sys.exit(3)
     except KeyboardInterrupt:
-        print("interrupted", flush=True)
+        # The signal may land inside a verbose print, after its text and before its
+        # newline: start a line of our own.
+        print("\ninterrupted", flush=True)
     out = {"has_coef": hasattr(est, "coef_")}
     if out["has_coef"]:
         n = int(est.n_iter_)
