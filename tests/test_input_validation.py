@@ -678,7 +678,7 @@ CHILD = textwrap.dedent(
     except KeyboardInterrupt:
         # The signal may land inside a verbose print, after its text and before its
         # newline: start a line of our own.
-        print("\ninterrupted", flush=True)
+        print("\\ninterrupted", flush=True)
     out = {"has_coef": hasattr(est, "coef_")}
     if out["has_coef"]:
         n = int(est.n_iter_)

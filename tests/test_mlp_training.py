@@ -502,7 +502,7 @@ CHILD = textwrap.dedent(
     except KeyboardInterrupt:
         # The signal may land inside a verbose print, after its text and before its
         # newline: start a line of our own.
-        print("\ninterrupted", flush=True)
+        print("\\ninterrupted", flush=True)
     ok = hasattr(est, "coefs_") and all(np.isfinite(c).all() for c in est.coefs_)
     ok = ok and np.isfinite(est.predict_proba(X[:5])).all()
     print("RESULT", ok, est.n_iter_, flush=True)
