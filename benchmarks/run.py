@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # smoke run: every n divided by 10
     python benchmarks/run.py --plain    # plain-text table instead of markdown
     python benchmarks/run.py --no-torch # skip the PyTorch rows even when torch is installed
+    python benchmarks/run.py --only W5  # only the workloads whose id starts with W5
 
 Workloads (synthetic, seeded; X standard normal, each dataset generated once and shared
 by every implementation in the run):
@@ -14,6 +15,14 @@ by every implementation in the run):
         (256, 128), relu, adam, batch 128, 2 epochs; y = argmax of a fixed random teacher
         network (784 -> 64 tanh -> 10) on X, so held-out accuracy means something
     W4  W1 in float32 at n=1,000,000: bytes of X read per second against the machine
+    W5  sparse, text-like input (CSR after TF-IDF: rows of unit norm, Zipf-distributed
+        column frequencies, labels of a sparse linear teacher):
+        W5a n=200,000, 2**18 columns, ~50 non-zeros a row, binary log-loss, 5 epochs:
+            cgd at batch 1 / 1 thread (scikit-learn's per-sample SGD) and batch 256
+        W5b 60,000 such rows, 20 classes, hinge one-vs-rest at the defaults, 5 epochs
+            (scikit-learn makes one pass over the data per class, cgd one in all)
+        W5c n=20,000, 50,000 columns at ~1% density, 5 classes, MLPClassifier at its
+            defaults ((100,), relu, adam, batch 200), 2 epochs
 
 plus the machine limits, measured here with NumPy in the same process: memory read
 bandwidth (summing a large array, on 1 thread and on all threads) and GEMM GFLOP/s
@@ -82,6 +91,14 @@ TEACHER_HIDDEN = 64
 EPOCHS_MLP = 2
 BATCH_MLP = 128
 ALPHA_MLP = 1e-4  # scikit-learn's default L2 penalty, kept by every W3 implementation
+
+# W5: text-like sparse input (a bag of words after TF-IDF)
+N_W5, D_W5, NNZ_W5 = 200_000, 2 ** 18, 50      # rows, columns, mean non-zeros a row
+N_W5_OVR, CLASSES_W5_OVR = 60_000, 20          # the one-vs-rest hinge rows
+N_W5_MLP, D_W5_MLP, DENSITY_W5_MLP = 20_000, 50_000, 0.01
+CLASSES_W5_MLP = 5
+ZIPF_S = 1.1          # column frequency of the r-th most frequent word ~ 1 / r**ZIPF_S
+EPOCHS_W5_MLP = 2
 
 
 # --------------------------------------------------------------------------- machine
@@ -170,6 +187,59 @@ def make_teacher(n, n_test, d, seed):
     w2 = (rng.standard_normal((TEACHER_HIDDEN, N_CLASSES)) / np.sqrt(TEACHER_HIDDEN)).astype(
         np.float32)
     y = np.argmax(np.tanh(X @ w1) @ w2, axis=1).astype(np.int64)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def make_text_csr(n, d, nnz_per_row, seed, dtype=np.float64):
+    """A TF-IDF-like CSR matrix: row lengths Poisson(nnz_per_row) (at least 1), columns
+    drawn with Zipf frequencies (the r-th most frequent column with probability
+    ~ 1 / r**ZIPF_S, ranks scattered over the columns), values log(1 + count) * idf,
+    rows scaled to unit L2 norm, as TfidfVectorizer's defaults give."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(1.0 / np.arange(1, d + 1) ** ZIPF_S)
+    cdf /= cdf[-1]
+    # Frequent words repeat within a row: draw enough words that a row holds about
+    # nnz_per_row distinct ones (the ratio measured on a pilot of 2,000 rows).
+    pilot = np.searchsorted(cdf, rng.random((2000, nnz_per_row)))
+    distinct = np.mean([np.unique(r).size for r in pilot]) / nnz_per_row
+    lengths = np.maximum(1, rng.poisson(nnz_per_row / distinct, n))
+    rank_to_col = rng.permutation(d)
+    cols = rank_to_col[np.searchsorted(cdf, rng.random(int(lengths.sum())))]
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    X = sp.csr_matrix((np.ones(cols.size), cols, indptr), shape=(n, d))
+    X.sum_duplicates()  # counts of repeated words
+    df = np.bincount(X.indices, minlength=d)
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    X.data = np.log1p(X.data) * idf[X.indices]
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = sp.csr_matrix(sp.diags(1.0 / norms) @ X)
+    X.data = X.data.astype(dtype)
+    return X
+
+
+def sparse_teacher_labels(X, n_classes, seed, teacher_density=0.05):
+    """Labels of a sparse linear teacher: a weight on 5% of the columns (N(0, 1)),
+    binary = sign of the score above its median, multiclass = argmax of one score per
+    class, so that every class occurs and held-out accuracy means something."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    d = X.shape[1]
+    k = 1 if n_classes == 2 else n_classes
+    W = sp.random(d, k, density=teacher_density, random_state=rng,
+                  data_rvs=rng.standard_normal, format="csc")
+    Z = np.asarray((X @ W).todense()) + 0.01 * rng.standard_normal((X.shape[0], k))
+    if n_classes == 2:
+        return (Z[:, 0] > np.median(Z[:, 0])).astype(np.int64)
+    return np.argmax(Z, axis=1).astype(np.int64)
+
+
+def make_w5(n, n_test, d, nnz_per_row, n_classes, seed, dtype=np.float64):
+    """W5 data: rows [0, n) train, [n, n + n_test) held out (CSR row slices)."""
+    X = make_text_csr(n + n_test, d, nnz_per_row, seed, dtype)
+    y = sparse_teacher_labels(X, n_classes, seed + 1)
     return X[:n], y[:n], X[n:], y[n:]
 
 
@@ -327,6 +397,46 @@ def mlp_params():
                 n_iter_no_change=EPOCHS_MLP + 1, shuffle=True, random_state=SEED_FIT)
 
 
+def w5_binary_configs():
+    """W5 per-sample and mini-batch rows: log-loss on the text-like CSR."""
+    common = dict(loss="log_loss", max_iter=EPOCHS, tol=None, random_state=SEED_FIT)
+    rows = [(f"cgd SGDClassifier log_loss batch_size={bs} n_jobs={nj} (optimal: defaults)",
+             "cgd", nj, lambda bs=bs, nj=nj: cgd.SGDClassifier(batch_size=bs, n_jobs=nj,
+                                                               **common))
+            for bs, nj in [(1, 1), (256, 1), (256, 2)]]
+    return rows + [("sklearn SGDClassifier log_loss (optimal: defaults)", "sklearn", 1,
+                    lambda: SkSGDClassifier(**common))]
+
+
+def w5_ovr_configs():
+    """W5 one-vs-rest rows: 20-class hinge at the defaults. scikit-learn makes one pass
+    over the data per class (n_jobs=None: one after another); cgd one pass for all."""
+    common = dict(max_iter=EPOCHS, tol=None, random_state=SEED_FIT)
+    return [("cgd SGDClassifier hinge, 20 classes one-vs-rest (defaults)", "cgd", 1,
+             lambda: cgd.SGDClassifier(n_jobs=1, **common)),
+            ("sklearn SGDClassifier hinge, 20 classes one-vs-rest (defaults)", "sklearn", 1,
+             lambda: SkSGDClassifier(**common))]
+
+
+def w5_mlp_params():
+    """scikit-learn's MLPClassifier defaults (hidden (100,), relu, adam, batch 200), run
+    for exactly EPOCHS_W5_MLP epochs."""
+    return dict(max_iter=EPOCHS_W5_MLP, tol=0.0, n_iter_no_change=EPOCHS_W5_MLP + 1,
+                random_state=SEED_FIT)
+
+
+def w5_mlp_configs():
+    nb = numpy_blas_threads()
+    rows = [(f"cgd MLPClassifier n_jobs={nj} (defaults: (100,), adam, batch 200)", "cgd", nj,
+             lambda nj=nj: cgd.MLPClassifier(n_jobs=nj, **w5_mlp_params())) for nj in (1, 2)]
+    return rows + [
+        (f"sklearn MLPClassifier (defaults; scipy.sparse products, default {nb} BLAS "
+         "threads)", "sklearn", nb, lambda: SkMLPClassifier(**w5_mlp_params())),
+        ("sklearn MLPClassifier, same, BLAS limited to 1 thread", "sklearn-blas1", 1,
+         lambda: BlasLimited(SkMLPClassifier(**w5_mlp_params()), 1)),
+    ]
+
+
 class BlasLimited:
     """An estimator fitted with BLAS limited to `n_threads` (threadpoolctl)."""
 
@@ -447,7 +557,9 @@ def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs
     for compute-bound workloads (W3), else None."""
     X, y, Xt, yt = data
     n, d = X.shape
-    x_bytes = X.nbytes
+    # CSR: the bytes an epoch streams are its three arrays.
+    x_bytes = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) if hasattr(X, "indptr") \
+        else X.nbytes
     results = []
     for label, lib, n_jobs, make in configs:
         log(f"  {wid}: timing {label} ...")
@@ -512,6 +624,9 @@ def main(argv=None):
                     help="plain-text table instead of markdown")
     ap.add_argument("--repeats", type=int, default=3, help="fits per row; the best counts")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--only", nargs="+", metavar="ID",
+                    help="run only the workloads whose id starts with one of these "
+                         "(e.g. --only W5 or --only W1 W3)")
     ap.add_argument("--no-torch", action="store_true",
                     help="skip W3's PyTorch rows even when torch is installed")
     args = ap.parse_args(argv)
@@ -585,15 +700,29 @@ def main(argv=None):
          classifier_configs, "accuracy"),
         ("W4", "linear regression, float32", n_w4, n_test, D, np.float32, 4, "regression",
          regressor_configs, "R^2"),
+        ("W5a", "text-like CSR, binary log-loss", N_W5 // scale, n_test, D_W5, np.float64,
+         5, "w5_binary", w5_binary_configs, "accuracy"),
+        ("W5b", "text-like CSR, 20-class hinge", N_W5_OVR // scale, n_test, D_W5, np.float64,
+         6, "w5_ovr", w5_ovr_configs, "accuracy"),
+        ("W5c", "TF-IDF-like CSR, MLP, 5 classes", N_W5_MLP // scale, n_test // 4, D_W5_MLP,
+         np.float64, 7, "w5_mlp", w5_mlp_configs, "accuracy"),
         # W3 runs last (the table is sorted by id): see the module docstring
         ("W3", "MLP classifier, 10 classes", n_w3, n_test_w3, D_MLP, np.float32, 3, "mlp",
          w3_configs, "accuracy"),
     ]
+    if args.only:
+        workloads = [w for w in workloads if w[0].startswith(tuple(args.only))]
     for wid, title, n, n_held, d, dtype, seed, kind, configs, score_name in workloads:
         log(f"{wid} data: n={n}+{n_held} held out, d={d}, {np.dtype(dtype).name}")
         if kind == "mlp":
             data = make_teacher(n, n_held, d, seed=seed)
             extra = dict(epochs=EPOCHS_MLP, flops=mlp_train_flops(n, layer_units), gemm=g32t)
+        elif kind.startswith("w5"):
+            nnz, k = {"w5_binary": (NNZ_W5, 2), "w5_ovr": (NNZ_W5, CLASSES_W5_OVR),
+                      "w5_mlp": (int(DENSITY_W5_MLP * d), CLASSES_W5_MLP)}[kind]
+            data = make_w5(n, n_held, d, nnz, k, seed=seed, dtype=dtype)
+            log(f"{wid} CSR: {data[0].nnz / n:.1f} non-zeros a row on average")
+            extra = dict(epochs=EPOCHS_W5_MLP) if kind == "w5_mlp" else {}
         else:
             data = make_linear(n, n_held, d, dtype, seed=seed,
                                classification=kind == "binary")
