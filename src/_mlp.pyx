@@ -267,11 +267,16 @@ cdef void sparse_first_layer(
 cdef void sparse_forward_rows(
     const floating* data, const csr_index* indices, const csr_index* indptr,
     const intp_t* rows, Py_ssize_t m, Layout* net, const floating* params,
+    const floating* z1,       # IN (m, sizes[1]) the rows' first-layer pre-activations
+                              #    (from first_layer_by_column), or NULL to compute them
     floating* acts,           # OUT activations of layers 1 .. L, layer after layer
 ) noexcept nogil:
     cdef Py_ssize_t h = net.sizes[1]
-    sparse_first_layer(data, indices, indptr, rows, m, params, params + net.n_features * h,
-                       h, acts)
+    if z1 == NULL:
+        sparse_first_layer(data, indices, indptr, rows, m, params,
+                           params + net.n_features * h, h, acts)
+    else:
+        memcpy(acts, z1, m * h * sizeof(floating))
     activate(net.out_act if net.L == 1 else net.hidden_act, acts, m, h)
     forward_layers(acts, m, 1, params, net.sizes, net.offsets, net.L, net.hidden_act,
                    net.out_act)
@@ -286,6 +291,7 @@ cdef double sparse_loss_grad_rows(
                               #     parameter after W_0, summed over the rows
     floating* acts,           # scratch: m * (act_total - n_features) values
     floating* deltas,         # scratch: as acts
+    const floating* z1,       # IN (m, sizes[1]) first-layer pre-activations, or NULL
     floating* delta1,         # OUT (m, sizes[1]) s_i dl_i/dh_1, for W_0's gradient
 ) noexcept nogil:
     """Forward and backward pass over `m` CSR rows; returns sum_i sw_i * l_i."""
@@ -293,7 +299,7 @@ cdef double sparse_loss_grad_rows(
     cdef double loss
     for l in range(1, net.L):
         a_out += m * net.sizes[l]
-    sparse_forward_rows(data, indices, indptr, rows, m, net, params, acts)
+    sparse_forward_rows(data, indices, indptr, rows, m, net, params, z1, acts)
     loss = output_deltas(acts + a_out, Y, sw, rows, m, net.n_out, net.out_act, eps,
                          deltas + a_out)
     backward_layers(acts, deltas, m, 1, params, net.sizes, net.offsets, net.L,
@@ -333,6 +339,34 @@ cdef void transpose_rows(
     for j in range(n_features, 0, -1):
         colptr[j] = colptr[j - 1]
     colptr[0] = 0
+
+
+cdef void first_layer_by_column(
+    const intp_t* colptr, const intp_t* t_row, const floating* t_val,   # IN transpose_rows
+    Py_ssize_t n_features,
+    const floating* W0, const floating* b0, Py_ssize_t h, Py_ssize_t m,
+    Py_ssize_t j0, Py_ssize_t j1,
+    floating* z1,             # OUT (m, h) columns j0 .. j1-1 of b0 + X_B W0
+) noexcept nogil:
+    """The batch's first-layer pre-activations, feature by feature: each row of W_0 the
+    batch uses is read once, in memory order, instead of once per entry. Every z1[r, j]
+    is b0[j] plus its row's terms in ascending feature order: for canonical CSR the
+    very operations of sparse_first_layer, so both give the same bits, and the split
+    of the columns j between threads changes nothing."""
+    cdef Py_ssize_t r, f, p, j
+    cdef floating v
+    cdef floating* o
+    cdef const floating* w
+    for r in range(m):
+        for j in range(j0, j1):
+            z1[r * h + j] = b0[j]
+    for f in range(n_features):
+        w = W0 + f * h
+        for p in range(colptr[f], colptr[f + 1]):
+            v = t_val[p]
+            o = z1 + t_row[p] * h
+            for j in range(j0, j1):
+                o[j] += v * w[j]
 
 
 cdef void w0_rows_gradient(
@@ -478,6 +512,8 @@ cdef int batch_gradient(
     floating* work_act,       # scratch (slots, act_stride)
     floating* work_delta,     # scratch (slots, act_stride)
     Py_ssize_t act_stride,
+    const floating* z1,       # IN  (m, sizes[1]) CSR only: first-layer pre-activations
+                              #     of the rows, or NULL for the blocks to compute them
     floating* delta1,         # OUT (m, sizes[1]) CSR only: the first layer's deltas
     double* block_loss,       # scratch (WAVE + 1,)
     int nt,
@@ -518,7 +554,8 @@ cdef int batch_gradient(
                 block_loss[base + c] = sparse_loss_grad_rows(
                     X, indices, indptr, Y, sw, rows + r0, r1 - r0, params, net, eps,
                     work_grad + (base + c) * P, work_act + (base + c) * act_stride,
-                    work_delta + (base + c) * act_stride, delta1 + r0 * net.sizes[1])
+                    work_delta + (base + c) * act_stride,
+                    NULL if z1 == NULL else z1 + r0 * net.sizes[1], delta1 + r0 * net.sizes[1])
         for c in range(base, base + cnt):
             loss[0] += block_loss[c]
         first += cnt
@@ -682,8 +719,8 @@ def mlp_epoch(
                 batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
                                &Y[0, 0], &sample_weight[0], &order[start], mb,
                                prm, eps, &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                               work_act.shape[1], <floating*>NULL, &block_loss[0], nt,
-                               &data_loss, &nslots, &last_check)
+                               work_act.shape[1], <floating*>NULL, <floating*>NULL,
+                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
                 if not isfinite(data_loss):
                     status = 1
                     break
@@ -759,8 +796,8 @@ def mlp_objective(
         batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
                        &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
                        &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                       work_act.shape[1], <floating*>NULL, &block_loss[0], nt, &data_loss,
-                       &nslots, &last_check)
+                       work_act.shape[1], <floating*>NULL, <floating*>NULL, &block_loss[0],
+                       nt, &data_loss, &nslots, &last_check)
         inv = 1.0 / sw_sum
         for s in prange(nseg, schedule="static",
                         num_threads=threads_for(nseg, net.P * nslots, nt)):
@@ -956,6 +993,8 @@ def mlp_epoch_csr(
     cdef intp_t[::1] t_row = work["t_row"]
     cdef floating[::1] t_val = work["t_val"]
     cdef floating[:, ::1] w0s = work["w0"]
+    cdef floating[::1] z1 = np.zeros(delta1.shape[0], dtype=dtype)
+    cdef Py_ssize_t h = net.sizes[1]
     seg_start, seg_len, seg_pen = segments(&net, True)
     cdef const intp_t[::1] ss = seg_start
     cdef const intp_t[::1] sl = seg_len
@@ -980,15 +1019,19 @@ def mlp_epoch_csr(
             for i in range(start, start + mb):
                 sw_sum += sample_weight[order[i]]
             if sw_sum > 0:
+                transpose_rows(&data[0], &indices[0], &indptr[0], &order[start], mb,
+                               n_features, &colptr[0], &t_row[0], &t_val[0])
+                for s in prange(nt, schedule="static", num_threads=nt):
+                    first_layer_by_column(&colptr[0], &t_row[0], &t_val[0], n_features, prm,
+                                          prm + n_features * h, h, mb, s * h // nt,
+                                          (s + 1) * h // nt, &z1[0])
                 batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0],
                                &sample_weight[0], &order[start], mb, prm, eps, &wg[0, 0],
-                               &wa[0, 0], &wd[0, 0], wa.shape[1], &delta1[0],
+                               &wa[0, 0], &wd[0, 0], wa.shape[1], &z1[0], &delta1[0],
                                &block_loss[0], nt, &data_loss, &nslots, &last_check)
                 if not isfinite(data_loss):
                     status = 1
                     break
-                transpose_rows(&data[0], &indices[0], &indptr[0], &order[start], mb,
-                               n_features, &colptr[0], &t_row[0], &t_val[0])
                 step_sparse(&oc, prm, &wg[0, 0], nslots, 1.0 / sw_sum, &opt_state[0, 0],
                             &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, &net,
                             &colptr[0], &t_row[0], &t_val[0], &delta1[0], &w0s[0, 0],
@@ -1068,7 +1111,8 @@ def mlp_objective_csr(
             sw_sum += sample_weight[rows[i]]
         batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0], &sample_weight[0],
                        &rows[0], m, prm, eps, g, &wa[0, 0], &wd[0, 0], wa.shape[1],
-                       &delta1[0], &block_loss[0], nt, &data_loss, &nslots, &last_check)
+                       <floating*>NULL, &delta1[0], &block_loss[0], nt, &data_loss, &nslots,
+                       &last_check)
         transpose_rows(&data[0], &indices[0], &indptr[0], &rows[0], m, n_features,
                        &colptr[0], &t_row[0], &t_val[0])
         inv = 1.0 / sw_sum
@@ -1140,7 +1184,7 @@ def mlp_forward_csr(
             r1 = min(m, r0 + FORWARD_ROWS)
             a = &work[threadid(), 0]
             sparse_forward_rows(&data[0], &indices[0], &indptr[0], &rows[r0], r1 - r0, &net,
-                                &params[0], a)
+                                &params[0], <floating*>NULL, a)
             for r in range(r1 - r0):
                 for j in range(net.n_out):
                     out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
