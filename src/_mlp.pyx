@@ -5,6 +5,9 @@ for each layer its weights W_l (sizes[l] x sizes[l+1], row-major, as scikit-lear
 ``coefs_[l]``) followed by its biases b_l (sizes[l+1]); ``offsets`` gives where each
 layer's W_l starts. Layer products are row-major GEMMs (``_blas.pxd``).
 
+CSR input (the ``*_csr`` functions) changes the first layer only: see the section
+"CSR rows" below.
+
 Back-propagation by the delta rule: at the output delta = (y_hat - y) for the canonical pairs
 (identity / squared error, logistic / binary log-loss, softmax / cross-entropy), then
 delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation.
@@ -157,7 +160,8 @@ cdef void forward_rows(
 
 
 cdef void backward_layers(
-    const floating* acts,     # IN     activations of layers l_lo .. L, contiguous (as forward_layers)
+    const floating* acts,     # IN     activations of layers l_lo .. L, contiguous as
+                              #        forward_layers writes them
     floating* deltas,         # IN/OUT the same layout: layer L's delta in, the others written
     Py_ssize_t m, Py_ssize_t l_lo,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,

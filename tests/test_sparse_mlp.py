@@ -115,6 +115,20 @@ def test_csr_fit_equals_dense_fit(task, solver):
         assert u.dtype == v.dtype == np.float64
 
 
+@pytest.mark.parametrize("case", ["poisson", "binary-one-layer", "all-zero-x"])
+def test_csr_fit_equals_dense_fit_other_outputs_and_shapes(case):
+    X, y = _sparse_task("binary")
+    if case == "poisson":
+        y = np.random.default_rng(2).poisson(np.exp(X @ np.linspace(-0.5, 0.5, X.shape[1])))
+        make = lambda: cgd.MLPRegressor(loss="poisson", hidden_layer_sizes=(9,), max_iter=10,
+                                        random_state=0, n_jobs=1)
+    else:
+        if case == "all-zero-x":
+            X = sp.csr_matrix(X.shape)
+        make = lambda: _estimator("binary", hidden_layer_sizes=(6,), batch_size=64)
+    _assert_same_fit(_fit(make(), X, y), _fit(make(), X.toarray(), y), RTOL)
+
+
 @pytest.mark.parametrize("solver", ["adam", "sgd-nesterov", "lbfgs"])
 def test_float32_csr_fit_equals_dense_float32_fit(solver):
     """float32 CSR trains in float32. The stochastic solvers stay within a few float32
