@@ -8,6 +8,9 @@ rule, attributes and messages. Added: ``n_jobs`` (threads inside one fit, with r
 that do not depend on it), ``solver='adagrad'`` and, for the classifier,
 ``class_weight``.
 
+Sparse X is converted once to canonical CSR and never densified: the kernels take
+the first layer's products over its non-zeros (``_mlp.pyx``, "CSR rows").
+
 The parameters of a network live in one flat buffer, layer after layer: the weights
 ``coefs_[l]`` (row-major) then the biases ``intercepts_[l]``. The epoch kernel of
 ``_mlp.pyx`` updates it in place; ``coefs_`` / ``intercepts_`` are copies made after
@@ -462,6 +465,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         rows = np.arange(X.shape[0], dtype=np.intp)
         sizes = np.array(layer_units, dtype=np.intp)
         cfg = self._kernel_config(n_threads, X.shape[0])
+        grad = np.empty(params.shape[0])
         if is_sparse(X):
             csr = self._csr_input(X)
 
@@ -472,7 +476,6 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
 
             def kernel_objective(p):
                 return _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, p, grad, *work, cfg)
-        grad = np.empty(params.shape[0])
         x_dtype = np.empty_like(params)
         last_penalty = [0.0]
 
