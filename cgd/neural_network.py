@@ -8,6 +8,9 @@ rule, attributes and messages. Added: ``n_jobs`` (threads inside one fit, with r
 that do not depend on it), ``solver='adagrad'`` and, for the classifier,
 ``class_weight``.
 
+Sparse X is converted once to canonical CSR and never densified: the kernels take
+the first layer's products over its non-zeros (``_mlp.pyx``, "CSR rows").
+
 The parameters of a network live in one flat buffer, layer after layer: the weights
 ``coefs_[l]`` (row-major) then the biases ``intercepts_[l]``. The epoch kernel of
 ``_mlp.pyx`` updates it in place; ``coefs_`` / ``intercepts_`` are copies made after
@@ -40,6 +43,7 @@ from ._fit_loop import (
     first_partial_fit_call,
     mlp_divergence_error,
 )
+from ._sparse import canonical_csr, csr_arrays, is_sparse
 from ._threads import blas_limited, effective_n_threads
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -126,7 +130,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (classification) or real numbers (regression).
         sample_weight : array-like of shape (n_samples,), default=None
@@ -308,7 +312,18 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         n_threads = effective_n_threads(self.n_jobs)
         cfg = self._kernel_config(n_threads, batch_size)
         sizes = np.array(layer_units, dtype=np.intp)
-        work = _mlp.work_buffers(batch_size, sizes, X.dtype)
+        if is_sparse(X):
+            csr = self._csr_input(X)
+
+            def run_epoch(order, cfg, t):
+                return _mlp.mlp_epoch_csr(*csr, Y, sample_weight, order, sizes, params, opt,
+                                          cfg, t)
+        else:
+            work = _mlp.work_buffers(batch_size, sizes, X.dtype)
+
+            def run_epoch(order, cfg, t):
+                return _mlp.mlp_epoch(X, Y, sample_weight, order, sizes, params, opt, *work,
+                                      cfg, t)
         best_params = getattr(self, "_best_params", None)
         best_params = params.copy() if best_params is None else best_params
         tracker = ConvergenceTracker(
@@ -338,8 +353,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 if self.shuffle:
                     rng.shuffle(order)
                 cfg["learning_rate"] = lr
-                status, t_next, loss_sum = _mlp.mlp_epoch(
-                    X, Y, sample_weight, order, sizes, params, opt, *work, cfg, t_update)
+                status, t_next, loss_sum = run_epoch(order, cfg, t_update)
                 if status != 0:
                     if not self.early_stopping:
                         raise mlp_divergence_error(len(self.loss_curve_) + 1)
@@ -451,8 +465,17 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         rows = np.arange(X.shape[0], dtype=np.intp)
         sizes = np.array(layer_units, dtype=np.intp)
         cfg = self._kernel_config(n_threads, X.shape[0])
-        work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
         grad = np.empty(params.shape[0])
+        if is_sparse(X):
+            csr = self._csr_input(X)
+
+            def kernel_objective(p):
+                return _mlp.mlp_objective_csr(*csr, Y, sample_weight, rows, sizes, p, grad, cfg)
+        else:
+            work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
+
+            def kernel_objective(p):
+                return _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, p, grad, *work, cfg)
         x_dtype = np.empty_like(params)
         last_penalty = [0.0]
 
@@ -464,8 +487,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
 
         def objective(x):
             x_dtype[:] = x
-            _, loss, last_penalty[0] = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes,
-                                                          x_dtype, grad, *work, cfg)
+            _, loss, last_penalty[0] = kernel_objective(x_dtype)
             return loss, grad.copy()
 
         def commit(intermediate_result):
@@ -493,8 +515,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                                        hint="a larger alpha", unit="L-BFGS iteration")
         n_iter = _lbfgs_iterations(res, self.max_iter)
         final = res.x.astype(X.dtype)
-        _, loss, penalty = _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, final, grad,
-                                              *work, cfg)
+        _, loss, penalty = kernel_objective(final)
         coefs, intercepts = self._unpack(final, layer_units)
         self.__dict__.update({"coefs_": coefs, "intercepts_": intercepts, "n_iter_": n_iter,
                               "loss_": reported(loss, penalty),
@@ -505,25 +526,41 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         """Output activations of X (or of its ``rows``), computed natively."""
         if check_input:
             check_is_fitted(self)
-            X = validate_data(self, X, accept_sparse=False, dtype=[np.float64, np.float32],
+            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                               order="C", reset=False)
+            if is_sparse(X):
+                X = canonical_csr(X)
         if params is None:
             layer_units = self._layer_units()
             dtype = np.result_type(X.dtype, self.coefs_[0].dtype)
             params = self._pack(dtype)
-        X = np.ascontiguousarray(X, dtype=params.dtype)
         rows = np.arange(X.shape[0], dtype=np.intp) if rows is None else rows
         out = np.empty((rows.shape[0], layer_units[-1]), dtype=params.dtype)
         n_threads = effective_n_threads(self.n_jobs)
+        sizes = np.array(layer_units, dtype=np.intp)
+        codes = HIDDEN_CODES[self.activation], OUT_CODES[self.out_activation_]
         with blas_limited(1):
-            _mlp.mlp_forward(X, rows, np.array(layer_units, dtype=np.intp), params,
-                             HIDDEN_CODES[self.activation], OUT_CODES[self.out_activation_],
-                             out, n_threads)
+            if is_sparse(X):
+                _mlp.mlp_forward_csr(*self._csr_input(X, params.dtype), rows, sizes, params,
+                                     *codes, out, n_threads)
+            else:
+                _mlp.mlp_forward(np.ascontiguousarray(X, dtype=params.dtype), rows, sizes,
+                                 params, *codes, out, n_threads)
         return out
+
+    @staticmethod
+    def _csr_input(X, dtype=None):
+        """The kernels' view of a canonical CSR X: (data, indices, indptr, n_features),
+        data cast to ``dtype`` when given (a float32 matrix predicted by a float64
+        model); the index arrays as they are."""
+        data, indices, indptr = csr_arrays(X)
+        if dtype is not None:
+            data = np.ascontiguousarray(data, dtype=dtype)
+        return data, indices, indptr, X.shape[1]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         return tags
 
 
@@ -595,11 +632,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Notes
     -----
-    Differences from scikit-learn: sparse X is refused (TypeError); at most 62 hidden
-    layers; negative sample weights are refused; Ctrl-C raises KeyboardInterrupt and
-    keeps the last completed epoch (with early stopping, the best validated one); for
-    multi-output squared error, lbfgs minimises the loss summed over outputs, whose
-    gradient it is given (``loss_`` is still reported averaged over outputs).
+    Differences from scikit-learn: at most 62 hidden layers; negative sample weights
+    are refused; Ctrl-C raises KeyboardInterrupt and keeps the last completed epoch
+    (with early stopping, the best validated one); for multi-output squared error,
+    lbfgs minimises the loss summed over outputs, whose gradient it is given
+    (``loss_`` is still reported averaged over outputs).
+
+    Sparse X (any scipy.sparse format, converted once to CSR; int32 or int64 indices;
+    float32 or float64 values kept) is never densified: the first layer's product and
+    its weight gradient run over the non-zeros, and the fit equals that of the dense
+    copy of X to rounding.
 
     Attributes
     ----------
@@ -722,8 +764,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_.take(np.argmax(y_pred, axis=1))
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=False, multi_output=True,
+        X, y = validate_data(self, X, y, accept_sparse="csr", multi_output=True,
                              dtype=[np.float64, np.float32], order="C", reset=reset)
+        if is_sparse(X):
+            X = canonical_csr(X)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -774,7 +818,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_classes)
         sample_weight : array-like of shape (n_samples,), default=None
         classes : array of shape (n_classes,), default=None
@@ -804,7 +848,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -817,7 +861,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -835,7 +879,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -940,9 +984,11 @@ n_outputs_, out_activation_
         return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=False, multi_output=True,
+        X, y = validate_data(self, X, y, accept_sparse="csr", multi_output=True,
                              y_numeric=True, dtype=[np.float64, np.float32], order="C",
                              reset=reset)
+        if is_sparse(X):
+            X = canonical_csr(X)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):
@@ -973,7 +1019,7 @@ n_outputs_, out_activation_
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         sample_weight : array-like of shape (n_samples,), default=None
 
@@ -989,7 +1035,7 @@ n_outputs_, out_activation_
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------

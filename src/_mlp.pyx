@@ -5,6 +5,9 @@ for each layer its weights W_l (sizes[l] x sizes[l+1], row-major, as scikit-lear
 ``coefs_[l]``) followed by its biases b_l (sizes[l+1]); ``offsets`` gives where each
 layer's W_l starts. Layer products are row-major GEMMs (``_blas.pxd``).
 
+CSR input (the ``*_csr`` functions) changes the first layer only: see the section
+"CSR rows" below.
+
 Back-propagation by the delta rule: at the output delta = (y_hat - y) for the canonical pairs
 (identity / squared error, logistic / binary log-loss, softmax / cross-entropy), then
 delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation.
@@ -13,7 +16,8 @@ delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, tanh, isfinite
-from libc.string cimport memset
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
 from _math cimport dot, sigmoid
@@ -22,6 +26,12 @@ from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 
 ctypedef Py_ssize_t intp_t
+
+# Index type of a CSR matrix's indices / indptr: int32 and int64 are both used as they
+# are (never copied to another type).
+ctypedef fused csr_index:
+    int32_t
+    int64_t
 
 cdef enum:
     ACT_IDENTITY = 0
@@ -109,26 +119,20 @@ cdef double output_loss_and_delta(
     return l
 
 
-cdef void forward_rows(
-    const floating* X, Py_ssize_t n_features,
-    const intp_t* rows, Py_ssize_t m,
+cdef void forward_layers(
+    floating* a,              # IN/OUT layer l0's m x sizes[l0] activations, then each
+                              #        next layer's, contiguous after it (written here)
+    Py_ssize_t m, Py_ssize_t l0,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
     int hidden_act, int out_act,
-    floating* acts,           # OUT the activations of every layer, layer after layer
 ) noexcept nogil:
-    cdef Py_ssize_t l, r, j, a_off = 0
-    cdef floating* a
+    """Layers l0 .. L-1 of the forward pass, each one contiguous GEMM."""
+    cdef Py_ssize_t l, r, j
     cdef floating* a_next
     cdef const floating* W
     cdef const floating* b
-    # Gather the rows: one pass over each, then every product is a contiguous GEMM.
-    for r in range(m):
-        for j in range(n_features):
-            acts[r * n_features + j] = X[rows[r] * n_features + j]
-    for l in range(L):
-        a = acts + a_off
-        a_off += m * sizes[l]
-        a_next = acts + a_off
+    for l in range(l0, L):
+        a_next = a + m * sizes[l]
         W = params + offsets[l]
         b = W + sizes[l] * sizes[l + 1]
         for r in range(m):
@@ -137,6 +141,80 @@ cdef void forward_rows(
         gemm(False, False, <int>m, <int>sizes[l + 1], <int>sizes[l], 1.0,
              a, <int>sizes[l], W, <int>sizes[l + 1], 1.0, a_next, <int>sizes[l + 1])
         activate(out_act if l == L - 1 else hidden_act, a_next, m, sizes[l + 1])
+        a = a_next
+
+
+cdef void forward_rows(
+    const floating* X, Py_ssize_t n_features,
+    const intp_t* rows, Py_ssize_t m,
+    const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
+    int hidden_act, int out_act,
+    floating* acts,           # OUT the activations of every layer, layer after layer
+) noexcept nogil:
+    cdef Py_ssize_t r, j
+    # Gather the rows: one pass over each, then every product is a contiguous GEMM.
+    for r in range(m):
+        for j in range(n_features):
+            acts[r * n_features + j] = X[rows[r] * n_features + j]
+    forward_layers(acts, m, 0, params, sizes, offsets, L, hidden_act, out_act)
+
+
+cdef void backward_layers(
+    const floating* acts,     # IN     activations of layers l_lo .. L, contiguous as
+                              #        forward_layers writes them
+    floating* deltas,         # IN/OUT the same layout: layer L's delta in, the others written
+    Py_ssize_t m, Py_ssize_t l_lo,
+    const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
+    int hidden_act,
+    floating* grad,           # OUT += weight and bias gradients of layers l_lo .. L-1
+    Py_ssize_t grad_shift,    # IN   grad holds the parameters from this offset on
+) noexcept nogil:
+    """Back-propagation from the output down to layer l_lo (delta_l_lo computed when
+    l_lo > 0): dL/dW_l += A_l^T delta_{l+1}, dL/db_l += column sums of delta_{l+1},
+    delta_l = (delta_{l+1} W_l^T) * f'(h_l)."""
+    cdef Py_ssize_t l, r, j, a_off = 0
+    cdef Py_ssize_t a_start[64]
+    cdef const floating* a
+    cdef floating* d
+    cdef floating* d_prev
+    cdef const floating* W
+    cdef floating* gW
+    cdef floating* gb
+    for l in range(l_lo, L + 1):
+        a_start[l] = a_off
+        a_off += m * sizes[l]
+    for l in range(L - 1, l_lo - 1, -1):
+        a = acts + a_start[l]
+        d = deltas + a_start[l + 1]
+        W = params + offsets[l]
+        gW = grad + (offsets[l] - grad_shift)
+        gb = gW + sizes[l] * sizes[l + 1]
+        gemm(True, False, <int>sizes[l], <int>sizes[l + 1], <int>m, 1.0,
+             a, <int>sizes[l], d, <int>sizes[l + 1], 1.0, gW, <int>sizes[l + 1])
+        for r in range(m):
+            for j in range(sizes[l + 1]):
+                gb[j] += d[r * sizes[l + 1] + j]
+        if l > 0:
+            d_prev = deltas + a_start[l]
+            gemm(False, True, <int>m, <int>sizes[l], <int>sizes[l + 1], 1.0,
+                 d, <int>sizes[l + 1], W, <int>sizes[l + 1], 0.0, d_prev, <int>sizes[l])
+            times_derivative(hidden_act, d_prev, a, m * sizes[l])
+
+
+cdef double output_deltas(
+    const floating* a,        # IN  (m, n_out) output activations
+    const floating* Y, const floating* sw, const intp_t* rows, Py_ssize_t m,
+    Py_ssize_t n_out, int out_act, double eps,
+    floating* d,              # OUT (m, n_out) sw_i * (a_i - y_i)
+) noexcept nogil:
+    """Output deltas of m rows; returns sum_i sw_i * l_i."""
+    cdef Py_ssize_t r
+    cdef double loss = 0.0
+    for r in range(m):
+        loss += sw[rows[r]] * output_loss_and_delta(
+            out_act, a + r * n_out, Y + rows[r] * n_out, d + r * n_out, n_out,
+            sw[rows[r]], eps)
+    return loss
 
 
 cdef double loss_grad_rows(
@@ -150,44 +228,171 @@ cdef double loss_grad_rows(
     floating* deltas,         # scratch: as acts
 ) noexcept nogil:
     """Forward and backward pass over `m` rows; returns sum_i sw_i * l_i."""
-    cdef Py_ssize_t l, r, j, n_out = sizes[L], a_off = 0
-    cdef Py_ssize_t a_start[64]
-    cdef double loss = 0.0
-    cdef floating* a
-    cdef floating* d
-    cdef floating* d_prev
-    cdef const floating* W
-    cdef floating* gW
-    cdef floating* gb
-    for l in range(L + 1):
-        a_start[l] = a_off
-        a_off += m * sizes[l]
+    cdef Py_ssize_t l, a_out = 0
+    cdef double loss
+    for l in range(L):
+        a_out += m * sizes[l]
     forward_rows(X, n_features, rows, m, params, sizes, offsets, L, hidden_act, out_act, acts)
-    a = acts + a_start[L]
-    d = deltas + a_start[L]
-    for r in range(m):
-        loss += sw[rows[r]] * output_loss_and_delta(
-            out_act, a + r * n_out, Y + rows[r] * n_out, d + r * n_out, n_out,
-            sw[rows[r]], eps)
-    for l in range(L - 1, -1, -1):
-        a = acts + a_start[l]
-        d = deltas + a_start[l + 1]
-        W = params + offsets[l]
-        gW = grad + offsets[l]
-        gb = gW + sizes[l] * sizes[l + 1]
-        # dL/dW_l += A_l^T delta_{l+1};  dL/db_l += column sums of delta_{l+1}
-        gemm(True, False, <int>sizes[l], <int>sizes[l + 1], <int>m, 1.0,
-             a, <int>sizes[l], d, <int>sizes[l + 1], 1.0, gW, <int>sizes[l + 1])
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                gb[j] += d[r * sizes[l + 1] + j]
-        if l > 0:
-            d_prev = deltas + a_start[l]
-            # delta_l = (delta_{l+1} W_l^T) * f'(h_l)
-            gemm(False, True, <int>m, <int>sizes[l], <int>sizes[l + 1], 1.0,
-                 d, <int>sizes[l + 1], W, <int>sizes[l + 1], 0.0, d_prev, <int>sizes[l])
-            times_derivative(hidden_act, d_prev, a, m * sizes[l])
+    loss = output_deltas(acts + a_out, Y, sw, rows, m, sizes[L], out_act, eps, deltas + a_out)
+    backward_layers(acts, deltas, m, 0, params, sizes, offsets, L, hidden_act, grad, 0)
     return loss
+
+
+# ---------------------------------------------------------------- CSR rows
+#
+# With CSR X the first layer never sees a dense row: its forward product is a sum of
+# rows of W_0 picked by each row's column indices, and its weight gradient X_B^T delta_1
+# is computed by feature from the batch's transpose, after all blocks have produced
+# delta_1 (w0_rows_gradient). Every later layer runs the dense code above.
+
+cdef void sparse_first_layer(
+    const floating* data, const csr_index* indices, const csr_index* indptr,
+    const intp_t* rows, Py_ssize_t m,
+    const floating* W0,       # IN (n_features, h)
+    const floating* b0,       # IN (h,)
+    Py_ssize_t h,
+    floating* out,            # OUT (m, h) b0 + X_rows W0, before the activation
+) noexcept nogil:
+    cdef Py_ssize_t r, k, j
+    cdef floating v
+    cdef floating* o
+    cdef const floating* w
+    for r in range(m):
+        o = out + r * h
+        for j in range(h):
+            o[j] = b0[j]
+        for k in range(indptr[rows[r]], indptr[rows[r] + 1]):
+            v = data[k]
+            w = W0 + <Py_ssize_t>indices[k] * h
+            for j in range(h):
+                o[j] += v * w[j]
+
+
+cdef void sparse_forward_rows(
+    const floating* data, const csr_index* indices, const csr_index* indptr,
+    const intp_t* rows, Py_ssize_t m, Layout* net, const floating* params,
+    const floating* z1,       # IN (m, sizes[1]) the rows' first-layer pre-activations
+                              #    (from first_layer_by_column), or NULL to compute them
+    floating* acts,           # OUT activations of layers 1 .. L, layer after layer
+) noexcept nogil:
+    cdef Py_ssize_t h = net.sizes[1]
+    if z1 == NULL:
+        sparse_first_layer(data, indices, indptr, rows, m, params,
+                           params + net.n_features * h, h, acts)
+    else:
+        memcpy(acts, z1, m * h * sizeof(floating))
+    activate(net.out_act if net.L == 1 else net.hidden_act, acts, m, h)
+    forward_layers(acts, m, 1, params, net.sizes, net.offsets, net.L, net.hidden_act,
+                   net.out_act)
+
+
+cdef double sparse_loss_grad_rows(
+    const floating* data, const csr_index* indices, const csr_index* indptr,
+    const floating* Y, const floating* sw,
+    const intp_t* rows, Py_ssize_t m,
+    const floating* params, Layout* net, double eps,
+    floating* grad,           # OUT (P - n_features*sizes[1],) += gradient of every
+                              #     parameter after W_0, summed over the rows
+    floating* acts,           # scratch: m * (act_total - n_features) values
+    floating* deltas,         # scratch: as acts
+    const floating* z1,       # IN (m, sizes[1]) first-layer pre-activations, or NULL
+    floating* delta1,         # OUT (m, sizes[1]) s_i dl_i/dh_1, for W_0's gradient
+) noexcept nogil:
+    """Forward and backward pass over `m` CSR rows; returns sum_i sw_i * l_i."""
+    cdef Py_ssize_t l, r, j, a_out = 0, h = net.sizes[1]
+    cdef double loss
+    for l in range(1, net.L):
+        a_out += m * net.sizes[l]
+    sparse_forward_rows(data, indices, indptr, rows, m, net, params, z1, acts)
+    loss = output_deltas(acts + a_out, Y, sw, rows, m, net.n_out, net.out_act, eps,
+                         deltas + a_out)
+    backward_layers(acts, deltas, m, 1, params, net.sizes, net.offsets, net.L,
+                    net.hidden_act, grad, net.n_features * h)
+    # layer 0: the bias gradient here (b_0 opens the block's buffer), W_0's later
+    for r in range(m):
+        for j in range(h):
+            grad[j] += deltas[r * h + j]
+    memcpy(delta1, deltas, m * h * sizeof(floating))
+    return loss
+
+
+cdef void transpose_rows(
+    const floating* data, const csr_index* indices, const csr_index* indptr,
+    const intp_t* rows, Py_ssize_t m, Py_ssize_t n_features,
+    intp_t* colptr,           # OUT (n_features + 1,) column j's entries: colptr[j] .. colptr[j+1]
+    intp_t* t_row,            # OUT (nnz,) position in `rows` of each entry, ascending per column
+    floating* t_val,          # OUT (nnz,) its value
+) noexcept nogil:
+    """The rows' entries grouped by column (a counting sort, stable in row order)."""
+    cdef Py_ssize_t r, k, j, p
+    memset(colptr, 0, (n_features + 1) * sizeof(intp_t))
+    for r in range(m):
+        for k in range(indptr[rows[r]], indptr[rows[r] + 1]):
+            colptr[indices[k] + 1] += 1
+    for j in range(n_features):
+        colptr[j + 1] += colptr[j]
+    # colptr[j] serves as column j's cursor, ending at the next column's start ...
+    for r in range(m):
+        for k in range(indptr[rows[r]], indptr[rows[r] + 1]):
+            j = indices[k]
+            p = colptr[j]
+            colptr[j] = p + 1
+            t_row[p] = r
+            t_val[p] = data[k]
+    # ... so one shift restores the starts.
+    for j in range(n_features, 0, -1):
+        colptr[j] = colptr[j - 1]
+    colptr[0] = 0
+
+
+cdef void first_layer_by_column(
+    const intp_t* colptr, const intp_t* t_row, const floating* t_val,   # IN transpose_rows
+    Py_ssize_t n_features,
+    const floating* W0, const floating* b0, Py_ssize_t h, Py_ssize_t m,
+    Py_ssize_t j0, Py_ssize_t j1,
+    floating* z1,             # OUT (m, h) columns j0 .. j1-1 of b0 + X_B W0
+) noexcept nogil:
+    """The batch's first-layer pre-activations, feature by feature: each row of W_0 the
+    batch uses is read once, in memory order, instead of once per entry. Every z1[r, j]
+    is b0[j] plus its row's terms in ascending feature order: for canonical CSR the
+    very operations of sparse_first_layer, so both give the same bits, and the split
+    of the columns j between threads changes nothing."""
+    cdef Py_ssize_t r, f, p, j
+    cdef floating v
+    cdef floating* o
+    cdef const floating* w
+    for r in range(m):
+        for j in range(j0, j1):
+            z1[r * h + j] = b0[j]
+    for f in range(n_features):
+        w = W0 + f * h
+        for p in range(colptr[f], colptr[f + 1]):
+            v = t_val[p]
+            o = z1 + t_row[p] * h
+            for j in range(j0, j1):
+                o[j] += v * w[j]
+
+
+cdef void w0_rows_gradient(
+    const intp_t* colptr, const intp_t* t_row, const floating* t_val,
+    const floating* delta1,   # IN (m, h)
+    Py_ssize_t h, Py_ssize_t f0, Py_ssize_t f1,
+    floating* g,              # OUT ((f1 - f0) * h,) rows f0 .. f1-1 of X_B^T delta_1
+) noexcept nogil:
+    """W_0's gradient rows of features f0 .. f1-1, each a sum over the batch's entries of
+    that feature in row order: one thread computes a row, so its bits are fixed."""
+    cdef Py_ssize_t f, p, j
+    cdef floating v
+    cdef floating* gr
+    cdef const floating* d
+    memset(g, 0, (f1 - f0) * h * sizeof(floating))
+    for f in range(f0, f1):
+        gr = g + (f - f0) * h
+        for p in range(colptr[f], colptr[f + 1]):
+            v = t_val[p]
+            d = delta1 + t_row[p] * h
+            for j in range(h):
+                gr[j] += v * d[j]
 
 
 # ---------------------------------------------------------------- batches and epochs
@@ -272,15 +477,19 @@ cdef object make_layout(Layout* net, const intp_t[::1] sizes, Py_ssize_t n_featu
     return offsets
 
 
-cdef object segments(Layout* net):
+cdef object segments(Layout* net, bint skip_first_weights=False):
     """Cut the parameters into tasks of <= SEGMENT values that never straddle a
-    weight/bias boundary: (start, length, penalised) arrays."""
+    weight/bias boundary: (start, length, penalised) arrays. With skip_first_weights,
+    the tasks start after W_0 (the sparse path steps W_0 by rows of features)."""
     import numpy as np
     starts, lengths, pens = [], [], []
     cdef Py_ssize_t l, j, n, o
     for l in range(net.L):
         o = net.offsets[l]
         for n, pen in ((net.sizes[l] * net.sizes[l + 1], 1), (net.sizes[l + 1], 0)):
+            if skip_first_weights and l == 0 and pen:
+                o += n
+                continue
             for j in range(0, n, SEGMENT):
                 starts.append(o + j)
                 lengths.append(min(SEGMENT, n - j))
@@ -296,13 +505,20 @@ cdef inline int threads_for(Py_ssize_t tasks, Py_ssize_t work, int nt) noexcept 
 
 cdef int batch_gradient(
     Layout* net,
-    const floating* X, const floating* Y, const floating* sw,
+    const floating* X,        # IN dense rows (n_samples, n_features), or the CSR data
+    const csr_index* indices, # IN CSR column indices, NULL for dense X
+    const csr_index* indptr,  # IN CSR row pointers, NULL for dense X
+    const floating* Y, const floating* sw,
     const intp_t* rows, Py_ssize_t m,
     const floating* params, double eps,
-    floating* work_grad,      # OUT (slots, P): row 0 receives the sum over rows of s_i dl_i/dw
+    floating* work_grad,      # OUT (slots, P - shift): row 0 receives the sum over rows of
+                              #     s_i dl_i/dw of the parameters from `shift` on
     floating* work_act,       # scratch (slots, act_stride)
     floating* work_delta,     # scratch (slots, act_stride)
     Py_ssize_t act_stride,
+    const floating* z1,       # IN  (m, sizes[1]) CSR only: first-layer pre-activations
+                              #     of the rows, or NULL for the blocks to compute them
+    floating* delta1,         # OUT (m, sizes[1]) CSR only: the first layer's deltas
     double* block_loss,       # scratch (WAVE + 1,)
     int nt,
     double* loss,             # OUT sum over rows of s_i l_i
@@ -312,9 +528,16 @@ cdef int batch_gradient(
     """Block gradients of a batch. The last wave's slots are left for the caller to
     sum segment by segment in the same parallel loop as its update (one barrier less
     per batch: a thread that another process has descheduled costs a time slice at
-    every barrier)."""
+    every barrier).
+
+    For CSR X the slots hold every parameter after W_0 (shift = n_features * sizes[1]):
+    W_0's gradient X_B^T delta_1 is sparse in its rows, and the caller computes it by
+    feature from ``delta1`` (see w0_rows_gradient) instead of a dense W_0-sized buffer
+    per block."""
     cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS, first = 0, base, cnt, c, b
-    cdef Py_ssize_t r0, r1, nseg, s, P = net.P
+    cdef Py_ssize_t r0, r1, nseg, s
+    cdef Py_ssize_t shift = 0 if indptr == NULL else net.n_features * net.sizes[1]
+    cdef Py_ssize_t P = net.P - shift
     loss[0] = 0.0
     nslots[0] = 1
     while first < nblk:
@@ -325,11 +548,18 @@ cdef int batch_gradient(
             r0 = (b * m) // nblk
             r1 = ((b + 1) * m) // nblk
             memset(work_grad + (base + c) * P, 0, P * sizeof(floating))
-            block_loss[base + c] = loss_grad_rows(
-                X, net.n_features, Y, sw, rows + r0, r1 - r0, params, net.sizes,
-                net.offsets, net.L, net.hidden_act, net.out_act, eps,
-                work_grad + (base + c) * P, work_act + (base + c) * act_stride,
-                work_delta + (base + c) * act_stride)
+            if indptr == NULL:
+                block_loss[base + c] = loss_grad_rows(
+                    X, net.n_features, Y, sw, rows + r0, r1 - r0, params, net.sizes,
+                    net.offsets, net.L, net.hidden_act, net.out_act, eps,
+                    work_grad + (base + c) * P, work_act + (base + c) * act_stride,
+                    work_delta + (base + c) * act_stride)
+            else:
+                block_loss[base + c] = sparse_loss_grad_rows(
+                    X, indices, indptr, Y, sw, rows + r0, r1 - r0, params, net, eps,
+                    work_grad + (base + c) * P, work_act + (base + c) * act_stride,
+                    work_delta + (base + c) * act_stride,
+                    NULL if z1 == NULL else z1 + r0 * net.sizes[1], delta1 + r0 * net.sizes[1])
         for c in range(base, base + cnt):
             loss[0] += block_loss[c]
         first += cnt
@@ -490,10 +720,11 @@ def mlp_epoch(
             for i in range(start, start + mb):
                 sw_sum += sample_weight[order[i]]
             if sw_sum > 0:
-                batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &order[start], mb,
+                batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
+                               &Y[0, 0], &sample_weight[0], &order[start], mb,
                                prm, eps, &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                               work_act.shape[1], &block_loss[0], nt, &data_loss, &nslots,
-                               &last_check)
+                               work_act.shape[1], <floating*>NULL, <floating*>NULL,
+                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
                 if not isfinite(data_loss):
                     status = 1
                     break
@@ -566,10 +797,11 @@ def mlp_objective(
         last_check = cgd_now()
         for i in range(m):
             sw_sum += sample_weight[rows[i]]
-        batch_gradient(&net, &X[0, 0], &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
+        batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
+                       &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
                        &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                       work_act.shape[1], &block_loss[0], nt, &data_loss, &nslots,
-                       &last_check)
+                       work_act.shape[1], <floating*>NULL, <floating*>NULL, &block_loss[0],
+                       nt, &data_loss, &nslots, &last_check)
         inv = 1.0 / sw_sum
         for s in prange(nseg, schedule="static",
                         num_threads=threads_for(nseg, net.P * nslots, nt)):
@@ -624,6 +856,339 @@ def mlp_forward(
             a = &work[threadid(), 0]
             forward_rows(&X[0, 0], net.n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
                          net.offsets, net.L, net.hidden_act, net.out_act, a)
+            for r in range(r1 - r0):
+                for j in range(net.n_out):
+                    out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
+
+
+# ---------------------------------------------------------------- CSR epochs and objective
+#
+# A batch over CSR rows: the blocks run as for dense X (batch_gradient), each leaving
+# its rows' delta_1 in the batch's delta_1 buffer; the batch's entries are then grouped
+# by column (transpose_rows), and one parallel loop over tasks takes the steps: tasks
+# 0 .. n_chunks-1 each own a fixed range of W_0's rows (features), computing their
+# gradient rows by feature (w0_rows_gradient) into the thread's scratch and stepping
+# them at once; the other tasks sum the block buffers of the remaining parameters and
+# step those, as step_segments does. No buffer of W_0's size is ever cleared or summed:
+# per batch, W_0 costs its entries times sizes[1] for the gradient plus the dense
+# optimizer step (the same dense step as for dense X, which the equality of the two
+# fits needs).
+
+cdef inline Py_ssize_t w0_chunk_rows(Py_ssize_t h) noexcept nogil:
+    """Features per task of W_0's step: about SEGMENT parameters, fixed by h alone."""
+    return max(1, SEGMENT // h)
+
+
+cdef void step_sparse(
+    OptimConfig* oc, floating* prm,
+    floating* g,              # IN (nslots, P - K) block gradients of the parameters after W_0
+    Py_ssize_t nslots, double gscale,
+    floating* s0, floating* s1,
+    const intp_t* seg_start, const intp_t* seg_len, const unsigned char* seg_pen,
+    Py_ssize_t nseg, Layout* net,
+    const intp_t* colptr, const intp_t* t_row, const floating* t_val, const floating* delta1,
+    floating* w0_scratch,     # scratch (nt, w0_chunk_rows(h) * h)
+    double lr, double l2, double t,
+    double* seg_sq,           # OUT (n_chunks + nseg,) squared penalised weights before the step
+    int nt,
+) noexcept nogil:
+    cdef Py_ssize_t h = net.sizes[1], K = net.n_features * h, P = net.P - K
+    cdef Py_ssize_t chunk = w0_chunk_rows(h)
+    cdef Py_ssize_t n_chunks = (net.n_features + chunk - 1) // chunk
+    cdef Py_ssize_t s, j0, n, f0, f1
+    cdef floating* gw
+    for s in prange(n_chunks + nseg, schedule="static",
+                    num_threads=threads_for(n_chunks + nseg, net.P, nt)):
+        if s < n_chunks:
+            f0 = s * chunk
+            f1 = min(net.n_features, f0 + chunk)
+            gw = w0_scratch + threadid() * chunk * h
+            w0_rows_gradient(colptr, t_row, t_val, delta1, h, f0, f1, gw)
+            j0 = f0 * h
+            n = (f1 - f0) * h
+            seg_sq[s] = dot(prm + j0, prm + j0, n)
+            optimizer_step(oc, prm + j0, gw, gscale, s0 + j0, s1 + j0, n, lr, l2, t)
+        else:
+            j0 = seg_start[s - n_chunks]
+            n = seg_len[s - n_chunks]
+            reduce_chunks(g, P, nslots, j0 - K, j0 - K + n)
+            seg_sq[s] = dot(prm + j0, prm + j0, n) if seg_pen[s - n_chunks] else 0.0
+            optimizer_step(oc, prm + j0, g + (j0 - K), gscale, s0 + j0, s1 + j0, n, lr,
+                           l2 if seg_pen[s - n_chunks] else 0.0, t)
+
+
+cdef object check_csr(Layout* net, data, indices, indptr, Py_ssize_t n_rows):
+    """Reject CSR arrays that would make the kernels read out of bounds."""
+    import numpy as np
+    if indptr.shape[0] != n_rows + 1 or indices.shape[0] != data.shape[0]:
+        raise ValueError("CSR arrays do not match: indptr needs n_rows + 1 entries and "
+                         "indices one per value")
+    ip = np.asarray(indptr)
+    if ip[0] != 0 or ip[n_rows] > data.shape[0] or np.any(np.diff(ip) < 0):
+        raise ValueError("CSR indptr must start at 0, not decrease, and end within data")
+    ix = np.asarray(indices)[:ip[n_rows]]
+    if ix.shape[0] and (ix.min() < 0 or ix.max() >= net.n_features):
+        raise ValueError("CSR column indices out of range")
+
+
+cdef object csr_scratch(Layout* net, Py_ssize_t m, Py_ssize_t max_nnz, int nt, dtype):
+    """Buffers of CSR batches of up to m rows and max_nnz entries."""
+    import numpy as np
+    cdef Py_ssize_t h = net.sizes[1], slots = work_slots(m)
+    cdef Py_ssize_t stride = BLOCK_ROWS * (net.act_total - net.n_features)
+    cdef Py_ssize_t chunk = w0_chunk_rows(h)
+    return {
+        "grad": np.zeros((slots, net.P - net.n_features * h), dtype=dtype),
+        "act": np.zeros((slots, stride), dtype=dtype),
+        "delta": np.zeros((slots, stride), dtype=dtype),
+        "delta1": np.zeros(max(1, m * h), dtype=dtype),
+        "colptr": np.zeros(net.n_features + 1, dtype=np.intp),
+        "t_row": np.zeros(max(1, max_nnz), dtype=np.intp),
+        "t_val": np.zeros(max(1, max_nnz), dtype=dtype),
+        "w0": np.zeros((nt, chunk * h), dtype=dtype),
+    }
+
+
+def mlp_epoch_csr(
+    const floating[::1] data,           # IN     CSR values (canonical or not: duplicates add)
+    const csr_index[::1] indices,       # IN     CSR column indices
+    const csr_index[::1] indptr,        # IN     (n_samples + 1,) CSR row pointers
+    Py_ssize_t n_features,
+    const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
+    const floating[::1] sample_weight,  # IN     (n_samples,)
+    const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
+    const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
+    floating[::1] params,               # IN/OUT (P,) flat parameters
+    floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
+    dict config,
+    double t,                           # IN     number of the first update (adam), from 1
+):
+    """``mlp_epoch`` over CSR X: the same updates, losses and return value, with the
+    first layer's products taken over the rows' non-zeros (see the section comment)."""
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, n_features, Y.shape[1],
+                          config["hidden_activation"], config["out_activation"])
+    check_common(&net, Y, Y, sample_weight, order, params)
+    check_csr(&net, data, indices, indptr, Y.shape[0])
+    cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s, k
+    cdef int nt = config["n_threads"], status = 0
+    if m < 1 or nt < 1:
+        raise ValueError("batch_size and n_threads must be >= 1")
+    if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
+        raise ValueError("opt_state must have shape (2, P)")
+    if n_order == 0:
+        return 0, t, 0.0
+    cdef Py_ssize_t max_nnz = 0, nnz
+    start = 0
+    while start < n_order:
+        nnz = 0
+        for i in range(start, min(start + m, n_order)):
+            nnz += indptr[order[i] + 1] - indptr[order[i]]
+        max_nnz = max(max_nnz, nnz)
+        start += m
+    dtype = np.float32 if floating is float else np.float64
+    work = csr_scratch(&net, min(m, n_order), max_nnz, nt, dtype)
+    cdef floating[:, ::1] wg = work["grad"]
+    cdef floating[:, ::1] wa = work["act"]
+    cdef floating[:, ::1] wd = work["delta"]
+    cdef floating[::1] delta1 = work["delta1"]
+    cdef intp_t[::1] colptr = work["colptr"]
+    cdef intp_t[::1] t_row = work["t_row"]
+    cdef floating[::1] t_val = work["t_val"]
+    cdef floating[:, ::1] w0s = work["w0"]
+    cdef floating[::1] z1 = np.zeros(delta1.shape[0], dtype=dtype)
+    cdef Py_ssize_t h = net.sizes[1]
+    seg_start, seg_len, seg_pen = segments(&net, True)
+    cdef const intp_t[::1] ss = seg_start
+    cdef const intp_t[::1] sl = seg_len
+    cdef const unsigned char[::1] sp = seg_pen
+    cdef Py_ssize_t nseg = ss.shape[0], chunk = w0_chunk_rows(net.sizes[1])
+    cdef Py_ssize_t n_chunks = (n_features + chunk - 1) // chunk
+    cdef double[::1] seg_sq = np.zeros(n_chunks + nseg)
+    cdef double[::1] block_loss = np.zeros(WAVE + 1)
+    cdef double alpha = config["alpha"], lr = config["learning_rate"]
+    cdef double eps = np.finfo(dtype).eps
+    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
+    cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
+    cdef Py_ssize_t nslots
+    cdef OptimConfig oc = read_optim_config(config)
+    cdef floating* prm = &params[0]
+    with nogil:
+        last_check = cgd_now()
+        start = 0
+        while start < n_order:
+            mb = min(m, n_order - start)
+            sw_sum = 0.0
+            for i in range(start, start + mb):
+                sw_sum += sample_weight[order[i]]
+            if sw_sum > 0:
+                transpose_rows(&data[0], &indices[0], &indptr[0], &order[start], mb,
+                               n_features, &colptr[0], &t_row[0], &t_val[0])
+                for s in prange(nt, schedule="static", num_threads=nt):
+                    first_layer_by_column(&colptr[0], &t_row[0], &t_val[0], n_features, prm,
+                                          prm + n_features * h, h, mb, s * h // nt,
+                                          (s + 1) * h // nt, &z1[0])
+                batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0],
+                               &sample_weight[0], &order[start], mb, prm, eps, &wg[0, 0],
+                               &wa[0, 0], &wd[0, 0], wa.shape[1], &z1[0], &delta1[0],
+                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
+                if not isfinite(data_loss):
+                    status = 1
+                    break
+                step_sparse(&oc, prm, &wg[0, 0], nslots, 1.0 / sw_sum, &opt_state[0, 0],
+                            &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, &net,
+                            &colptr[0], &t_row[0], &t_val[0], &delta1[0], &w0s[0, 0],
+                            lr, alpha / sw_sum, t, &seg_sq[0], nt)
+                sq = 0.0
+                for s in range(n_chunks + nseg):
+                    sq += seg_sq[s]
+                loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
+                t += 1.0
+            start += mb
+            if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
+                with gil:
+                    PyErr_CheckSignals()
+                last_check = cgd_now()
+        if status == 0:
+            for i in range(net.P):
+                if not isfinite(prm[i]):
+                    status = 1
+                    break
+    return status, t, loss_acc
+
+
+def mlp_objective_csr(
+    const floating[::1] data,           # IN  CSR values
+    const csr_index[::1] indices,       # IN  CSR column indices
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
+    Py_ssize_t n_features,
+    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
+    const floating[::1] sample_weight,  # IN  (n_samples,)
+    const intp_t[::1] rows,             # IN  (m,) the training rows
+    const intp_t[::1] sizes,            # IN  (L + 1,)
+    const floating[::1] params,         # IN  (P,)
+    double[::1] grad,                   # OUT (P,) gradient of the objective
+    dict config,
+):
+    """``mlp_objective`` over CSR X (same objective, gradient and return value)."""
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, n_features, Y.shape[1],
+                          config["hidden_activation"], config["out_activation"])
+    check_common(&net, Y, Y, sample_weight, rows, params)
+    check_csr(&net, data, indices, indptr, Y.shape[0])
+    cdef Py_ssize_t m = rows.shape[0], i, s, j, j0, n, f0, f1, nnz = 0
+    cdef int nt = config["n_threads"]
+    if m < 1 or nt < 1 or grad.shape[0] != net.P:
+        raise ValueError("rows must not be empty, n_threads >= 1, grad of P entries")
+    for i in range(m):
+        nnz += indptr[rows[i] + 1] - indptr[rows[i]]
+    dtype = np.float32 if floating is float else np.float64
+    work = csr_scratch(&net, m, nnz, nt, dtype)
+    cdef floating[:, ::1] wg = work["grad"]
+    cdef floating[:, ::1] wa = work["act"]
+    cdef floating[:, ::1] wd = work["delta"]
+    cdef floating[::1] delta1 = work["delta1"]
+    cdef intp_t[::1] colptr = work["colptr"]
+    cdef intp_t[::1] t_row = work["t_row"]
+    cdef floating[::1] t_val = work["t_val"]
+    cdef floating[:, ::1] w0s = work["w0"]
+    seg_start, seg_len, seg_pen = segments(&net, True)
+    cdef const intp_t[::1] ss = seg_start
+    cdef const intp_t[::1] sl = seg_len
+    cdef const unsigned char[::1] sp = seg_pen
+    cdef Py_ssize_t h = net.sizes[1], K = n_features * net.sizes[1], Pr = net.P - K
+    cdef Py_ssize_t nseg = ss.shape[0], chunk = w0_chunk_rows(h)
+    cdef Py_ssize_t n_chunks = (n_features + chunk - 1) // chunk
+    cdef double[::1] seg_sq = np.zeros(n_chunks + nseg)
+    cdef double[::1] block_loss = np.zeros(WAVE + 1)
+    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, inv, last_check
+    cdef double eps = np.finfo(dtype).eps
+    cdef const floating* prm = &params[0]
+    cdef floating* g = &wg[0, 0]
+    cdef floating* gw
+    cdef Py_ssize_t nslots
+    with nogil:
+        last_check = cgd_now()
+        for i in range(m):
+            sw_sum += sample_weight[rows[i]]
+        batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0], &sample_weight[0],
+                       &rows[0], m, prm, eps, g, &wa[0, 0], &wd[0, 0], wa.shape[1],
+                       <floating*>NULL, &delta1[0], &block_loss[0], nt, &data_loss, &nslots,
+                       &last_check)
+        transpose_rows(&data[0], &indices[0], &indptr[0], &rows[0], m, n_features,
+                       &colptr[0], &t_row[0], &t_val[0])
+        inv = 1.0 / sw_sum
+        for s in prange(n_chunks + nseg, schedule="static",
+                        num_threads=threads_for(n_chunks + nseg, net.P, nt)):
+            seg_sq[s] = 0.0
+            if s < n_chunks:
+                f0 = s * chunk
+                f1 = min(n_features, f0 + chunk)
+                gw = &w0s[threadid(), 0]
+                w0_rows_gradient(&colptr[0], &t_row[0], &t_val[0], &delta1[0], h, f0, f1, gw)
+                j0 = f0 * h
+                for j in range(j0, f1 * h):
+                    seg_sq[s] += (<double>prm[j]) * prm[j]
+                    grad[j] = (gw[j - j0] + alpha * prm[j]) * inv
+            else:
+                j0 = ss[s - n_chunks]
+                n = sl[s - n_chunks]
+                reduce_chunks(g, Pr, nslots, j0 - K, j0 - K + n)
+                for j in range(j0, j0 + n):
+                    if sp[s - n_chunks]:
+                        seg_sq[s] += (<double>prm[j]) * prm[j]
+                        grad[j] = (g[j - K] + alpha * prm[j]) * inv
+                    else:
+                        grad[j] = g[j - K] * inv
+        for s in range(n_chunks + nseg):
+            sq += seg_sq[s]
+    loss = (data_loss + 0.5 * alpha * sq) * inv
+    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * inv
+
+
+def mlp_forward_csr(
+    const floating[::1] data,           # IN  CSR values
+    const csr_index[::1] indices,       # IN  CSR column indices
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
+    Py_ssize_t n_features,
+    const intp_t[::1] rows,             # IN  (m,) rows to predict
+    const intp_t[::1] sizes,            # IN  (L + 1,)
+    const floating[::1] params,         # IN  (P,)
+    int hidden_activation,
+    int out_activation,
+    floating[:, ::1] out,               # OUT (m, n_outputs) output activations
+    int n_threads,
+):
+    """``mlp_forward`` over CSR X: blocks of FORWARD_ROWS rows spread over threads."""
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, n_features, out.shape[1], hidden_activation,
+                          out_activation)
+    cdef Py_ssize_t n_rows = indptr.shape[0] - 1
+    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, last
+    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1 or n_rows < 0:
+        raise ValueError("out must have one row per row, params P entries")
+    check_csr(&net, data, indices, indptr, n_rows)
+    if m and (np.min(rows) < 0 or np.max(rows) >= n_rows):
+        raise ValueError("rows out of range")
+    if m == 0:
+        return
+    nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
+    cdef int nt = n_threads if n_threads < nblk else <int>nblk
+    cdef floating[:, ::1] work = np.empty(
+        (nt, FORWARD_ROWS * (net.act_total - n_features)),
+        dtype=np.float32 if floating is float else np.float64)
+    cdef floating* a
+    last = net.act_total - n_features - net.n_out   # start of the output layer, per row
+    with nogil:
+        for b in prange(nblk, schedule="static", num_threads=nt):
+            r0 = b * FORWARD_ROWS
+            r1 = min(m, r0 + FORWARD_ROWS)
+            a = &work[threadid(), 0]
+            sparse_forward_rows(&data[0], &indices[0], &indptr[0], &rows[r0], r1 - r0, &net,
+                                &params[0], <floating*>NULL, a)
             for r in range(r1 - r0):
                 for j in range(net.n_out):
                     out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]

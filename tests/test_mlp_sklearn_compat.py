@@ -65,7 +65,8 @@ def _single_threaded_blas():
 
 # ------------------------------------------------------------ 1. scikit-learn's checks
 # sklearn/utils/_test_common/instance_generator.py lists no PER_ESTIMATOR_XFAIL_CHECKS
-# for MLPClassifier / MLPRegressor, so none are expected here either.
+# for MLPClassifier / MLPRegressor, so none are expected here either. Both declare
+# sparse input (input_tags.sparse), so the checks include scikit-learn's sparse ones.
 @parametrize_with_checks([cgd.MLPClassifier(max_iter=100), cgd.MLPRegressor(max_iter=100)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

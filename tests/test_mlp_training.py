@@ -393,9 +393,6 @@ def test_other_bad_input():
         cgd.MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
     with pytest.raises(ValueError, match="not supported for partial_fit"):
         cgd.MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=[0, 1, 2])
-    with pytest.raises(TypeError, match="dense data is required"):
-        import scipy.sparse as sp
-        cgd.MLPClassifier().fit(sp.csr_matrix(X), y)
     with pytest.raises(AttributeError, match="partial_fit"):
         cgd.MLPClassifier(solver="lbfgs").partial_fit
     with pytest.raises(NotFittedError):
