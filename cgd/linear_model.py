@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _linear
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
+from ._sparse import canonical_csr, csr_arrays
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
@@ -68,6 +69,11 @@ MAX_INT = np.iinfo(np.int32).max
 # for a descheduled sibling at every small batch can make an epoch 50x slower. The
 # chunk boundaries do not change, so neither do the results.
 PARALLEL_MIN_WORK = 1 << 17
+# Factor of the intercept's learning rate when X is sparse, as scikit-learn's
+# SPARSE_INTERCEPT_DECAY: on sparse data the intercept is updated by every sample while
+# each coefficient only by the rows that hold its feature, so a full-size intercept
+# step would make the intercept move much faster than the weights.
+SPARSE_INTERCEPT_DECAY = 0.01
 
 
 # ------------------------------------------------------------------ loss_functions
@@ -470,12 +476,28 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
         P = state["params"].shape[0]
         plain = self.solver == "sgd" and self.momentum == 0
-        work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain), P),
-                             dtype=dtype)
+        if sp.issparse(X):
+            cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
+            csr = csr_arrays(X)
+            X_kernel = csr
+            sparse_work = _csr_work(csr, n_features, idx_train, self.batch_size, plain, K,
+                                    dtype)
+            epoch_kernel = _linear.linear_epoch_csr
+        else:
+            X_kernel = X
+            work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain),
+                                  P), dtype=dtype)
+            epoch_kernel = _linear.linear_epoch
         work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
         work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
         work_k = np.zeros((2, K), dtype=np.float64)
         obj = np.zeros(K, dtype=np.float64)
+        # What the stopping rule reads: the objective itself, except for per-sample SGD
+        # on sparse X (scikit-learn's sparse objective, see _linear.linear_epoch_csr).
+        stop_obj = obj
+        if sp.issparse(X):
+            stop_obj = np.zeros(K, dtype=np.float64)
+            stop_norms = np.full((2, K), np.nan)
 
         tracker = ConvergenceTracker(
             n_problems, self.tol, self.n_iter_no_change,
@@ -500,18 +522,28 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                 reps = 1 if n_problems == K else K
                 active_k = np.repeat(tracker.active, reps)
                 eta_k = np.repeat(tracker.eta, reps).astype(np.float64)
-            status, t = _linear.linear_epoch(
-                X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
-                state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
-                state["avg_n"], work_grad, work_obj, work_z, work_k, obj, cfg, t)
+            if X_kernel is X:
+                status, t = epoch_kernel(
+                    X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
+                    state["params"], state["opt"], state["l1_q"], state["l1_u"],
+                    state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
+                    cfg, t)
+            else:
+                status, t = epoch_kernel(
+                    *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
+                    eta_k, state["params"], state["opt"], state["l1_q"], state["l1_u"],
+                    state["avg"], state["avg_n"], *sparse_work, work_obj, work_z, work_k,
+                    obj, stop_obj, stop_norms, cfg, t)
             if status != 0:
                 raise linear_divergence_error(len(loss_curve) + 1)
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]
             epoch_loss = float(sum(losses[k] for k in trained) / len(trained))
+            stop_losses = [stop_obj[k] / n_train for k in range(n_problems)]
             if self.early_stopping:
-                per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
+                per_problem, overall = validation_scorer(X_kernel, idx_val, state["params"],
+                                                         n_threads)
                 best_score = max(best_score, float(overall))
                 val_scores.append(float(overall))
             else:
@@ -522,7 +554,7 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             if self.early_stopping:
                 tracker.update(scores=per_problem)
             else:
-                tracker.update(losses=losses)
+                tracker.update(losses=stop_losses)
             if (tracker.active.tobytes(), tracker.eta.tobytes()) != before:
                 active_k = None
             if self.verbose > 0:
@@ -567,8 +599,10 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _validate_X_y(self, X, y, reset):
         X, y = validate_data(
-            self, X, y, accept_sparse=False, dtype=[np.float64, np.float32], order="C",
+            self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], order="C",
             reset=reset, y_numeric=isinstance(self, RegressorMixin))
+        if sp.issparse(X):
+            X = canonical_csr(X)
         return X, y
 
     def _check_sample_weight(self, sample_weight, X):
@@ -623,9 +657,14 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _decision(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=False, dtype=[np.float64, np.float32],
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                           reset=False)
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
 
 class SGDRegressor(RegressorMixin, _BaseSGD):
@@ -809,8 +848,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         ones = np.ones(1, dtype=X.dtype)
 
         def scorer(X, idx_val, params, n_threads):
-            z = np.empty((idx_val.shape[0], 1), dtype=X.dtype)
-            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            z = _decision_rows(X, idx_val, params, 1, n_threads)
             score = r2_score(y[idx_val], z[:, 0], sample_weight=sample_weight[idx_val])
             return np.array([score]), score
 
@@ -1064,8 +1102,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         multinomial = self._multinomial
 
         def scorer(X, idx_val, params, n_threads):
-            z = np.empty((idx_val.shape[0], K), dtype=X.dtype)
-            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            z = _decision_rows(X, idx_val, params, K, n_threads)
             yv, swv = y_idx[idx_val], user_weight[idx_val]
             if K == 1:
                 pred = (z[:, 0] > 0).astype(np.intp)
@@ -1238,6 +1275,41 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         ndarray of shape (n_samples, n_classes)
         """
         return np.log(self.predict_proba(X))
+
+
+def _decision_rows(X, rows, params, K, n_threads):
+    """Decision values (len(rows), K) of the rows of X (an array, or the CSR arrays
+    ``(data, indices, indptr)``), read in place: early stopping's validation rows."""
+    z = np.empty((rows.shape[0], K), dtype=params.dtype)
+    if isinstance(X, tuple):
+        _linear.linear_decision_csr(*X, rows, params, z, n_threads)
+    else:
+        _linear.linear_decision(X, rows, params, z, n_threads)
+    return z
+
+
+def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
+    """Scratch buffers of the CSR epoch kernel: ``(work_grad, work_touched, work_pos,
+    work_cols)``. A batch touches at most T_max columns: n_features, or the stored
+    entries of the batch_size fullest training rows if fewer. Each chunk of the largest
+    batch keeps K * (T_max + 1) gradient sums; the marker array (one entry per column,
+    -1 where unset) is what lets a batch find its columns without a pass over all of
+    them. Plain per-sample SGD needs none of these."""
+    data, indices, indptr = csr
+    n_train = idx_train.shape[0]
+    n_chunks = _linear.grad_rows_needed(batch_size, n_train, plain)
+    if n_chunks == 0:
+        t_max, n_pos = 0, 0
+    else:
+        m = min(batch_size, n_train)
+        row_nnz = (indptr[1:] - indptr[:-1])[idx_train]
+        if m < n_train:
+            row_nnz = np.partition(row_nnz, n_train - m)[n_train - m:]
+        t_max, n_pos = int(min(n_features, row_nnz.sum())), n_features
+    return (np.zeros(n_chunks * K * (t_max + 1), dtype=dtype),
+            np.zeros((3, t_max), dtype=dtype),
+            np.full(n_pos, -1, dtype=indices.dtype),
+            np.zeros(t_max, dtype=indices.dtype))
 
 
 def _expit(z):
