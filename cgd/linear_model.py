@@ -416,13 +416,18 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             self._sgd_state = state
         self._sgd_signature = signature
 
-    def _published(self, state, t):
+    def _published(self, state, t, coef_out=None):
         """coef_ (K, d) and intercept_ (K,) of a state: the averaged parameters of the
-        outputs that have averaged updates once ``average`` is reached, else the last."""
+        outputs that have averaged updates once ``average`` is reached, else the last.
+        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into."""
         params = state["params"]
         K = self._n_outputs
         d = params.shape[0] // K - 1
-        coef = params[: K * d].reshape(K, d).copy()
+        if coef_out is None:
+            coef = params[: K * d].reshape(K, d).copy()
+        else:
+            coef = coef_out
+            np.copyto(coef, params[: K * d].reshape(K, d))
         intercept = params[K * d:].copy()
         if self.average and self.average <= t - 1:
             rows = state["avg_n"] > 0
@@ -473,9 +478,22 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
         # Private working copies: the kernel updates them in place, and what the
         # estimator holds changes only when an epoch has completed with finite values.
-        state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
-        P = state["params"].shape[0]
+        # State that this fit's kernel never writes (the optimizer moments of plain SGD,
+        # the L1 ledger without L1, the average without averaging) is shared rather than
+        # copied: with many features, copies of it would cost more than a sparse epoch.
         plain = self.solver == "sgd" and self.momentum == 0
+        mutable = {"params", "l1_u", "avg_n"}
+        if not plain:
+            mutable.add("opt")
+        if self._penalty_coefficients()[0] != 0:
+            mutable.add("l1_q")
+        if self.average:
+            mutable.add("avg")
+        state = {k: v if k not in mutable and v.flags.c_contiguous and v.flags.writeable
+                 else np.array(v, copy=True, order="C")
+                 for k, v in self._sgd_state.items()}
+        publisher = _StatePublisher(mutable)
+        P = state["params"].shape[0]
         if sp.issparse(X):
             cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
             csr = csr_arrays(X)
@@ -549,7 +567,9 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             else:
                 best_loss = min(best_loss, epoch_loss)
             loss_curve.append(epoch_loss)
-            self._commit(state, t, n_epochs, loss_curve, val_scores, best_loss, best_score)
+            snapshot, coef_out = publisher.snapshot(state, K)
+            self._commit(snapshot, t, n_epochs, loss_curve, val_scores, best_loss,
+                         best_score, coef_out=coef_out)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
                 tracker.update(scores=per_problem)
@@ -565,15 +585,17 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                           f"{time.time() - t_start:.2f} seconds")
                 break
 
-    def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score):
+    def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
+                coef_out=None):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
-        never leaves the attributes describing different epochs."""
+        never leaves the attributes describing different epochs. ``state`` is a snapshot
+        the kernel no longer writes."""
         dtype = state["params"].dtype
-        coef, intercept = self._published(state, t)
+        coef, intercept = self._published(state, t, coef_out=coef_out)
         attrs = self._coef_attrs(coef.astype(dtype, copy=False),
                                  intercept.astype(dtype, copy=False))
         attrs.update({
-            "_sgd_state": {k: v.copy() for k, v in state.items()},
+            "_sgd_state": state,
             "t_": float(t),
             "n_iter_": n_epochs,
             "loss_curve_": loss_curve,
@@ -1275,6 +1297,42 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         ndarray of shape (n_samples, n_classes)
         """
         return np.log(self.predict_proba(X))
+
+
+class _StatePublisher:
+    """Snapshots of the working state for the estimator to hold after each epoch,
+    with a buffer for its coef_.
+
+    The arrays the kernel writes, and coef_, are copied into one of two sets of buffers
+    allocated by this call, alternately, never into the set the estimator holds (nor
+    into anything a previous call published): after the first two epochs a commit
+    allocates nothing. Fresh arrays of many features each epoch would cost page faults
+    comparable to a sparse epoch. The arrays the kernel does not write are shared."""
+
+    def __init__(self, mutable):
+        self.mutable = mutable
+        self.current = None  # (snapshot, coef buffer) the estimator holds
+        self.spare = None    # the pair before it, free to overwrite
+
+    def snapshot(self, state, K):
+        """``(snapshot of state, (K, d) buffer for coef_)``."""
+        params = state["params"]
+        spare = self.spare
+        out = {}
+        for k, v in state.items():
+            if k not in self.mutable:
+                out[k] = v
+            elif spare is not None:
+                np.copyto(spare[0][k], v)
+                out[k] = spare[0][k]
+            else:
+                out[k] = v.copy()
+        if spare is not None:
+            coef = spare[1]
+        else:
+            coef = np.empty((K, params.shape[0] // K - 1), dtype=params.dtype)
+        self.spare, self.current = self.current, (out, coef)
+        return out, coef
 
 
 def _decision_rows(X, rows, params, K, n_threads):
