@@ -6,6 +6,9 @@ Every scikit-learn 1.9 parameter keeps its name, default and meaning. Added:
 (threads inside one fit) and, for the classifier, ``multiclass`` ('ovr' or
 'multinomial' softmax).
 
+X may be a scipy.sparse matrix: the kernels then read it as CSR (see the estimators'
+Notes for what is exact and what is lazy on sparse input).
+
 The parameters of a fitted model live in one flat buffer of K * (n_features + 1)
 values (K coefficient rows, then K intercepts) which the kernel of ``_linear.pyx``
 updates in place; ``coef_`` / ``intercept_`` are copies of it made after every
@@ -789,6 +792,41 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
         arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
         the per-sample loss and its derivative as cgd's kernels compute them.
+
+    Notes
+    -----
+    **Sparse X** (any ``scipy.sparse`` matrix or array; CSR is used as it is, other
+    formats are converted to CSR once; int32 or int64 indices; float32 or float64
+    values, kept) is never densified: an update costs the stored entries of its rows,
+    never ``n_features``. Unsorted indices and duplicate entries mean what they mean
+    in a sparse product (a copy is sorted and summed; X itself is not modified).
+
+    - Plain SGD (``solver='sgd'``, no momentum) is exact: the L2 decay of every
+      coefficient is kept as one scale factor. With ``fit_intercept=False`` and
+      penalty None or 'l2' a fit on sparse X equals the fit on its dense copy (to
+      rounding) at any ``batch_size``.
+    - As scikit-learn on sparse X, the intercept's step is multiplied by 0.01 (its
+      intercept decay: the intercept is updated by every row, each coefficient only
+      by the rows that store its feature), for every solver and batch size.
+    - With ``batch_size=1`` and ``shuffle=False`` a fit on sparse X equals
+      scikit-learn's (same ``coef_``, ``n_iter_`` and ``t_``). For that, the ``tol``
+      rule reads scikit-learn's sparse objective, whose penalty term is that of the
+      coefficients of the last row that moved the weights; ``loss_curve_`` records
+      the true objective.
+    - L1 / elastic net is lazy, as in scikit-learn: the cumulative L1 penalty owed to
+      a coefficient is applied when a row storing its feature is trained on, so the
+      fit differs from the dense one.
+    - ``average`` is the mean of the iterates (L1 truncations included), updated at
+      the cost of the coefficients an update touches.
+    - Momentum, Adam and Adagrad are lazy: a batch updates only the coefficients of
+      the columns its rows store (stored zeros included), with their gradient plus
+      their L2 term; the others keep their value, velocity and moments (PyTorch's
+      ``SparseAdam`` rule; Adam's bias correction counts all updates). A dense step
+      would cost ``n_features`` per batch. When every batch stores every column this
+      is the dense step.
+    - Mini-batches are reduced over the columns they touch, in fixed row chunks as for
+      dense X, so the result does not depend on ``n_jobs``; the work is spread over
+      threads once a batch holds enough stored entries.
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -886,8 +924,9 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            float32 data is trained in float32; anything else in float64.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64. Sparse X
+            is trained as CSR without densifying it (see Notes).
         y : array-like of shape (n_samples,)
         coef_init : ndarray of shape (n_features,), default=None
         intercept_init : ndarray of shape (1,), default=None
@@ -911,7 +950,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         sample_weight : array-like of shape (n_samples,), default=None
 
@@ -929,7 +968,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -993,6 +1032,13 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
         arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
         the per-sample loss and its derivative as cgd's kernels compute them.
+
+    Notes
+    -----
+    Sparse X is trained without densifying it, as described in :class:`SGDRegressor`
+    (exact plain SGD, the intercept step times 0.01, scikit-learn's stopping rule at
+    ``batch_size=1``, lazy L1, lazy momentum / Adam / Adagrad). One-vs-rest trains
+    every class in the same pass over the rows.
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -1151,8 +1197,9 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            float32 data is trained in float32; anything else in float64.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64. Sparse X
+            is trained as CSR without densifying it (see Notes).
         y : array-like of shape (n_samples,)
         coef_init : ndarray of shape (n_classes, n_features), default=None
             ``(n_features,)`` or ``(1, n_features)`` for two classes.
@@ -1181,7 +1228,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         classes : array-like of shape (n_classes,), default=None
             All classes, required on the first call.
@@ -1208,7 +1255,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1222,7 +1269,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1253,7 +1300,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1290,7 +1337,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
