@@ -1395,7 +1395,7 @@ def _decision_rows(X, rows, params, K, n_threads):
 
 def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
     """Scratch buffers of the CSR epoch kernel: ``(work_grad, work_touched, work_pos,
-    work_cols)``. A batch touches at most T_max columns: n_features, or the stored
+    work_cols, work_coef)``. A batch touches at most T_max columns: n_features, or the stored
     entries of the batch_size fullest training rows if fewer. Each chunk of the largest
     batch keeps K * (T_max + 1) gradient sums; the marker array (one entry per column,
     -1 where unset) is what lets a batch find its columns without a pass over all of
@@ -1414,7 +1414,9 @@ def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
     return (np.zeros(n_chunks * K * (t_max + 1), dtype=dtype),
             np.zeros((3, t_max), dtype=dtype),
             np.full(n_pos, -1, dtype=indices.dtype),
-            np.zeros(t_max, dtype=indices.dtype))
+            np.zeros(t_max, dtype=indices.dtype),
+            # the column-major copy of the coefficients an epoch with K > 1 works on
+            np.empty(K * n_features if K > 1 else 0, dtype=dtype))
 
 
 def _expit(z):

@@ -603,12 +603,13 @@ cdef struct SparseOut:
     double stop_reg # the penalty of the stopping objective before the next update
 
 
-cdef inline double sparse_dot(const floating* w, const floating* xd, const index_t* xi,
-                              Py_ssize_t nnz) noexcept nogil:
+cdef inline double sparse_dot(const floating* w, Py_ssize_t ws, const floating* xd,
+                              const index_t* xi, Py_ssize_t nnz) noexcept nogil:
+    """sum_e w[xi[e] * ws] * xd[e]: w's coefficients are ws apart."""
     cdef double acc = 0.0
     cdef Py_ssize_t e
     for e in range(nnz):
-        acc += w[xi[e]] * xd[e]
+        acc += w[xi[e] * ws] * xd[e]
     return acc
 
 
@@ -622,46 +623,48 @@ cdef inline void track(SparseOut* o, double* D, double old, double new,
         D[0] -= o.avg_c * (new - old)
 
 
-cdef inline void norms_of(SparseOut* o, const floating* v, Py_ssize_t d) noexcept nogil:
+cdef inline void norms_of(SparseOut* o, const floating* v, Py_ssize_t vs,
+                         Py_ssize_t d) noexcept nogil:
     cdef Py_ssize_t j
     cdef double sq = 0.0, ab = 0.0
     for j in range(d):
-        sq += <double>v[j] * v[j]
-        ab += fabs(v[j])
+        sq += <double>v[j * vs] * v[j * vs]
+        ab += fabs(v[j * vs])
     o.sq = sq
     o.ab = ab
 
 
-cdef void fold_output(SparseOut* o, floating* v, double* D, Py_ssize_t d,
+cdef void fold_output(SparseOut* o, floating* v, Py_ssize_t vs, double* D, Py_ssize_t d,
                       bint track_avg, bint track_norms) noexcept nogil:
     """Fold the scale into v and the averaging scalars into D (O(d))."""
     cdef Py_ssize_t j
     cdef double s = o.scale, g = o.avg_g, c = o.avg_c
     if track_avg and not (g == 1.0 and c == 0.0):
         for j in range(d):
-            D[j] = g * (D[j] + c * v[j])
+            D[j] = g * (D[j] + c * v[j * vs])
     o.avg_g = 1.0
     o.avg_c = 0.0
     if s != 1.0:
         for j in range(d):
-            v[j] = <floating>(s * v[j])
+            v[j * vs] = <floating>(s * v[j * vs])
         o.scale = 1.0
         if track_norms:
-            norms_of(o, v, d)
+            norms_of(o, v, vs, d)
 
 
-cdef inline void scale_output(SparseOut* o, double decay, floating* v, double* D,
-                              Py_ssize_t d, bint track_avg, bint track_norms) noexcept nogil:
+cdef inline void scale_output(SparseOut* o, double decay, floating* v, Py_ssize_t vs,
+                              double* D, Py_ssize_t d, bint track_avg,
+                              bint track_norms) noexcept nogil:
     """w <- decay * w through the scale alone, folding it in when it gets tiny."""
     o.scale *= decay
     o.rsq *= decay * decay
     o.rab *= decay
     if o.scale < SCALE_FOLD:
-        fold_output(o, v, D, d, track_avg, track_norms)
+        fold_output(o, v, vs, D, d, track_avg, track_norms)
 
 
-cdef inline void add_row(SparseOut* o, floating* v, double* D, const floating* xd,
-                         const index_t* xi, Py_ssize_t nnz, double coef,
+cdef inline void add_row(SparseOut* o, floating* v, Py_ssize_t vs, double* D,
+                         const floating* xd, const index_t* xi, Py_ssize_t nnz, double coef,
                          bint track_avg, bint track_norms) noexcept nogil:
     """v <- v + coef * x over the row's columns (coef already divided by the scale)."""
     cdef Py_ssize_t e, j
@@ -669,31 +672,33 @@ cdef inline void add_row(SparseOut* o, floating* v, double* D, const floating* x
     cdef double rsq = 0.0, rab = 0.0
     for e in range(nnz):
         j = xi[e]
-        old = v[j]
-        v[j] = <floating>(v[j] + xd[e] * coef)
-        rsq += <double>v[j] * v[j]
-        rab += fabs(v[j])
+        old = v[j * vs]
+        v[j * vs] = <floating>(old + xd[e] * coef)
+        rsq += <double>v[j * vs] * v[j * vs]
+        rab += fabs(v[j * vs])
         if track_avg or track_norms:
-            track(o, D + j, old, v[j], track_avg, track_norms)
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
     o.rsq = rsq * (o.scale * o.scale)
     o.rab = rab * o.scale
 
 
 cdef void sgd_single_row_csr(
     const floating* xd, const index_t* xi, Py_ssize_t nnz, floating yi, floating si,
-    floating* params, SparseOut* so, double* avg_params, Py_ssize_t K, Py_ssize_t d,
+    floating* params, floating* coef, Py_ssize_t ko, Py_ssize_t vs, SparseOut* so,
+    double* avg_params, Py_ssize_t K, Py_ssize_t d,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     const double* eta, EpochConfig* cfg, bint track_avg, bint track_norms,
     double* obj, floating* z,
 ) noexcept nogil:
     """Plain SGD on one CSR row, in scikit-learn's order: decay the scale, add the
-    gradient step to the row's coordinates, step the intercept (times intercept_decay)."""
+    gradient step to the row's coordinates, step the intercept (times intercept_decay).
+    Coefficient j of output k is coef[k * ko + j * vs]; the intercepts are in params."""
     cdef Py_ssize_t k, c
     cdef double zk, tk, sk, l, dl, decay, step, lse, zc
     cdef floating* v
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
-            z[k] = <floating>(so[k].scale * sparse_dot(params + k * d, xd, xi, nnz)
+            z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
                               + params[K * d + k])
         c = <Py_ssize_t>yi
         zc = z[c]
@@ -705,11 +710,12 @@ cdef void sgd_single_row_csr(
             if decay < 0.0:
                 decay = 0.0
             step = eta[k] * dl
-            v = params + k * d
+            v = coef + k * ko
             if decay != 1.0:
-                scale_output(&so[k], decay, v, avg_params + k * d, d, track_avg, track_norms)
+                scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg,
+                             track_norms)
             if step != 0.0:
-                add_row(&so[k], v, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
+                add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
                         track_avg, track_norms)
             if cfg.fit_intercept:
                 params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
@@ -717,8 +723,8 @@ cdef void sgd_single_row_csr(
     for k in range(K):
         if not active[k]:
             continue
-        v = params + k * d
-        zk = so[k].scale * sparse_dot(v, xd, xi, nnz) + params[K * d + k]
+        v = coef + k * ko
+        zk = so[k].scale * sparse_dot(v, vs, xd, xi, nnz) + params[K * d + k]
         tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
         l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
         obj[k] += sk * l if cfg.weighted_objective else l
@@ -727,9 +733,9 @@ cdef void sgd_single_row_csr(
             decay = 0.0
         step = eta[k] * dl * sk
         if decay != 1.0:
-            scale_output(&so[k], decay, v, avg_params + k * d, d, track_avg, track_norms)
+            scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg, track_norms)
         if step != 0.0:
-            add_row(&so[k], v, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
+            add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
                     track_avg, track_norms)
         if cfg.fit_intercept:
             params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
@@ -745,7 +751,10 @@ cdef void chunk_gradient_csr(
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
     Py_ssize_t n_order,
-    const floating* params,     # IN  (P,) stored coefficients v, then intercepts
+    const floating* params,     # IN  (P,) intercepts at K * d + k
+    const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
+    Py_ssize_t ko,
+    Py_ssize_t vs,
     const SparseOut* so,        # IN  (K,) scales
     const index_t* pos,         # IN  (d,) compact position of each touched column
     Py_ssize_t T,               # IN  touched columns of the batch
@@ -776,7 +785,7 @@ cdef void chunk_gradient_csr(
         b = indptr[i + 1]
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
-                z[k] = <floating>(so[k].scale * sparse_dot(params + k * d, data + a,
+                z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
                                                            indices + a, b - a)
                                   + params[K * d + k])
             c = <Py_ssize_t>y[i]
@@ -794,7 +803,7 @@ cdef void chunk_gradient_csr(
             for k in range(K):
                 if not active[k]:
                     continue
-                zk = (so[k].scale * sparse_dot(params + k * d, data + a, indices + a, b - a)
+                zk = (so[k].scale * sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
                       + params[K * d + k])
                 tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
                 l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
@@ -836,8 +845,8 @@ cdef Py_ssize_t compact_batch(
 cdef void batch_gradient_csr(
     const floating* data, const index_t* indices, const index_t* indptr,
     const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
-    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const SparseOut* so,
-    const index_t* pos, Py_ssize_t T, Py_ssize_t nnz_batch, Py_ssize_t K, Py_ssize_t d,
+    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* pos, Py_ssize_t T, Py_ssize_t nnz_batch, Py_ssize_t K, Py_ssize_t d,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg,
     floating* work_grad,        # OUT first K * T + K entries: the batch's gradient sums
@@ -855,13 +864,15 @@ cdef void batch_gradient_csr(
         for c in range(nch):
             chunk_gradient_csr(data, indices, indptr, y, sw, order,
                                start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, so, pos, T, K, d, pos_w, neg_w, active, cfg,
+                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
+                               active, cfg,
                                work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
             chunk_gradient_csr(data, indices, indptr, y, sw, order,
                                start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, so, pos, T, K, d, pos_w, neg_w, active, cfg,
+                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
+                               active, cfg,
                                work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
     if nch > 1:
         nblk = (Pb + REDUCE_BLOCK - 1) // REDUCE_BLOCK
@@ -877,7 +888,8 @@ cdef void batch_gradient_csr(
 
 
 cdef void step_touched(
-    EpochConfig* cfg, SparseOut* o, floating* v, double* D, floating* s0, floating* s1,
+    EpochConfig* cfg, SparseOut* o, floating* v, Py_ssize_t vs, double* D, floating* s0,
+    floating* s1,
     const floating* g, double gscale, const index_t* cols, Py_ssize_t T, Py_ssize_t d,
     double lr, double t, bint plain, floating* tw, floating* ts0, floating* ts1,
     bint track_avg, bint track_norms,
@@ -895,29 +907,29 @@ cdef void step_touched(
         if decay < 0.0:
             decay = 0.0
         if decay != 1.0:
-            scale_output(o, decay, v, D, d, track_avg, track_norms)
+            scale_output(o, decay, v, vs, D, d, track_avg, track_norms)
         coef = -(lr * gscale) / o.scale
         for e in range(T):
             j = cols[e]
-            old = v[j]
-            v[j] = <floating>(v[j] + g[e] * coef)
+            old = v[j * vs]
+            v[j * vs] = <floating>(old + g[e] * coef)
             if track_avg or track_norms:
-                track(o, D + j, old, v[j], track_avg, track_norms)
+                track(o, D + j, old, v[j * vs], track_avg, track_norms)
         return
     for e in range(T):
         j = cols[e]
-        tw[e] = v[j]
+        tw[e] = v[j * vs]
         ts0[e] = s0[j]
         ts1[e] = s1[j]
     optimizer_step(&cfg.optim, tw, g, gscale, ts0, ts1, T, lr, cfg.l2, t)
     for e in range(T):
         j = cols[e]
-        old = v[j]
-        v[j] = tw[e]
+        old = v[j * vs]
+        v[j * vs] = tw[e]
         s0[j] = ts0[e]
         s1[j] = ts1[e]
         if track_avg or track_norms:
-            track(o, D + j, old, v[j], track_avg, track_norms)
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
 
 
 cdef inline void average_step(SparseOut* o, double* D, Py_ssize_t d, double count,
@@ -936,7 +948,7 @@ cdef inline void average_step(SparseOut* o, double* D, Py_ssize_t d, double coun
     running_average(avg_b, b, 1, count)
 
 
-cdef void l1_touched(SparseOut* o, floating* v, floating* q, double* D,
+cdef void l1_touched(SparseOut* o, floating* v, Py_ssize_t vs, floating* q, double* D,
                      const index_t* cols, Py_ssize_t T, double u,
                      bint track_avg, bint track_norms) noexcept nogil:
     """Cumulative L1 penalty (Tsuruoka et al., 2009) on the touched coordinates only:
@@ -947,18 +959,18 @@ cdef void l1_touched(SparseOut* o, floating* v, floating* q, double* D,
     cdef floating old
     for e in range(T):
         j = cols[e]
-        old = v[j]
+        old = v[j * vs]
         if old > 0:
             nv = old - (u + q[j]) / s
-            v[j] = <floating>(nv if nv > 0.0 else 0.0)
+            v[j * vs] = <floating>(nv if nv > 0.0 else 0.0)
         elif old < 0:
             nv = old + (u - q[j]) / s
-            v[j] = <floating>(nv if nv < 0.0 else 0.0)
+            v[j * vs] = <floating>(nv if nv < 0.0 else 0.0)
         else:
             continue
-        q[j] = <floating>(q[j] + s * (<double>v[j] - old))
+        q[j] = <floating>(q[j] + s * (<double>v[j * vs] - old))
         if track_avg or track_norms:
-            track(o, D + j, old, v[j], track_avg, track_norms)
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
 
 
 cdef inline double penalty_of(EpochConfig* cfg, const SparseOut* o) noexcept nogil:
@@ -1011,6 +1023,7 @@ def linear_epoch_csr(
     index_t[::1] work_pos,              # scratch (n_features,) all -1 on entry and on exit;
                                         #         may be empty for per-sample plain SGD
     index_t[::1] work_cols,             # scratch (T_max,) a batch's touched columns
+    floating[::1] work_coef,            # scratch (K * n_features,) for K > 1, else empty
     double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
     floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
     double[:, ::1] work_k,              # scratch (2, K)
@@ -1054,6 +1067,12 @@ def linear_epoch_csr(
     cdef const index_t* touched
     cdef Py_ssize_t n_touched
     cdef SparseOut* so
+    # Coefficient j of output k is coef[k * ko + j * vs]. With several outputs the
+    # epoch works on a column-major copy (ko 1, vs K): the K coefficients of a column
+    # share cache lines, so a row's K dot products and updates cost about one miss per
+    # entry instead of K.
+    cdef floating* coef = prm
+    cdef Py_ssize_t ko = d, vs = 1
 
     if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1:
         raise ValueError("inconsistent shapes passed to linear_epoch_csr")
@@ -1066,6 +1085,8 @@ def linear_epoch_csr(
             work_pos.shape[0] != d
             or work_grad.shape[0] < grad_rows_needed(m, n_order, plain) * K * (T_cap + 1)
             or work_touched.shape[0] < 3 or work_touched.shape[1] < T_cap):
+        raise ValueError("work buffers do not match the parameters")
+    if K > 1 and work_coef.shape[0] != K * d:
         raise ValueError("work buffers do not match the parameters")
     if (work_obj.shape[0] < MAX_CHUNKS or work_obj.shape[1] != K
             or work_z.shape[0] < MAX_CHUNKS or work_z.shape[1] != K
@@ -1089,6 +1110,13 @@ def linear_epoch_csr(
         raise MemoryError()
     try:
         with nogil:
+            if K > 1:
+                coef = &work_coef[0]
+                ko = 1
+                vs = K
+                for j in range(d):
+                    for k in range(K):
+                        coef[j * K + k] = prm[k * d + j]
             for k in range(K):
                 so[k].scale = 1.0
                 so[k].avg_g = 1.0
@@ -1096,7 +1124,7 @@ def linear_epoch_csr(
                 so[k].sq = 0.0
                 so[k].ab = 0.0
                 if track_norms:
-                    norms_of(&so[k], prm + k * d, d)
+                    norms_of(&so[k], coef + k * ko, vs, d)
                 reg[k] = penalty_of(&cfg, &so[k])
                 if isnan(stop_norms[0, k]):
                     stop_norms[0, k] = so[k].sq
@@ -1126,7 +1154,8 @@ def linear_epoch_csr(
                     n_touched = ip[j + 1] - a
                     nnz_batch = n_touched
                     sgd_single_row_csr(xd0 + a, touched, n_touched, y[j], sample_weight[j],
-                                       prm, so, &avg_params[0], K, d, &pos_weight[0],
+                                       prm, coef, ko, vs, so, &avg_params[0], K, d,
+                                       &pos_weight[0],
                                        &neg_weight[0], &active[0], eta, &cfg, track_avg,
                                        track_norms, &work_obj[0, 0], &work_z[0, 0])
                 else:
@@ -1140,7 +1169,8 @@ def linear_epoch_csr(
                     touched = &work_cols[0]
                     n_touched = T
                     batch_gradient_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
-                                       start, mb, n_order, prm, so, &work_pos[0], T,
+                                       start, mb, n_order, prm, coef, ko, vs, so,
+                                       &work_pos[0], T,
                                        nnz_batch, K, d, &pos_weight[0], &neg_weight[0],
                                        &active[0], &cfg, &work_grad[0], work_obj, work_z)
                     for j in range(T):
@@ -1150,7 +1180,7 @@ def linear_epoch_csr(
                     for k in range(K):
                         if not (multinomial or active[k]):
                             continue
-                        step_touched(&cfg, &so[k], prm + k * d, &avg_params[k * d],
+                        step_touched(&cfg, &so[k], coef + k * ko, vs, &avg_params[k * d],
                                      &opt_state[0, k * d], &opt_state[1, k * d],
                                      g + k * T, gscale, touched, T, d, eta[k], t, plain,
                                      &work_touched[0, 0], &work_touched[1, 0],
@@ -1196,7 +1226,7 @@ def linear_epoch_csr(
                         continue
                     if cfg.l1 != 0.0:
                         l1_u[k] += cfg.l1 * eta[k]
-                        l1_touched(&so[k], prm + k * d, &l1_q[k * d], &avg_params[k * d],
+                        l1_touched(&so[k], coef + k * ko, vs, &l1_q[k * d], &avg_params[k * d],
                                    touched, n_touched, l1_u[k], track_avg, track_norms)
                     if track_norms:
                         reg[k] = penalty_of(&cfg, &so[k])
@@ -1215,9 +1245,13 @@ def linear_epoch_csr(
                             PyErr_CheckSignals()
                         last_check = cgd_now()
             for k in range(K):
-                fold_output(&so[k], prm + k * d, &avg_params[k * d], d, track_avg, False)
+                fold_output(&so[k], coef + k * ko, vs, &avg_params[k * d], d, track_avg, False)
                 stop_norms[0, k] = so[k].rsq
                 stop_norms[1, k] = so[k].rab
+            if K > 1:
+                for k in range(K):
+                    for j in range(d):
+                        prm[k * d + j] = coef[j * K + k]
             if status == STATUS_OK:
                 for j in range(P):
                     if not isfinite(prm[j]):
@@ -1256,6 +1290,6 @@ def linear_decision_csr(
             i = rows[r]
             a = X_indptr[i]
             for k in range(K):
-                out[r, k] = <floating>(sparse_dot(&params[k * d], xd0 + a, xi0 + a,
+                out[r, k] = <floating>(sparse_dot(&params[k * d], 1, xd0 + a, xi0 + a,
                                                   X_indptr[i + 1] - a)
                                        + params[K * d + k])
