@@ -994,12 +994,6 @@ cdef inline double stop_penalty_of(EpochConfig* cfg, const SparseOut* o) noexcep
     return r
 
 
-def csr_work_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_plain):
-    """Chunks of ``work_grad`` (each K * (T_max + 1) long) an epoch over CSR rows needs:
-    one per chunk of its largest batch, none for plain per-sample SGD."""
-    return grad_rows_needed(batch_size, n_train, per_sample_plain)
-
-
 def linear_epoch_csr(
     const floating[::1] X_data,         # IN     (nnz,) CSR values
     const index_t[::1] X_indices,       # IN     (nnz,) column indices, sorted within rows, unique
