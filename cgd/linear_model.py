@@ -6,6 +6,9 @@ Every scikit-learn 1.9 parameter keeps its name, default and meaning. Added:
 (threads inside one fit) and, for the classifier, ``multiclass`` ('ovr' or
 'multinomial' softmax).
 
+X may be a scipy.sparse matrix: the kernels then read it as CSR (see the estimators'
+Notes for what is exact and what is lazy on sparse input).
+
 The parameters of a fitted model live in one flat buffer of K * (n_features + 1)
 values (K coefficient rows, then K intercepts) which the kernel of ``_linear.pyx``
 updates in place; ``coef_`` / ``intercept_`` are copies of it made after every
@@ -30,6 +33,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _linear
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
+from ._sparse import canonical_csr, csr_arrays
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
@@ -68,6 +72,11 @@ MAX_INT = np.iinfo(np.int32).max
 # for a descheduled sibling at every small batch can make an epoch 50x slower. The
 # chunk boundaries do not change, so neither do the results.
 PARALLEL_MIN_WORK = 1 << 17
+# Factor of the intercept's learning rate when X is sparse, as scikit-learn's
+# SPARSE_INTERCEPT_DECAY: on sparse data the intercept is updated by every sample while
+# each coefficient only by the rows that hold its feature, so a full-size intercept
+# step would make the intercept move much faster than the weights.
+SPARSE_INTERCEPT_DECAY = 0.01
 
 
 # ------------------------------------------------------------------ loss_functions
@@ -410,13 +419,18 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             self._sgd_state = state
         self._sgd_signature = signature
 
-    def _published(self, state, t):
+    def _published(self, state, t, coef_out=None):
         """coef_ (K, d) and intercept_ (K,) of a state: the averaged parameters of the
-        outputs that have averaged updates once ``average`` is reached, else the last."""
+        outputs that have averaged updates once ``average`` is reached, else the last.
+        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into."""
         params = state["params"]
         K = self._n_outputs
         d = params.shape[0] // K - 1
-        coef = params[: K * d].reshape(K, d).copy()
+        if coef_out is None:
+            coef = params[: K * d].reshape(K, d).copy()
+        else:
+            coef = coef_out
+            np.copyto(coef, params[: K * d].reshape(K, d))
         intercept = params[K * d:].copy()
         if self.average and self.average <= t - 1:
             rows = state["avg_n"] > 0
@@ -467,15 +481,44 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
         # Private working copies: the kernel updates them in place, and what the
         # estimator holds changes only when an epoch has completed with finite values.
-        state = {k: np.array(v, copy=True, order="C") for k, v in self._sgd_state.items()}
-        P = state["params"].shape[0]
+        # State that this fit's kernel never writes (the optimizer moments of plain SGD,
+        # the L1 ledger without L1, the average without averaging) is shared rather than
+        # copied: with many features, copies of it would cost more than a sparse epoch.
         plain = self.solver == "sgd" and self.momentum == 0
-        work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain), P),
-                             dtype=dtype)
+        mutable = {"params", "l1_u", "avg_n"}
+        if not plain:
+            mutable.add("opt")
+        if self._penalty_coefficients()[0] != 0:
+            mutable.add("l1_q")
+        if self.average:
+            mutable.add("avg")
+        state = {k: v if k not in mutable and v.flags.c_contiguous and v.flags.writeable
+                 else np.array(v, copy=True, order="C")
+                 for k, v in self._sgd_state.items()}
+        publisher = _StatePublisher(mutable)
+        P = state["params"].shape[0]
+        if sp.issparse(X):
+            cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
+            csr = csr_arrays(X)
+            X_kernel = csr
+            sparse_work = _csr_work(csr, n_features, idx_train, self.batch_size, plain, K,
+                                    dtype)
+            epoch_kernel = _linear.linear_epoch_csr
+        else:
+            X_kernel = X
+            work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain),
+                                  P), dtype=dtype)
+            epoch_kernel = _linear.linear_epoch
         work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
         work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
         work_k = np.zeros((2, K), dtype=np.float64)
         obj = np.zeros(K, dtype=np.float64)
+        # What the stopping rule reads: the objective itself, except for per-sample SGD
+        # on sparse X (scikit-learn's sparse objective, see _linear.linear_epoch_csr).
+        stop_obj = obj
+        if sp.issparse(X):
+            stop_obj = np.zeros(K, dtype=np.float64)
+            stop_norms = np.full((2, K), np.nan)
 
         tracker = ConvergenceTracker(
             n_problems, self.tol, self.n_iter_no_change,
@@ -500,29 +543,41 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                 reps = 1 if n_problems == K else K
                 active_k = np.repeat(tracker.active, reps)
                 eta_k = np.repeat(tracker.eta, reps).astype(np.float64)
-            status, t = _linear.linear_epoch(
-                X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
-                state["params"], state["opt"], state["l1_q"], state["l1_u"], state["avg"],
-                state["avg_n"], work_grad, work_obj, work_z, work_k, obj, cfg, t)
+            if X_kernel is X:
+                status, t = epoch_kernel(
+                    X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
+                    state["params"], state["opt"], state["l1_q"], state["l1_u"],
+                    state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
+                    cfg, t)
+            else:
+                status, t = epoch_kernel(
+                    *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
+                    eta_k, state["params"], state["opt"], state["l1_q"], state["l1_u"],
+                    state["avg"], state["avg_n"], *sparse_work, work_obj, work_z, work_k,
+                    obj, stop_obj, stop_norms, cfg, t)
             if status != 0:
                 raise linear_divergence_error(len(loss_curve) + 1)
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]
             epoch_loss = float(sum(losses[k] for k in trained) / len(trained))
+            stop_losses = [stop_obj[k] / n_train for k in range(n_problems)]
             if self.early_stopping:
-                per_problem, overall = validation_scorer(X, idx_val, state["params"], n_threads)
+                per_problem, overall = validation_scorer(X_kernel, idx_val, state["params"],
+                                                         n_threads)
                 best_score = max(best_score, float(overall))
                 val_scores.append(float(overall))
             else:
                 best_loss = min(best_loss, epoch_loss)
             loss_curve.append(epoch_loss)
-            self._commit(state, t, n_epochs, loss_curve, val_scores, best_loss, best_score)
+            snapshot, coef_out = publisher.snapshot(state, K)
+            self._commit(snapshot, t, n_epochs, loss_curve, val_scores, best_loss,
+                         best_score, coef_out=coef_out)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
                 tracker.update(scores=per_problem)
             else:
-                tracker.update(losses=losses)
+                tracker.update(losses=stop_losses)
             if (tracker.active.tobytes(), tracker.eta.tobytes()) != before:
                 active_k = None
             if self.verbose > 0:
@@ -533,15 +588,17 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                           f"{time.time() - t_start:.2f} seconds")
                 break
 
-    def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score):
+    def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
+                coef_out=None):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
-        never leaves the attributes describing different epochs."""
+        never leaves the attributes describing different epochs. ``state`` is a snapshot
+        the kernel no longer writes."""
         dtype = state["params"].dtype
-        coef, intercept = self._published(state, t)
+        coef, intercept = self._published(state, t, coef_out=coef_out)
         attrs = self._coef_attrs(coef.astype(dtype, copy=False),
                                  intercept.astype(dtype, copy=False))
         attrs.update({
-            "_sgd_state": {k: v.copy() for k, v in state.items()},
+            "_sgd_state": state,
             "t_": float(t),
             "n_iter_": n_epochs,
             "loss_curve_": loss_curve,
@@ -567,8 +624,10 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _validate_X_y(self, X, y, reset):
         X, y = validate_data(
-            self, X, y, accept_sparse=False, dtype=[np.float64, np.float32], order="C",
+            self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], order="C",
             reset=reset, y_numeric=isinstance(self, RegressorMixin))
+        if sp.issparse(X):
+            X = canonical_csr(X)
         return X, y
 
     def _check_sample_weight(self, sample_weight, X):
@@ -623,9 +682,14 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _decision(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=False, dtype=[np.float64, np.float32],
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                           reset=False)
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
 
 class SGDRegressor(RegressorMixin, _BaseSGD):
@@ -728,6 +792,41 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
         arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
         the per-sample loss and its derivative as cgd's kernels compute them.
+
+    Notes
+    -----
+    **Sparse X** (any ``scipy.sparse`` matrix or array; CSR is used as it is, other
+    formats are converted to CSR once; int32 or int64 indices; float32 or float64
+    values, kept) is never densified: an update costs the stored entries of its rows,
+    never ``n_features``. Unsorted indices and duplicate entries mean what they mean
+    in a sparse product (a copy is sorted and summed; X itself is not modified).
+
+    - Plain SGD (``solver='sgd'``, no momentum) is exact: the L2 decay of every
+      coefficient is kept as one scale factor. With ``fit_intercept=False`` and
+      penalty None or 'l2' a fit on sparse X equals the fit on its dense copy (to
+      rounding) at any ``batch_size``.
+    - As scikit-learn on sparse X, the intercept's step is multiplied by 0.01 (its
+      intercept decay: the intercept is updated by every row, each coefficient only
+      by the rows that store its feature), for every solver and batch size.
+    - With ``batch_size=1`` and ``shuffle=False`` a fit on sparse X equals
+      scikit-learn's (same ``coef_``, ``n_iter_`` and ``t_``). For that, the ``tol``
+      rule reads scikit-learn's sparse objective, whose penalty term is that of the
+      coefficients of the last row that moved the weights; ``loss_curve_`` records
+      the true objective.
+    - L1 / elastic net is lazy, as in scikit-learn: the cumulative L1 penalty owed to
+      a coefficient is applied when a row storing its feature is trained on, so the
+      fit differs from the dense one.
+    - ``average`` is the mean of the iterates (L1 truncations included), updated at
+      the cost of the coefficients an update touches.
+    - Momentum, Adam and Adagrad are lazy: a batch updates only the coefficients of
+      the columns its rows store (stored zeros included), with their gradient plus
+      their L2 term; the others keep their value, velocity and moments (PyTorch's
+      ``SparseAdam`` rule; Adam's bias correction counts all updates). A dense step
+      would cost ``n_features`` per batch. When every batch stores every column this
+      is the dense step.
+    - Mini-batches are reduced over the columns they touch, in fixed row chunks as for
+      dense X, so the result does not depend on ``n_jobs``; the work is spread over
+      threads once a batch holds enough stored entries.
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -809,8 +908,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         ones = np.ones(1, dtype=X.dtype)
 
         def scorer(X, idx_val, params, n_threads):
-            z = np.empty((idx_val.shape[0], 1), dtype=X.dtype)
-            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            z = _decision_rows(X, idx_val, params, 1, n_threads)
             score = r2_score(y[idx_val], z[:, 0], sample_weight=sample_weight[idx_val])
             return np.array([score]), score
 
@@ -826,8 +924,9 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            float32 data is trained in float32; anything else in float64.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64. Sparse X
+            is trained as CSR without densifying it (see Notes).
         y : array-like of shape (n_samples,)
         coef_init : ndarray of shape (n_features,), default=None
         intercept_init : ndarray of shape (1,), default=None
@@ -851,7 +950,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         sample_weight : array-like of shape (n_samples,), default=None
 
@@ -869,7 +968,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -933,6 +1032,13 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         Class attribute, as in scikit-learn: loss name -> ``(loss class, *default
         arguments)``; ``cls(*args).py_loss(p, y)`` and ``py_dloss(p, y)`` evaluate
         the per-sample loss and its derivative as cgd's kernels compute them.
+
+    Notes
+    -----
+    Sparse X is trained without densifying it, as described in :class:`SGDRegressor`
+    (exact plain SGD, the intercept step times 0.01, scikit-learn's stopping rule at
+    ``batch_size=1``, lazy L1, lazy momentum / Adam / Adagrad). One-vs-rest trains
+    every class in the same pass over the rows.
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -1064,8 +1170,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         multinomial = self._multinomial
 
         def scorer(X, idx_val, params, n_threads):
-            z = np.empty((idx_val.shape[0], K), dtype=X.dtype)
-            _linear.linear_decision(X, idx_val, params, z, n_threads)
+            z = _decision_rows(X, idx_val, params, K, n_threads)
             yv, swv = y_idx[idx_val], user_weight[idx_val]
             if K == 1:
                 pred = (z[:, 0] > 0).astype(np.intp)
@@ -1092,8 +1197,9 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            float32 data is trained in float32; anything else in float64.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            float32 data is trained in float32; anything else in float64. Sparse X
+            is trained as CSR without densifying it (see Notes).
         y : array-like of shape (n_samples,)
         coef_init : ndarray of shape (n_classes, n_features), default=None
             ``(n_features,)`` or ``(1, n_features)`` for two classes.
@@ -1122,7 +1228,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         classes : array-like of shape (n_classes,), default=None
             All classes, required on the first call.
@@ -1149,7 +1255,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1163,7 +1269,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1194,7 +1300,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -1231,13 +1337,86 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
         """
         return np.log(self.predict_proba(X))
+
+
+class _StatePublisher:
+    """Snapshots of the working state for the estimator to hold after each epoch,
+    with a buffer for its coef_.
+
+    The arrays the kernel writes, and coef_, are copied into one of two sets of buffers
+    allocated by this call, alternately, never into the set the estimator holds (nor
+    into anything a previous call published): after the first two epochs a commit
+    allocates nothing. Fresh arrays of many features each epoch would cost page faults
+    comparable to a sparse epoch. The arrays the kernel does not write are shared."""
+
+    def __init__(self, mutable):
+        self.mutable = mutable
+        self.current = None  # (snapshot, coef buffer) the estimator holds
+        self.spare = None    # the pair before it, free to overwrite
+
+    def snapshot(self, state, K):
+        """``(snapshot of state, (K, d) buffer for coef_)``."""
+        params = state["params"]
+        spare = self.spare
+        out = {}
+        for k, v in state.items():
+            if k not in self.mutable:
+                out[k] = v
+            elif spare is not None:
+                np.copyto(spare[0][k], v)
+                out[k] = spare[0][k]
+            else:
+                out[k] = v.copy()
+        if spare is not None:
+            coef = spare[1]
+        else:
+            coef = np.empty((K, params.shape[0] // K - 1), dtype=params.dtype)
+        self.spare, self.current = self.current, (out, coef)
+        return out, coef
+
+
+def _decision_rows(X, rows, params, K, n_threads):
+    """Decision values (len(rows), K) of the rows of X (an array, or the CSR arrays
+    ``(data, indices, indptr)``), read in place: early stopping's validation rows."""
+    z = np.empty((rows.shape[0], K), dtype=params.dtype)
+    if isinstance(X, tuple):
+        _linear.linear_decision_csr(*X, rows, params, z, n_threads)
+    else:
+        _linear.linear_decision(X, rows, params, z, n_threads)
+    return z
+
+
+def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
+    """Scratch buffers of the CSR epoch kernel: ``(work_grad, work_touched, work_pos,
+    work_cols, work_coef)``. A batch touches at most T_max columns: n_features, or the stored
+    entries of the batch_size fullest training rows if fewer. Each chunk of the largest
+    batch keeps K * (T_max + 1) gradient sums; the marker array (one entry per column,
+    -1 where unset) is what lets a batch find its columns without a pass over all of
+    them. Plain per-sample SGD needs none of these."""
+    data, indices, indptr = csr
+    n_train = idx_train.shape[0]
+    n_chunks = _linear.grad_rows_needed(batch_size, n_train, plain)
+    if n_chunks == 0:
+        t_max, n_pos = 0, 0
+    else:
+        m = min(batch_size, n_train)
+        row_nnz = (indptr[1:] - indptr[:-1])[idx_train]
+        if m < n_train:
+            row_nnz = np.partition(row_nnz, n_train - m)[n_train - m:]
+        t_max, n_pos = int(min(n_features, row_nnz.sum())), n_features
+    return (np.zeros(n_chunks * K * (t_max + 1), dtype=dtype),
+            np.zeros((3, t_max), dtype=dtype),
+            np.full(n_pos, -1, dtype=indices.dtype),
+            np.zeros(t_max, dtype=indices.dtype),
+            # the column-major copy of the coefficients an epoch with K > 1 works on
+            np.empty(K * n_features if K > 1 else 0, dtype=dtype))
 
 
 def _expit(z):

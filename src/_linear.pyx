@@ -70,6 +70,7 @@ cdef struct EpochConfig:
     double parallel_min_work  # multiply-adds a batch needs before it is spread over threads
     bint weighted_objective  # weight the recorded losses by s_i (scikit-learn's stopping
                              # objective does not; the gradient always does)
+    double intercept_decay   # factor of the intercept's learning rate (CSR input only)
     OptimConfig optim
 
 
@@ -91,6 +92,7 @@ cdef EpochConfig read_config(dict c) except *:
     cfg.n_threads = c["n_threads"]
     cfg.weighted_objective = c.get("weighted_objective", False)
     cfg.parallel_min_work = c.get("parallel_min_work", 0.0)
+    cfg.intercept_decay = c.get("intercept_decay", 1.0)
     cfg.optim = read_optim_config(c)
     if cfg.batch_size < 1 or cfg.n_threads < 1:
         raise ValueError("batch_size and n_threads must be >= 1")
@@ -531,3 +533,757 @@ def sample_loss(int loss, double z, double y, double epsilon):
     cdef double dl
     cdef double l = loss_and_dloss(loss, z, y, epsilon, &dl)
     return l, dl
+
+
+# ---------------------------------------------------------------------- CSR input
+#
+# The same updates over rows stored as CSR (column indices sorted within each row, no
+# duplicates), each update costing what its rows hold, never n_features. Per output k
+# the kernel keeps, during one epoch:
+#
+# * a weight scale: w = scale * v, with v the stored coefficients. The L2 decay of a
+#   plain SGD step, w <- (1 - eta l2) w, multiplies the scale only; a step's gradient
+#   goes to v divided by the scale. When the scale falls below 1e-9 it is folded into v
+#   (an O(n_features) pass, rare), as scikit-learn does.
+# * the averaged coefficients as A = avg_g * (D + avg_c * v), with D stored in
+#   avg_params. An averaging step A <- (1 - mu) A + mu w (mu = 1 / count) changes only
+#   the two scalars: avg_g <- (1 - mu) avg_g, avg_c <- avg_c + mu * scale / avg_g. A
+#   change delta of v_j (a gradient step, an L1 truncation) keeps A as it was by
+#   D_j -= avg_c * delta. So the mean is that of the true iterates, truncations
+#   included, at the cost of the touched coordinates.
+# * sum(v_j^2) and sum(|v_j|), updated with every change of v, for the penalty part of
+#   the recorded objective.
+#
+# At the end of the epoch both are folded back (v <- scale * v, avg_params <- A), so
+# between calls the state means what the dense kernel's means.
+#
+# L1 / elastic net: the cumulative penalty (l1_u, l1_q) is applied to the coordinates
+# an update touches (the row's columns, or the batch's), as scikit-learn does for sparse
+# data; a coordinate that no row touches is not pulled to zero until one does.
+#
+# Mini-batches: the batch's touched columns get compact positions 0..T-1 (first
+# appearance in batch order; a marker array of n_features entries, reset only where it
+# was set); each fixed chunk of rows accumulates its gradient over those T positions;
+# the chunks are summed in chunk order, so the bits never depend on the thread count.
+# Plain SGD then updates the touched coordinates (the L2 decay of the others is the
+# scale). Momentum, Adam and Adagrad update only the touched coordinates, with the L2
+# gradient of those coordinates; the velocities and moments of the others are left as
+# they are (PyTorch's SparseAdam rule), and Adam's bias correction uses the global
+# update count.
+
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.math cimport fabs, isnan
+
+ctypedef fused index_t:
+    int32_t
+    int64_t
+
+cdef enum:
+    STATUS_WORK_TOO_SMALL = 2
+    # A stored entry costs an indirect load: count it as this many dense
+    # multiply-adds when deciding whether a batch is worth spreading over threads.
+    SPARSE_ENTRY_WORK = 4
+
+cdef extern from *:
+    """
+    #define CGD_SCALE_FOLD 1e-9
+    """
+    double SCALE_FOLD "CGD_SCALE_FOLD"
+
+
+cdef struct SparseOut:
+    double scale    # w = scale * v
+    double avg_g    # averaged coefficients: avg_g * (D + avg_c * v)
+    double avg_c
+    double sq       # sum of v_j^2 (when a penalty needs it)
+    double ab       # sum of |v_j|
+    double rsq      # scikit-learn's stopping norms: ||w||^2 and ||w||_1 over the
+    double rab      # columns of the last row that moved w, scaled since (see below)
+    double stop_reg # the penalty of the stopping objective before the next update
+
+
+cdef inline double sparse_dot(const floating* w, Py_ssize_t ws, const floating* xd,
+                              const index_t* xi, Py_ssize_t nnz) noexcept nogil:
+    """sum_e w[xi[e] * ws] * xd[e]: w's coefficients are ws apart."""
+    cdef double acc = 0.0
+    cdef Py_ssize_t e
+    for e in range(nnz):
+        acc += w[xi[e] * ws] * xd[e]
+    return acc
+
+
+cdef inline void track(SparseOut* o, double* D, double old, double new,
+                       bint track_avg, bint track_norms) noexcept nogil:
+    """Book-keeping of one changed coefficient v_j (D points at D_j)."""
+    if track_norms:
+        o.sq += new * new - old * old
+        o.ab += fabs(new) - fabs(old)
+    if track_avg:
+        D[0] -= o.avg_c * (new - old)
+
+
+cdef inline void norms_of(SparseOut* o, const floating* v, Py_ssize_t vs,
+                         Py_ssize_t d) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double sq = 0.0, ab = 0.0
+    for j in range(d):
+        sq += <double>v[j * vs] * v[j * vs]
+        ab += fabs(v[j * vs])
+    o.sq = sq
+    o.ab = ab
+
+
+cdef void fold_output(SparseOut* o, floating* v, Py_ssize_t vs, double* D, Py_ssize_t d,
+                      bint track_avg, bint track_norms) noexcept nogil:
+    """Fold the scale into v and the averaging scalars into D (O(d))."""
+    cdef Py_ssize_t j
+    cdef double s = o.scale, g = o.avg_g, c = o.avg_c
+    if track_avg and not (g == 1.0 and c == 0.0):
+        for j in range(d):
+            D[j] = g * (D[j] + c * v[j * vs])
+    o.avg_g = 1.0
+    o.avg_c = 0.0
+    if s != 1.0:
+        for j in range(d):
+            v[j * vs] = <floating>(s * v[j * vs])
+        o.scale = 1.0
+        if track_norms:
+            norms_of(o, v, vs, d)
+
+
+cdef inline void scale_output(SparseOut* o, double decay, floating* v, Py_ssize_t vs,
+                              double* D, Py_ssize_t d, bint track_avg,
+                              bint track_norms) noexcept nogil:
+    """w <- decay * w through the scale alone, folding it in when it gets tiny."""
+    o.scale *= decay
+    o.rsq *= decay * decay
+    o.rab *= decay
+    if o.scale < SCALE_FOLD:
+        fold_output(o, v, vs, D, d, track_avg, track_norms)
+
+
+cdef inline void add_row(SparseOut* o, floating* v, Py_ssize_t vs, double* D,
+                         const floating* xd, const index_t* xi, Py_ssize_t nnz, double coef,
+                         bint track_avg, bint track_norms) noexcept nogil:
+    """v <- v + coef * x over the row's columns (coef already divided by the scale)."""
+    cdef Py_ssize_t e, j
+    cdef floating old
+    cdef double rsq = 0.0, rab = 0.0
+    for e in range(nnz):
+        j = xi[e]
+        old = v[j * vs]
+        v[j * vs] = <floating>(old + xd[e] * coef)
+        rsq += <double>v[j * vs] * v[j * vs]
+        rab += fabs(v[j * vs])
+        if track_avg or track_norms:
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
+    o.rsq = rsq * (o.scale * o.scale)
+    o.rab = rab * o.scale
+
+
+cdef void sgd_single_row_csr(
+    const floating* xd, const index_t* xi, Py_ssize_t nnz, floating yi, floating si,
+    floating* params, floating* coef, Py_ssize_t ko, Py_ssize_t vs, SparseOut* so,
+    double* avg_params, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    const double* eta, EpochConfig* cfg, bint track_avg, bint track_norms,
+    double* obj, floating* z,
+) noexcept nogil:
+    """Plain SGD on one CSR row, in scikit-learn's order: decay the scale, add the
+    gradient step to the row's coordinates, step the intercept (times intercept_decay).
+    Coefficient j of output k is coef[k * ko + j * vs]; the intercepts are in params."""
+    cdef Py_ssize_t k, c
+    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
+    cdef floating* v
+    if cfg.target == TARGET_MULTINOMIAL:
+        for k in range(K):
+            z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
+                              + params[K * d + k])
+        c = <Py_ssize_t>yi
+        zc = z[c]
+        lse = softmax_inplace(z, K)
+        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
+        for k in range(K):
+            dl = si * (z[k] - (1.0 if k == c else 0.0))
+            decay = 1.0 - eta[k] * cfg.l2
+            if decay < 0.0:
+                decay = 0.0
+            step = eta[k] * dl
+            v = coef + k * ko
+            if decay != 1.0:
+                scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg,
+                             track_norms)
+            if step != 0.0:
+                add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
+                        track_avg, track_norms)
+            if cfg.fit_intercept:
+                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+        return
+    for k in range(K):
+        if not active[k]:
+            continue
+        v = coef + k * ko
+        zk = so[k].scale * sparse_dot(v, vs, xd, xi, nnz) + params[K * d + k]
+        tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+        l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+        obj[k] += sk * l if cfg.weighted_objective else l
+        decay = 1.0 - eta[k] * cfg.l2
+        if decay < 0.0:
+            decay = 0.0
+        step = eta[k] * dl * sk
+        if decay != 1.0:
+            scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg, track_norms)
+        if step != 0.0:
+            add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
+                    track_avg, track_norms)
+        if cfg.fit_intercept:
+            params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+
+
+cdef void chunk_gradient_csr(
+    const floating* data,       # IN  (nnz,)
+    const index_t* indices,     # IN  (nnz,)
+    const index_t* indptr,      # IN  (n_samples + 1,)
+    const floating* y,          # IN  (n_samples,)
+    const floating* sw,         # IN  (n_samples,)
+    const intp_t* order,        # IN  visiting order
+    Py_ssize_t p0,              # IN  first position in `order` of this chunk
+    Py_ssize_t p1,              # IN  one past its last position
+    Py_ssize_t n_order,
+    const floating* params,     # IN  (P,) intercepts at K * d + k
+    const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
+    Py_ssize_t ko,
+    Py_ssize_t vs,
+    const SparseOut* so,        # IN  (K,) scales
+    const index_t* pos,         # IN  (d,) compact position of each touched column
+    Py_ssize_t T,               # IN  touched columns of the batch
+    Py_ssize_t K,
+    Py_ssize_t d,
+    const floating* pos_w,
+    const floating* neg_w,
+    const unsigned char* active,
+    EpochConfig* cfg,
+    floating* grad,             # OUT (K * T + K,) row k: sum of s_i dl/dz x_i over the
+                                #     touched positions; then the K intercept sums
+    double* obj,                # OUT (K,)
+    floating* z,                # scratch (K,)
+) noexcept nogil:
+    cdef Py_ssize_t p, i, k, e, a, b, c, nxt
+    cdef floating* g
+    cdef double zk, tk, sk, l, dl, lse, zc
+    memset(grad, 0, (K * T + K) * sizeof(floating))
+    memset(obj, 0, K * sizeof(double))
+    for p in range(p0, p1):
+        if p + PREFETCH_ROWS < n_order:
+            nxt = order[p + PREFETCH_ROWS]
+            cgd_prefetch(data + indptr[nxt], (indptr[nxt + 1] - indptr[nxt]) * sizeof(floating))
+            cgd_prefetch(indices + indptr[nxt],
+                         (indptr[nxt + 1] - indptr[nxt]) * sizeof(index_t))
+        i = order[p]
+        a = indptr[i]
+        b = indptr[i + 1]
+        if cfg.target == TARGET_MULTINOMIAL:
+            for k in range(K):
+                z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
+                                                           indices + a, b - a)
+                                  + params[K * d + k])
+            c = <Py_ssize_t>y[i]
+            zc = z[c]
+            lse = softmax_inplace(z, K)
+            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
+            for k in range(K):
+                dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
+                if dl != 0.0:
+                    g = grad + k * T
+                    for e in range(a, b):
+                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
+                    grad[K * T + k] += <floating>dl
+        else:
+            for k in range(K):
+                if not active[k]:
+                    continue
+                zk = (so[k].scale * sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
+                      + params[K * d + k])
+                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
+                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+                obj[k] += sk * l if cfg.weighted_objective else l
+                dl = dl * sk
+                if dl != 0.0:
+                    g = grad + k * T
+                    for e in range(a, b):
+                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
+                    grad[K * T + k] += <floating>dl
+
+
+cdef Py_ssize_t compact_batch(
+    const index_t* indices, const index_t* indptr, const intp_t* order,
+    Py_ssize_t start, Py_ssize_t mb,
+    index_t* pos,       # IN/OUT (d,) -1 where unset; set at the batch's columns
+    index_t* cols,      # OUT    (T,) the batch's columns in order of first appearance
+    Py_ssize_t cap,     # IN     room in cols
+    Py_ssize_t* nnz,    # OUT    stored entries of the batch
+) noexcept nogil:
+    """Give the batch's columns compact positions. Returns T, or -1 if cap is exceeded."""
+    cdef Py_ssize_t p, i, e, j, T = 0, count = 0
+    for p in range(start, start + mb):
+        i = order[p]
+        count += indptr[i + 1] - indptr[i]
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            if pos[j] < 0:
+                if T >= cap:
+                    nnz[0] = count
+                    return -1
+                pos[j] = <index_t>T
+                cols[T] = <index_t>j
+                T += 1
+    nnz[0] = count
+    return T
+
+
+cdef void batch_gradient_csr(
+    const floating* data, const index_t* indices, const index_t* indptr,
+    const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
+    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* pos, Py_ssize_t T, Py_ssize_t nnz_batch, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg,
+    floating* work_grad,        # OUT first K * T + K entries: the batch's gradient sums
+    double[:, ::1] work_obj,    # OUT row 0: the batch's loss sums
+    floating[:, ::1] work_z,    # scratch
+) noexcept nogil:
+    """Gradient sums of one batch over its T touched columns, per fixed row chunk, then
+    summed in chunk order (the chunk buffers are K * T + K apart)."""
+    cdef Py_ssize_t Pb = K * T + K
+    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, blk, nblk
+    cdef Py_ssize_t nt = cfg.n_threads
+    if <double>nnz_batch * K * SPARSE_ENTRY_WORK < cfg.parallel_min_work:
+        nt = 1
+    if nch == 1 or nt == 1:
+        for c in range(nch):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
+                               active, cfg,
+                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
+    else:
+        for c in prange(nch, schedule="static", num_threads=nt):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
+                               active, cfg,
+                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
+    if nch > 1:
+        nblk = (Pb + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+        if nt > 1 and nblk > 1 and Pb * nch >= 65536:
+            for blk in prange(nblk, schedule="static", num_threads=nt):
+                reduce_chunks(work_grad, Pb, nch, blk * REDUCE_BLOCK,
+                              min((blk + 1) * REDUCE_BLOCK, Pb))
+        else:
+            reduce_chunks(work_grad, Pb, nch, 0, Pb)
+        for c in range(1, nch):
+            for k in range(K):
+                work_obj[0, k] += work_obj[c, k]
+
+
+cdef void step_touched(
+    EpochConfig* cfg, SparseOut* o, floating* v, Py_ssize_t vs, double* D, floating* s0,
+    floating* s1,
+    const floating* g, double gscale, const index_t* cols, Py_ssize_t T, Py_ssize_t d,
+    double lr, double t, bint plain, floating* tw, floating* ts0, floating* ts1,
+    bint track_avg, bint track_norms,
+) noexcept nogil:
+    """The optimizer step of one output's coefficients on a batch's touched columns.
+
+    Plain SGD: the L2 decay goes to the scale, the gradient step to the touched v_j.
+    Momentum / Adam / Adagrad (the scale stays 1): the dense step on the gathered
+    touched coordinates (same arithmetic as the dense kernel), scattered back."""
+    cdef Py_ssize_t e, j
+    cdef double decay, coef
+    cdef floating old
+    if plain:
+        decay = 1.0 - lr * cfg.l2
+        if decay < 0.0:
+            decay = 0.0
+        if decay != 1.0:
+            scale_output(o, decay, v, vs, D, d, track_avg, track_norms)
+        coef = -(lr * gscale) / o.scale
+        for e in range(T):
+            j = cols[e]
+            old = v[j * vs]
+            v[j * vs] = <floating>(old + g[e] * coef)
+            if track_avg or track_norms:
+                track(o, D + j, old, v[j * vs], track_avg, track_norms)
+        return
+    for e in range(T):
+        j = cols[e]
+        tw[e] = v[j * vs]
+        ts0[e] = s0[j]
+        ts1[e] = s1[j]
+    optimizer_step(&cfg.optim, tw, g, gscale, ts0, ts1, T, lr, cfg.l2, t)
+    for e in range(T):
+        j = cols[e]
+        old = v[j * vs]
+        v[j * vs] = tw[e]
+        s0[j] = ts0[e]
+        s1[j] = ts1[e]
+        if track_avg or track_norms:
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
+
+
+cdef inline void average_step(SparseOut* o, double* D, Py_ssize_t d, double count,
+                              double* avg_b, const floating* b) noexcept nogil:
+    """One averaging step A <- A + (w - A) / count through the scalars (see above); the
+    first (count 1) starts the mean at w, which clears D once (O(d))."""
+    cdef double mu
+    if count <= 1.0:
+        memset(D, 0, d * sizeof(double))
+        o.avg_g = 1.0
+        o.avg_c = o.scale
+    else:
+        mu = 1.0 / count
+        o.avg_g = o.avg_g * (1.0 - mu)
+        o.avg_c = o.avg_c + mu * o.scale / o.avg_g
+    running_average(avg_b, b, 1, count)
+
+
+cdef void l1_touched(SparseOut* o, floating* v, Py_ssize_t vs, floating* q, double* D,
+                     const index_t* cols, Py_ssize_t T, double u,
+                     bint track_avg, bint track_norms) noexcept nogil:
+    """Cumulative L1 penalty (Tsuruoka et al., 2009) on the touched coordinates only:
+    each is pulled towards zero by what it is owed, u - q_j, in units of w = scale * v,
+    clipping at zero."""
+    cdef Py_ssize_t e, j
+    cdef double s = o.scale, nv
+    cdef floating old
+    for e in range(T):
+        j = cols[e]
+        old = v[j * vs]
+        if old > 0:
+            nv = old - (u + q[j]) / s
+            v[j * vs] = <floating>(nv if nv > 0.0 else 0.0)
+        elif old < 0:
+            nv = old + (u - q[j]) / s
+            v[j * vs] = <floating>(nv if nv < 0.0 else 0.0)
+        else:
+            continue
+        q[j] = <floating>(q[j] + s * (<double>v[j * vs] - old))
+        if track_avg or track_norms:
+            track(o, D + j, old, v[j * vs], track_avg, track_norms)
+
+
+cdef inline double penalty_of(EpochConfig* cfg, const SparseOut* o) noexcept nogil:
+    """R(w) = l2/2 ||w||^2 + l1 ||w||_1 of one output, from the tracked sums."""
+    cdef double r = 0.0
+    if cfg.l2 != 0.0:
+        r += 0.5 * cfg.l2 * o.scale * o.scale * o.sq
+    if cfg.l1 != 0.0:
+        r += cfg.l1 * o.scale * o.ab
+    return r
+
+
+cdef inline double stop_penalty_of(EpochConfig* cfg, const SparseOut* o) noexcept nogil:
+    """The penalty term of scikit-learn's sparse stopping objective (see
+    linear_epoch_csr)."""
+    cdef double r = 0.0
+    if cfg.l2 != 0.0:
+        r += 0.5 * cfg.l2 * o.rsq
+    if cfg.l1 != 0.0:
+        r += cfg.l1 * o.rab
+    return r
+
+
+def linear_epoch_csr(
+    const floating[::1] X_data,         # IN     (nnz,) CSR values
+    const index_t[::1] X_indices,       # IN     (nnz,) column indices, sorted within rows, unique
+    const index_t[::1] X_indptr,        # IN     (n_samples + 1,)
+    const floating[::1] y,              # IN     (n_samples,)
+    const floating[::1] sample_weight,  # IN     (n_samples,)
+    const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
+    const floating[::1] pos_weight,     # IN     (K,)
+    const floating[::1] neg_weight,     # IN     (K,)
+    const unsigned char[::1] active,    # IN     (K,)
+    const double[::1] eta_base,         # IN     (K,)
+    floating[::1] params,               # IN/OUT (P,) coefficients then intercepts
+    floating[:, ::1] opt_state,         # IN/OUT (2, P)
+    floating[::1] l1_q,                 # IN/OUT (P,)
+    double[::1] l1_u,                   # IN/OUT (K,)
+    double[::1] avg_params,             # IN/OUT (P,)
+    double[::1] avg_n,                  # IN/OUT (K,)
+    floating[::1] work_grad,            # scratch (chunks * K * (T_max + 1),); may be empty
+                                        #         for per-sample plain SGD
+    floating[:, ::1] work_touched,      # scratch (3, T_max) gathered coordinates / moments
+    index_t[::1] work_pos,              # scratch (n_features,) all -1 on entry and on exit;
+                                        #         may be empty for per-sample plain SGD
+    index_t[::1] work_cols,             # scratch (T_max,) a batch's touched columns
+    floating[::1] work_coef,            # scratch (K * n_features,) for K > 1, else empty
+    double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
+    floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
+    double[:, ::1] work_k,              # scratch (2, K)
+    double[::1] obj_out,                # OUT    (K,) sum over training rows of l_i + R(w)
+    double[::1] stop_out,               # OUT    (K,) the same sum with the stopping penalty
+    double[:, ::1] stop_norms,          # IN/OUT (2, K) stopping norms (NaN: start from w's)
+    dict config,
+    double t,                           # IN     number of the first update (from 1)
+):
+    """Train one epoch over CSR rows in place (see the section comment above). Returns
+    ``(status, t)`` as :func:`linear_epoch`.
+
+    ``stop_out`` is what the stopping rule reads. For plain per-sample SGD
+    (batch_size 1) it is scikit-learn's sparse objective, so that fits stop at the same
+    epoch: its penalty is that of the norms scikit-learn keeps, which a step recomputes
+    over the columns of the row it adds (the other coefficients are left out) and a
+    decay scales; the L1 truncation leaves them as they are. These norms start from the
+    full norms of w at the first epoch of a call and carry over between epochs (in
+    ``stop_norms``). Otherwise ``stop_out`` equals ``obj_out``, the true objective."""
+    cdef EpochConfig cfg = read_config(config)
+    cdef Py_ssize_t n = X_indptr.shape[0] - 1, K = eta_base.shape[0]
+    cdef Py_ssize_t P = params.shape[0], d = P // K - 1, n_order = order.shape[0]
+    cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j, T, T_cap = work_cols.shape[0]
+    cdef Py_ssize_t a, nnz_batch, nxt
+    cdef int status = STATUS_OK
+    cdef double* eta
+    cdef double* reg
+    cdef double reg_sum, obj_batch, gscale
+    cdef double work = 0.0, next_clock = 0.0, last_check
+    cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
+    cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
+    cdef bint track_avg = cfg.average > 0.0
+    cdef bint track_norms = cfg.l1 != 0.0 or cfg.l2 != 0.0
+    cdef bint sklearn_stop = m == 1 and plain
+    cdef double stop_sum
+    cdef floating* prm = &params[0]
+    cdef floating* g
+    cdef const floating* xd0
+    cdef const index_t* xi0
+    cdef const index_t* ip = &X_indptr[0]
+    cdef const index_t* touched
+    cdef Py_ssize_t n_touched
+    cdef SparseOut* so
+    # Coefficient j of output k is coef[k * ko + j * vs]. With several outputs the
+    # epoch works on a column-major copy (ko 1, vs K): the K coefficients of a column
+    # share cache lines, so a row's K dot products and updates cost about one miss per
+    # entry instead of K.
+    cdef floating* coef = prm
+    cdef Py_ssize_t ko = d, vs = 1
+
+    if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1:
+        raise ValueError("inconsistent shapes passed to linear_epoch_csr")
+    if X_indices.shape[0] != X_data.shape[0] or X_indptr[n] > X_data.shape[0]:
+        raise ValueError("inconsistent CSR arrays passed to linear_epoch_csr")
+    if opt_state.shape[0] < 2 or opt_state.shape[1] != P or l1_q.shape[0] != P \
+            or avg_params.shape[0] != P or l1_u.shape[0] != K or avg_n.shape[0] != K:
+        raise ValueError("optimizer state does not match the parameters")
+    if grad_rows_needed(m, n_order, plain) > 0 and (
+            work_pos.shape[0] != d
+            or work_grad.shape[0] < grad_rows_needed(m, n_order, plain) * K * (T_cap + 1)
+            or work_touched.shape[0] < 3 or work_touched.shape[1] < T_cap):
+        raise ValueError("work buffers do not match the parameters")
+    if K > 1 and work_coef.shape[0] != K * d:
+        raise ValueError("work buffers do not match the parameters")
+    if (work_obj.shape[0] < MAX_CHUNKS or work_obj.shape[1] != K
+            or work_z.shape[0] < MAX_CHUNKS or work_z.shape[1] != K
+            or work_k.shape[0] < 2 or work_k.shape[1] != K):
+        raise ValueError("work buffers do not match the parameters")
+    if pos_weight.shape[0] != K or neg_weight.shape[0] != K or active.shape[0] != K \
+            or obj_out.shape[0] != K or stop_out.shape[0] != K or stop_norms.shape[0] != 2 \
+            or stop_norms.shape[1] != K:
+        raise ValueError("per-output arrays must have one entry per output")
+    obj_out[:] = 0.0
+    stop_out[:] = 0.0
+    if n_order == 0:
+        return STATUS_OK, t
+    eta = &work_k[0, 0]
+    reg = &work_k[1, 0]
+    # Empty arrays have no element 0 to take the address of.
+    xd0 = &X_data[0] if X_data.shape[0] > 0 else NULL
+    xi0 = &X_indices[0] if X_indices.shape[0] > 0 else NULL
+    so = <SparseOut*>malloc(K * sizeof(SparseOut))
+    if so == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if K > 1:
+                coef = &work_coef[0]
+                ko = 1
+                vs = K
+                for j in range(d):
+                    for k in range(K):
+                        coef[j * K + k] = prm[k * d + j]
+            for k in range(K):
+                so[k].scale = 1.0
+                so[k].avg_g = 1.0
+                so[k].avg_c = 0.0
+                so[k].sq = 0.0
+                so[k].ab = 0.0
+                if track_norms:
+                    norms_of(&so[k], coef + k * ko, vs, d)
+                reg[k] = penalty_of(&cfg, &so[k])
+                if isnan(stop_norms[0, k]):
+                    stop_norms[0, k] = so[k].sq
+                    stop_norms[1, k] = so[k].ab
+                so[k].rsq = stop_norms[0, k]
+                so[k].rab = stop_norms[1, k]
+                so[k].stop_reg = stop_penalty_of(&cfg, &so[k])
+            last_check = cgd_now()
+            start = 0
+            while start < n_order:
+                mb = min(m, n_order - start)
+                for k in range(K):
+                    eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t,
+                                          cfg.power_t, cfg.optimal_init)
+                if mb == 1 and plain:
+                    for k in range(K):
+                        work_obj[0, k] = 0.0
+                    if start + PREFETCH_ROWS < n_order:
+                        nxt = order[start + PREFETCH_ROWS]
+                        cgd_prefetch(xd0 + ip[nxt], (ip[nxt + 1] - ip[nxt]) * sizeof(floating))
+                        cgd_prefetch(xi0 + ip[nxt], (ip[nxt + 1] - ip[nxt]) * sizeof(index_t))
+                        cgd_prefetch(&y[nxt], sizeof(floating))
+                        cgd_prefetch(&sample_weight[nxt], sizeof(floating))
+                    j = order[start]
+                    a = ip[j]
+                    touched = xi0 + a
+                    n_touched = ip[j + 1] - a
+                    nnz_batch = n_touched
+                    sgd_single_row_csr(xd0 + a, touched, n_touched, y[j], sample_weight[j],
+                                       prm, coef, ko, vs, so, &avg_params[0], K, d,
+                                       &pos_weight[0],
+                                       &neg_weight[0], &active[0], eta, &cfg, track_avg,
+                                       track_norms, &work_obj[0, 0], &work_z[0, 0])
+                else:
+                    T = compact_batch(xi0, ip, &order[0], start, mb, &work_pos[0],
+                                      &work_cols[0], T_cap, &nnz_batch)
+                    if T < 0:
+                        status = STATUS_WORK_TOO_SMALL
+                        for j in range(T_cap):
+                            work_pos[work_cols[j]] = -1
+                        break
+                    touched = &work_cols[0]
+                    n_touched = T
+                    batch_gradient_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
+                                       start, mb, n_order, prm, coef, ko, vs, so,
+                                       &work_pos[0], T,
+                                       nnz_batch, K, d, &pos_weight[0], &neg_weight[0],
+                                       &active[0], &cfg, &work_grad[0], work_obj, work_z)
+                    for j in range(T):
+                        work_pos[work_cols[j]] = -1
+                    g = &work_grad[0]
+                    gscale = 1.0 / mb
+                    for k in range(K):
+                        if not (multinomial or active[k]):
+                            continue
+                        step_touched(&cfg, &so[k], coef + k * ko, vs, &avg_params[k * d],
+                                     &opt_state[0, k * d], &opt_state[1, k * d],
+                                     g + k * T, gscale, touched, T, d, eta[k], t, plain,
+                                     &work_touched[0, 0], &work_touched[1, 0],
+                                     &work_touched[2, 0], track_avg, track_norms)
+                        if cfg.fit_intercept:
+                            optimizer_step(&cfg.optim, prm + K * d + k, g + K * T + k, gscale,
+                                           &opt_state[0, K * d + k], &opt_state[1, K * d + k],
+                                           1, eta[k] * cfg.intercept_decay, 0.0, t)
+
+                # The objective: as the dense kernel.
+                reg_sum = 0.0
+                for k in range(K):
+                    if multinomial or active[k]:
+                        reg_sum += reg[k]
+                if multinomial:
+                    obj_batch = work_obj[0, 0] + mb * reg_sum
+                    obj_out[0] += obj_batch
+                    if sklearn_stop:
+                        stop_sum = 0.0
+                        for k in range(K):
+                            stop_sum += so[k].stop_reg
+                        stop_out[0] += work_obj[0, 0] + mb * stop_sum
+                    else:
+                        stop_out[0] += obj_batch
+                else:
+                    obj_batch = 0.0
+                    for k in range(K):
+                        if active[k]:
+                            obj_out[k] += work_obj[0, k] + mb * reg[k]
+                            stop_out[k] += work_obj[0, k] + mb * (
+                                so[k].stop_reg if sklearn_stop else reg[k])
+                            obj_batch += work_obj[0, k]
+                    obj_batch += mb * reg_sum
+
+                if cfg.average > 0.0 and cfg.average <= t:
+                    for k in range(K):
+                        if multinomial or active[k]:
+                            avg_n[k] += 1.0
+                            average_step(&so[k], &avg_params[k * d], d, avg_n[k],
+                                         &avg_params[K * d + k], prm + K * d + k)
+                for k in range(K):
+                    if not (multinomial or active[k]):
+                        continue
+                    if cfg.l1 != 0.0:
+                        l1_u[k] += cfg.l1 * eta[k]
+                        l1_touched(&so[k], coef + k * ko, vs, &l1_q[k * d], &avg_params[k * d],
+                                   touched, n_touched, l1_u[k], track_avg, track_norms)
+                    if track_norms:
+                        reg[k] = penalty_of(&cfg, &so[k])
+                        so[k].stop_reg = stop_penalty_of(&cfg, &so[k])
+
+                t += 1.0
+                start += mb
+                if not isfinite(obj_batch):
+                    status = STATUS_DIVERGED
+                    break
+                work += (nnz_batch + 1) * K
+                if work >= next_clock:
+                    next_clock = work + 1e6
+                    if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
+                        with gil:
+                            PyErr_CheckSignals()
+                        last_check = cgd_now()
+            for k in range(K):
+                fold_output(&so[k], coef + k * ko, vs, &avg_params[k * d], d, track_avg, False)
+                stop_norms[0, k] = so[k].rsq
+                stop_norms[1, k] = so[k].rab
+            if K > 1:
+                for k in range(K):
+                    for j in range(d):
+                        prm[k * d + j] = coef[j * K + k]
+            if status == STATUS_OK:
+                for j in range(P):
+                    if not isfinite(prm[j]):
+                        status = STATUS_DIVERGED
+                        break
+    finally:
+        free(so)
+    if status == STATUS_WORK_TOO_SMALL:
+        raise ValueError("work buffers too small for a batch's columns")
+    return status, t
+
+
+def linear_decision_csr(
+    const floating[::1] X_data,     # IN  (nnz,)
+    const index_t[::1] X_indices,   # IN  (nnz,)
+    const index_t[::1] X_indptr,    # IN  (n_samples + 1,)
+    const intp_t[::1] rows,         # IN  (n_rows,) rows to evaluate
+    const floating[::1] params,     # IN  (K * (n_features + 1),)
+    floating[:, ::1] out,           # OUT (n_rows, K)
+    int n_threads,
+):
+    """Decision values X[rows] @ W.T + b of CSR rows (early stopping on a split kept
+    by index: the rows are read in place)."""
+    cdef Py_ssize_t K = out.shape[1], d, r, k, i, a
+    cdef const floating* xd0
+    cdef const index_t* xi0
+    if K < 1 or params.shape[0] % K != 0 or out.shape[0] != rows.shape[0]:
+        raise ValueError("inconsistent shapes passed to linear_decision_csr")
+    d = params.shape[0] // K - 1
+    if rows.shape[0] == 0:
+        return
+    xd0 = &X_data[0] if X_data.shape[0] > 0 else NULL
+    xi0 = &X_indices[0] if X_indices.shape[0] > 0 else NULL
+    with nogil:
+        for r in prange(rows.shape[0], schedule="static", num_threads=n_threads):
+            i = rows[r]
+            a = X_indptr[i]
+            for k in range(K):
+                out[r, k] = <floating>(sparse_dot(&params[k * d], 1, xd0 + a, xi0 + a,
+                                                  X_indptr[i + 1] - a)
+                                       + params[K * d + k])
