@@ -13,6 +13,8 @@ never modified: a matrix that is not canonical is copied first.
 import numpy as np
 import scipy.sparse as sp
 
+from sklearn.utils.validation import validate_data
+
 
 def canonical_csr(X):
     """``X`` (a CSR matrix or array from ``validate_data``) with sorted column indices
@@ -59,3 +61,56 @@ def csr_arrays(X):
 def is_sparse(X):
     """True for any scipy.sparse matrix or array."""
     return sp.issparse(X)
+
+
+def check_sparse_structure(X):
+    """Raise a ValueError unless the index arrays of ``X`` describe a valid matrix.
+
+    scipy checks them when a matrix is built, but not after its arrays are edited (or
+    when it is built with ``check=False``), and its own conversions and sorting, like
+    cgd's kernels, would then read and write out of bounds and crash the process. The
+    check is O(nnz), once per call.
+    """
+    fmt = X.format
+    if fmt in ("csr", "csc", "bsr"):
+        n_major, n_minor = X.shape if fmt != "csc" else X.shape[::-1]
+        if fmt == "bsr":
+            n_major //= X.blocksize[0]
+            n_minor //= X.blocksize[1]
+        indptr, indices = np.asarray(X.indptr), np.asarray(X.indices)
+        if indptr.ndim != 1 or indptr.shape[0] != n_major + 1:
+            raise ValueError(f"Malformed sparse {fmt} matrix: indptr has {indptr.shape[0]} "
+                             f"entries, {n_major + 1} expected.")
+        if indptr[0] != 0 or indptr[-1] > indices.shape[0] or np.any(np.diff(indptr) < 0):
+            raise ValueError(f"Malformed sparse {fmt} matrix: indptr must start at 0, never "
+                             "decrease and end within the stored entries.")
+        stored = indices[:indptr[-1]]
+        if stored.size and (stored.min() < 0 or stored.max() >= n_minor):
+            raise ValueError(f"Malformed sparse {fmt} matrix: a stored entry's index is out "
+                             f"of range [0, {n_minor}).")
+    elif fmt == "coo":
+        for idx, dim in ((X.row, X.shape[0]), (X.col, X.shape[1])):
+            if idx.size and (idx.min() < 0 or idx.max() >= dim):
+                raise ValueError("Malformed sparse coo matrix: a stored entry's index is out "
+                                 f"of range [0, {dim}).")
+
+
+_NO_Y = object()
+
+
+def validate_input(estimator, X, y=_NO_Y, **check_params):
+    """scikit-learn's ``validate_data`` with ``accept_sparse="csr"``, for every entry point
+    of the estimators: a sparse X is first checked for a valid structure, and the CSR
+    that comes out is put in canonical form (see :func:`canonical_csr`).
+
+    Returns ``X``, or ``(X, y)`` when ``y`` is given.
+    """
+    if sp.issparse(X):
+        check_sparse_structure(X)
+    if y is _NO_Y:
+        X = validate_data(estimator, X, accept_sparse="csr", **check_params)
+    else:
+        X, y = validate_data(estimator, X, y, accept_sparse="csr", **check_params)
+    if sp.issparse(X):
+        X = canonical_csr(X)
+    return X if y is _NO_Y else (X, y)

@@ -29,11 +29,11 @@ from sklearn.utils import check_random_state, compute_class_weight
 from sklearn.utils.extmath import safe_sparse_dot, softmax
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from . import _linear
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
-from ._sparse import canonical_csr, csr_arrays
+from ._sparse import csr_arrays, validate_input
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
@@ -623,12 +623,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        X, y = validate_data(
-            self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], order="C",
-            reset=reset, y_numeric=isinstance(self, RegressorMixin))
-        if sp.issparse(X):
-            X = canonical_csr(X)
-        return X, y
+        return validate_input(self, X, y, dtype=[np.float64, np.float32], order="C",
+                              reset=reset, y_numeric=isinstance(self, RegressorMixin))
 
     def _check_sample_weight(self, sample_weight, X):
         sw = check_sample_weight(sample_weight, X, dtype=X.dtype,
@@ -682,8 +678,7 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _decision(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
-                          reset=False)
+        X = validate_input(self, X, dtype=[np.float64, np.float32], reset=False)
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
 
     def __sklearn_tags__(self):

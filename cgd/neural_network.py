@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d, compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import _mlp
 from ._compat import Interval, Options, StrOptions, check_sample_weight, fit_context
@@ -43,7 +43,7 @@ from ._fit_loop import (
     first_partial_fit_call,
     mlp_divergence_error,
 )
-from ._sparse import canonical_csr, csr_arrays, is_sparse
+from ._sparse import csr_arrays, is_sparse, validate_input
 from ._threads import blas_limited, effective_n_threads
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -526,10 +526,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         """Output activations of X (or of its ``rows``), computed natively."""
         if check_input:
             check_is_fitted(self)
-            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
-                              order="C", reset=False)
-            if is_sparse(X):
-                X = canonical_csr(X)
+            X = validate_input(self, X, dtype=[np.float64, np.float32], order="C",
+                               reset=False)
         if params is None:
             layer_units = self._layer_units()
             dtype = np.result_type(X.dtype, self.coefs_[0].dtype)
@@ -764,10 +762,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_.take(np.argmax(y_pred, axis=1))
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse="csr", multi_output=True,
-                             dtype=[np.float64, np.float32], order="C", reset=reset)
-        if is_sparse(X):
-            X = canonical_csr(X)
+        X, y = validate_input(self, X, y, multi_output=True,
+                              dtype=[np.float64, np.float32], order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -984,11 +980,8 @@ n_outputs_, out_activation_
         return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse="csr", multi_output=True,
-                             y_numeric=True, dtype=[np.float64, np.float32], order="C",
-                             reset=reset)
-        if is_sparse(X):
-            X = canonical_csr(X)
+        X, y = validate_input(self, X, y, multi_output=True, y_numeric=True,
+                              dtype=[np.float64, np.float32], order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):
