@@ -526,7 +526,13 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         seed = check_random_state(self.random_state).randint(MAX_INT)
         rng = np.random.RandomState(seed)
         order = idx_train.copy()
-        t = float(self.t_)
+        t = t_first = float(self.t_)
+        # scikit-learn publishes t_ as if every epoch had also stepped over the
+        # validation rows (t_ = 1 + n_iter_ * n_samples after fit), while its learning
+        # rate counts the training rows only: the kernel's t stays internal, and the
+        # published t_ (which also decides when averaged weights are published, and
+        # where a later partial_fit continues) counts n_samples rows per epoch.
+        published_steps = -(-n_samples // max(1, min(self.batch_size, n_samples)))
         t_start = time.time()
         n_epochs = 0
         # Per-output views of the tracker's per-problem state, rebuilt only when it
@@ -571,7 +577,9 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                 best_loss = min(best_loss, epoch_loss)
             loss_curve.append(epoch_loss)
             snapshot, coef_out = publisher.snapshot(state, K)
-            self._commit(snapshot, t, n_epochs, loss_curve, val_scores, best_loss,
+            t_published = (t_first + n_epochs * published_steps if self.early_stopping
+                           else t)
+            self._commit(snapshot, t_published, n_epochs, loss_curve, val_scores, best_loss,
                          best_score, coef_out=coef_out)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
@@ -770,7 +778,10 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     n_iter_ : int
         Epochs run by the last ``fit`` / ``partial_fit`` call.
     t_ : float
-        1 + the number of updates since the last ``fit``.
+        1 + the number of updates since the last ``fit``. With ``early_stopping`` an
+        epoch counts as many updates as if it had also stepped over the validation rows
+        (scikit-learn's convention: ``1 + n_iter_ * n_samples`` for per-sample SGD),
+        although the learning-rate schedule counts the training rows only.
     loss_curve_ : list of float
         Mean training objective of each epoch: loss plus penalty, averaged over the
         training samples without their sample / class weights, which is the quantity
