@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import sklearn.linear_model as sk_linear
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
+from sklearn.datasets import (load_breast_cancer, load_diabetes, load_digits, load_iris,
+                              load_wine)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
@@ -533,6 +534,32 @@ def test_early_stopping_on_csr_matches_sklearn(name, dataset):
         assert ours.n_iter_ == ref.n_iter_
         np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0,
                                    atol=RTOL * np.abs(ref.coef_).max())
+
+
+@pytest.mark.parametrize("dataset", ["binary", "wine"])
+def test_early_stopping_on_csr_matches_sklearn_classes_and_weights(dataset):
+    # One validation split for all one-vs-rest problems, each stopping on its own
+    # weighted binary accuracy, class weights in the updates only, n_iter_ the largest
+    # problem's, t_ = 1 + n_iter_ * n_samples. No L2 term: with one, scikit-learn scores
+    # its weight array without the lazy scale (a model it never has) and cgd does not.
+    if dataset == "wine":
+        X, y = load_wine(return_X_y=True)
+        X, y = _with_zeros(StandardScaler().fit_transform(X), 4, fraction=0.4), y
+    else:
+        X, y = _data(dataset)
+    sw = np.random.RandomState(3).uniform(0.2, 2.0, len(y))
+    cases = [("SGDClassifier", X, y, weights, dict(
+                early_stopping=True, validation_fraction=0.2, random_state=0,
+                n_iter_no_change=3, class_weight=cw, penalty=pen, learning_rate=lr))
+             for cw, weights, pen, lr in itertools.product(
+                 (None, "balanced"), (None, sw), (None, "l1"), ("optimal", "invscaling"))]
+    _assert_all_match(cases)
+    n_iter = [_fit_both(name, X_, y_, w, **p)[0].n_iter_ for name, X_, y_, w, p in cases[:4]]
+    assert min(n_iter) < 30, "no case stopped early: the test would not test stopping"
+    # With the default L2 term n_iter_ may differ from scikit-learn's, t_'s rule not.
+    est = cgd.SGDClassifier(early_stopping=True, random_state=0, shuffle=False,
+                            class_weight="balanced").fit(X, y, sample_weight=sw)
+    assert est.t_ == 1 + est.n_iter_ * X.shape[0]
 
 
 def test_early_stopping_on_csr_never_trains_on_validation_rows():
