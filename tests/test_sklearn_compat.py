@@ -260,6 +260,21 @@ def _cgd_n_iter(case):
             X, y, sample_weight=sw).n_iter_
 
 
+def test_partial_fit_after_early_stopping_continues_like_sklearn():
+    # partial_fit continues the schedule from t_, so t_ must be scikit-learn's.
+    X, y = _multiclass_data("wine")
+    fits = []
+    for module in (cgd, sk_linear):
+        est = module.SGDClassifier(early_stopping=True, random_state=0, shuffle=False,
+                                   penalty=None, n_iter_no_change=3).fit(X, y)
+        est.set_params(early_stopping=False)
+        fits.append(est.partial_fit(X, y))
+    ours, ref = fits
+    assert ours.t_ == ref.t_
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0,
+                               atol=RTOL * np.abs(ref.coef_).max())
+
+
 def test_early_stopping_t_counts_validation_rows_with_l2():
     # With an L2 term scikit-learn 1.9 scores each epoch on its lazily scaled weight
     # array without the scale (w / wscale with the true intercept), a model it never
