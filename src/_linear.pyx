@@ -741,6 +741,118 @@ cdef void sgd_single_row_csr(
             params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
 
 
+cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating* xd,
+                             const index_t* xi, Py_ssize_t nnz, double* acc) noexcept nogil:
+    """acc[k] = sum_e coef[xi[e] * K + k] * xd[e] for all K outputs of a column-major
+    coef in one pass over the row. Each sum runs over e in order with the arithmetic of
+    sparse_dot, so the bits are those of K separate passes."""
+    cdef Py_ssize_t e, k
+    cdef const floating* w
+    cdef floating x
+    for k in range(K):
+        acc[k] = 0.0
+    for e in range(nnz):
+        w = coef + xi[e] * K
+        x = xd[e]
+        for k in range(K):
+            acc[k] += w[k] * x
+
+
+cdef void add_rows(SparseOut* so, floating* coef, Py_ssize_t K, double* avg_params,
+                   Py_ssize_t d, const floating* xd, const index_t* xi, Py_ssize_t nnz,
+                   const Py_ssize_t* ks, const double* cs, Py_ssize_t nk, double* rsq,
+                   double* rab, bint track_avg, bint track_norms) noexcept nogil:
+    """add_row for the nk outputs ks[q] (coefficient cs[q]) of a column-major coef in
+    one pass over the row: per output the same operations in the same order."""
+    cdef Py_ssize_t e, j, q, k
+    cdef floating* w
+    cdef floating old
+    cdef double x
+    for q in range(nk):
+        rsq[q] = 0.0
+        rab[q] = 0.0
+    for e in range(nnz):
+        j = xi[e]
+        w = coef + j * K
+        for q in range(nk):
+            k = ks[q]
+            old = w[k]
+            w[k] = <floating>(old + xd[e] * cs[q])
+            rsq[q] += <double>w[k] * w[k]
+            rab[q] += fabs(w[k])
+            if track_avg or track_norms:
+                track(&so[k], avg_params + k * d + j, old, w[k], track_avg, track_norms)
+    for q in range(nk):
+        k = ks[q]
+        so[k].rsq = rsq[q] * (so[k].scale * so[k].scale)
+        so[k].rab = rab[q] * so[k].scale
+
+
+cdef void sgd_single_row_csr_multi(
+    const floating* xd, const index_t* xi, Py_ssize_t nnz, floating yi, floating si,
+    floating* params, floating* coef, SparseOut* so,
+    double* avg_params, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    const double* eta, EpochConfig* cfg, bint track_avg, bint track_norms,
+    double* obj, floating* z, double* buf, Py_ssize_t* ks,
+) noexcept nogil:
+    """sgd_single_row_csr for K > 1 outputs held column-major (coefficient j of output
+    k at coef[j * K + k]): the K dot products in one pass over the row, then the updates
+    of the outputs that move in a second. The outputs share no coefficient, so each
+    gets the bits of sgd_single_row_csr. buf: scratch (4 K,), ks: scratch (K,)."""
+    cdef Py_ssize_t k, c, nk = 0
+    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
+    cdef double* acc = buf
+    cdef double* cs = buf + K
+    sparse_dots(coef, K, xd, xi, nnz, acc)
+    if cfg.target == TARGET_MULTINOMIAL:
+        for k in range(K):
+            z[k] = <floating>(so[k].scale * acc[k] + params[K * d + k])
+        c = <Py_ssize_t>yi
+        zc = z[c]
+        lse = softmax_inplace(z, K)
+        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
+        for k in range(K):
+            dl = si * (z[k] - (1.0 if k == c else 0.0))
+            decay = 1.0 - eta[k] * cfg.l2
+            if decay < 0.0:
+                decay = 0.0
+            step = eta[k] * dl
+            if decay != 1.0:
+                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
+                             track_norms)
+            if step != 0.0:
+                ks[nk] = k
+                cs[nk] = -step / so[k].scale
+                nk += 1
+            if cfg.fit_intercept:
+                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+    else:
+        for k in range(K):
+            if not active[k]:
+                continue
+            zk = so[k].scale * acc[k] + params[K * d + k]
+            tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+            l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+            obj[k] += sk * l if cfg.weighted_objective else l
+            decay = 1.0 - eta[k] * cfg.l2
+            if decay < 0.0:
+                decay = 0.0
+            step = eta[k] * dl * sk
+            if decay != 1.0:
+                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
+                             track_norms)
+            if step != 0.0:
+                ks[nk] = k
+                cs[nk] = -step / so[k].scale
+                nk += 1
+            if cfg.fit_intercept:
+                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+    if nk > 0:
+        add_rows(so, coef, K, avg_params, d, xd, xi, nnz, ks, cs, nk, buf + 2 * K,
+                 buf + 3 * K, track_avg, track_norms)
+
+
 cdef void chunk_gradient_csr(
     const floating* data,       # IN  (nnz,)
     const index_t* indices,     # IN  (nnz,)
@@ -1061,6 +1173,8 @@ def linear_epoch_csr(
     cdef const index_t* touched
     cdef Py_ssize_t n_touched
     cdef SparseOut* so
+    cdef double* rowbuf
+    cdef Py_ssize_t* rowks
     # Coefficient j of output k is coef[k * ko + j * vs]. With several outputs the
     # epoch works on a column-major copy (ko 1, vs K): the K coefficients of a column
     # share cache lines, so a row's K dot products and updates cost about one miss per
@@ -1100,7 +1214,12 @@ def linear_epoch_csr(
     xd0 = &X_data[0] if X_data.shape[0] > 0 else NULL
     xi0 = &X_indices[0] if X_indices.shape[0] > 0 else NULL
     so = <SparseOut*>malloc(K * sizeof(SparseOut))
-    if so == NULL:
+    rowbuf = <double*>malloc(4 * K * sizeof(double))
+    rowks = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    if so == NULL or rowbuf == NULL or rowks == NULL:
+        free(so)
+        free(rowbuf)
+        free(rowks)
         raise MemoryError()
     try:
         with nogil:
@@ -1147,11 +1266,18 @@ def linear_epoch_csr(
                     touched = xi0 + a
                     n_touched = ip[j + 1] - a
                     nnz_batch = n_touched
-                    sgd_single_row_csr(xd0 + a, touched, n_touched, y[j], sample_weight[j],
-                                       prm, coef, ko, vs, so, &avg_params[0], K, d,
-                                       &pos_weight[0],
-                                       &neg_weight[0], &active[0], eta, &cfg, track_avg,
-                                       track_norms, &work_obj[0, 0], &work_z[0, 0])
+                    if K > 1:
+                        sgd_single_row_csr_multi(
+                            xd0 + a, touched, n_touched, y[j], sample_weight[j], prm, coef,
+                            so, &avg_params[0], K, d, &pos_weight[0], &neg_weight[0],
+                            &active[0], eta, &cfg, track_avg, track_norms, &work_obj[0, 0],
+                            &work_z[0, 0], rowbuf, rowks)
+                    else:
+                        sgd_single_row_csr(xd0 + a, touched, n_touched, y[j],
+                                           sample_weight[j], prm, coef, ko, vs, so,
+                                           &avg_params[0], K, d, &pos_weight[0],
+                                           &neg_weight[0], &active[0], eta, &cfg, track_avg,
+                                           track_norms, &work_obj[0, 0], &work_z[0, 0])
                 else:
                     T = compact_batch(xi0, ip, &order[0], start, mb, &work_pos[0],
                                       &work_cols[0], T_cap, &nnz_batch)
@@ -1253,6 +1379,8 @@ def linear_epoch_csr(
                         break
     finally:
         free(so)
+        free(rowbuf)
+        free(rowks)
     if status == STATUS_WORK_TOO_SMALL:
         raise ValueError("work buffers too small for a batch's columns")
     return status, t
