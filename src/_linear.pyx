@@ -1237,7 +1237,9 @@ def linear_epoch_csr(
                 so[k].sq = 0.0
                 so[k].ab = 0.0
                 if track_norms:
-                    norms_of(&so[k], coef + k * ko, vs, d)
+                    # From the row-major parameters, whose values the copy holds
+                    # exactly: one contiguous pass per output instead of a strided one.
+                    norms_of(&so[k], prm + k * d, 1, d)
                 reg[k] = penalty_of(&cfg, &so[k])
                 if isnan(stop_norms[0, k]):
                     stop_norms[0, k] = so[k].sq
@@ -1364,14 +1366,16 @@ def linear_epoch_csr(
                         with gil:
                             PyErr_CheckSignals()
                         last_check = cgd_now()
-            for k in range(K):
-                fold_output(&so[k], coef + k * ko, vs, &avg_params[k * d], d, track_avg, False)
-                stop_norms[0, k] = so[k].rsq
-                stop_norms[1, k] = so[k].rab
             if K > 1:
+                # Copy back first and fold on the row-major parameters: the same
+                # element-wise operations as folding the copy, in contiguous passes.
                 for k in range(K):
                     for j in range(d):
                         prm[k * d + j] = coef[j * K + k]
+            for k in range(K):
+                fold_output(&so[k], prm + k * d, 1, &avg_params[k * d], d, track_avg, False)
+                stop_norms[0, k] = so[k].rsq
+                stop_norms[1, k] = so[k].rab
             if status == STATUS_OK:
                 for j in range(P):
                     if not isfinite(prm[j]):
