@@ -770,36 +770,6 @@ cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating*
             acc[k] += w[k] * x
 
 
-cdef void add_rows(SparseOut* so, floating* coef, Py_ssize_t K, double* avg_params,
-                   Py_ssize_t d, const floating* xd, const index_t* xi, Py_ssize_t nnz,
-                   const Py_ssize_t* ks, const double* cs, Py_ssize_t nk, double* rsq,
-                   double* rab, bint track_avg, bint track_norms) noexcept nogil:
-    """add_row for the nk outputs ks[q] (coefficient cs[q]) of a column-major coef in
-    one pass over the row: per output the same operations in the same order."""
-    cdef Py_ssize_t e, j, q, k
-    cdef floating* w
-    cdef floating old
-    cdef double x
-    for q in range(nk):
-        rsq[q] = 0.0
-        rab[q] = 0.0
-    for e in range(nnz):
-        j = xi[e]
-        w = coef + j * K
-        for q in range(nk):
-            k = ks[q]
-            old = w[k]
-            w[k] = <floating>(old + xd[e] * cs[q])
-            rsq[q] += <double>w[k] * w[k]
-            rab[q] += fabs(w[k])
-            if track_avg or track_norms:
-                track(&so[k], avg_params + k * d + j, old, w[k], track_avg, track_norms)
-    for q in range(nk):
-        k = ks[q]
-        so[k].rsq = rsq[q] * (so[k].scale * so[k].scale)
-        so[k].rab = rab[q] * so[k].scale
-
-
 cdef void sgd_single_row_csr_multi(
     const floating* xd, const index_t* xi, Py_ssize_t nnz, floating yi, floating si,
     floating* params, floating* coef, SparseOut* so,
@@ -810,8 +780,9 @@ cdef void sgd_single_row_csr_multi(
 ) noexcept nogil:
     """sgd_single_row_csr for K > 1 outputs held column-major (coefficient j of output
     k at coef[j * K + k]): the K dot products in one pass over the row, then the updates
-    of the outputs that move in a second. The outputs share no coefficient, so each
-    gets the bits of sgd_single_row_csr. buf: scratch (4 K,), ks: scratch (K,)."""
+    of the outputs that move, one add_row each (the row's coefficients are in cache by
+    then). The outputs share no coefficient, so each gets the bits of
+    sgd_single_row_csr. buf: scratch (2 K,), ks: scratch (K,)."""
     cdef Py_ssize_t k, c, nk = 0
     cdef double zk, tk, sk, l, dl, decay, step, lse, zc
     cdef double* acc = buf
@@ -860,9 +831,10 @@ cdef void sgd_single_row_csr_multi(
                 nk += 1
             if cfg.fit_intercept:
                 params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
-    if nk > 0:
-        add_rows(so, coef, K, avg_params, d, xd, xi, nnz, ks, cs, nk, buf + 2 * K,
-                 buf + 3 * K, track_avg, track_norms)
+    for c in range(nk):
+        k = ks[c]
+        add_row(&so[k], coef + k, K, avg_params + k * d, xd, xi, nnz, cs[c], track_avg,
+                track_norms)
 
 
 cdef void chunk_gradient_csr(
@@ -1226,7 +1198,7 @@ def linear_epoch_csr(
     xd0 = &X_data[0] if X_data.shape[0] > 0 else NULL
     xi0 = &X_indices[0] if X_indices.shape[0] > 0 else NULL
     so = <SparseOut*>malloc(K * sizeof(SparseOut))
-    rowbuf = <double*>malloc(4 * K * sizeof(double))
+    rowbuf = <double*>malloc(2 * K * sizeof(double))
     rowks = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
     if so == NULL or rowbuf == NULL or rowks == NULL:
         free(so)
