@@ -584,6 +584,8 @@ cdef enum:
     # A stored entry costs an indirect load: count it as this many dense
     # multiply-adds when deciding whether a batch is worth spreading over threads.
     SPARSE_ENTRY_WORK = 4
+    # Columns per block when copying coefficients between layouts.
+    TRANSPOSE_BLOCK = 256
 
 cdef extern from *:
     """
@@ -1158,6 +1160,8 @@ def linear_epoch_csr(
     cdef Py_ssize_t n_touched
     cdef SparseOut* so
     cdef double* rowbuf
+    cdef double sk
+    cdef Py_ssize_t jb, je
     cdef Py_ssize_t* rowks
     # Coefficient j of output k is coef[k * ko + j * vs]. With several outputs the
     # epoch works on a column-major copy (ko 1, vs K): the K coefficients of a column
@@ -1211,9 +1215,13 @@ def linear_epoch_csr(
                 coef = &work_coef[0]
                 ko = 1
                 vs = K
-                for j in range(d):
+                # In blocks of columns: contiguous reads of each output's row, writes
+                # within a block that stays in cache.
+                for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
+                    je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
-                        coef[j * K + k] = prm[k * d + j]
+                        for j in range(jb * TRANSPOSE_BLOCK, je):
+                            coef[j * K + k] = prm[k * d + j]
             for k in range(K):
                 so[k].scale = 1.0
                 so[k].avg_g = 1.0
@@ -1353,9 +1361,23 @@ def linear_epoch_csr(
             if K > 1:
                 # Copy back first and fold on the row-major parameters: the same
                 # element-wise operations as folding the copy, in contiguous passes.
+                # Without averaging the scale's fold is the copy's multiplication
+                # (fold_output's <floating>(s * v)), which saves a pass over K * d.
                 for k in range(K):
-                    for j in range(d):
-                        prm[k * d + j] = coef[j * K + k]
+                    rowbuf[k] = 1.0 if track_avg else so[k].scale
+                for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
+                    je = min((jb + 1) * TRANSPOSE_BLOCK, d)
+                    for k in range(K):
+                        sk = rowbuf[k]
+                        if sk != 1.0:
+                            for j in range(jb * TRANSPOSE_BLOCK, je):
+                                prm[k * d + j] = <floating>(sk * coef[j * K + k])
+                        else:
+                            for j in range(jb * TRANSPOSE_BLOCK, je):
+                                prm[k * d + j] = coef[j * K + k]
+                if not track_avg:
+                    for k in range(K):
+                        so[k].scale = 1.0
             for k in range(K):
                 fold_output(&so[k], prm + k * d, 1, &avg_params[k * d], d, track_avg, False)
                 stop_norms[0, k] = so[k].rsq
