@@ -584,6 +584,8 @@ cdef enum:
     # A stored entry costs an indirect load: count it as this many dense
     # multiply-adds when deciding whether a batch is worth spreading over threads.
     SPARSE_ENTRY_WORK = 4
+    # Columns per block when copying coefficients between layouts.
+    TRANSPOSE_BLOCK = 256
 
 cdef extern from *:
     """
@@ -666,18 +668,30 @@ cdef inline void scale_output(SparseOut* o, double decay, floating* v, Py_ssize_
 cdef inline void add_row(SparseOut* o, floating* v, Py_ssize_t vs, double* D,
                          const floating* xd, const index_t* xi, Py_ssize_t nnz, double coef,
                          bint track_avg, bint track_norms) noexcept nogil:
-    """v <- v + coef * x over the row's columns (coef already divided by the scale)."""
+    """v <- v + coef * x over the row's columns (coef already divided by the scale).
+
+    The running sums are kept in locals (v may alias o's fields as far as the compiler
+    knows, which would put a store and a load on every entry); each is the same
+    sequence of additions as track() makes."""
     cdef Py_ssize_t e, j
-    cdef floating old
+    cdef floating old, nv
     cdef double rsq = 0.0, rab = 0.0
+    cdef double sq = o.sq, ab = o.ab, c = o.avg_c
     for e in range(nnz):
         j = xi[e]
         old = v[j * vs]
-        v[j * vs] = <floating>(old + xd[e] * coef)
-        rsq += <double>v[j * vs] * v[j * vs]
-        rab += fabs(v[j * vs])
-        if track_avg or track_norms:
-            track(o, D + j, old, v[j * vs], track_avg, track_norms)
+        nv = <floating>(old + xd[e] * coef)
+        v[j * vs] = nv
+        rsq += <double>nv * nv
+        rab += fabs(nv)
+        if track_norms:
+            sq += <double>nv * <double>nv - <double>old * <double>old
+            ab += fabs(<double>nv) - fabs(<double>old)
+        if track_avg:
+            D[j] -= c * (<double>nv - <double>old)
+    if track_norms:
+        o.sq = sq
+        o.ab = ab
     o.rsq = rsq * (o.scale * o.scale)
     o.rab = rab * o.scale
 
@@ -739,6 +753,90 @@ cdef void sgd_single_row_csr(
                     track_avg, track_norms)
         if cfg.fit_intercept:
             params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+
+
+cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating* xd,
+                             const index_t* xi, Py_ssize_t nnz, double* acc) noexcept nogil:
+    """acc[k] = sum_e coef[xi[e] * K + k] * xd[e] for all K outputs of a column-major
+    coef in one pass over the row. Each sum runs over e in order with the arithmetic of
+    sparse_dot, so the bits are those of K separate passes."""
+    cdef Py_ssize_t e, k
+    cdef const floating* w
+    cdef floating x
+    for k in range(K):
+        acc[k] = 0.0
+    for e in range(nnz):
+        w = coef + xi[e] * K
+        x = xd[e]
+        for k in range(K):
+            acc[k] += w[k] * x
+
+
+cdef void sgd_single_row_csr_multi(
+    const floating* xd, const index_t* xi, Py_ssize_t nnz, floating yi, floating si,
+    floating* params, floating* coef, SparseOut* so,
+    double* avg_params, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    const double* eta, EpochConfig* cfg, bint track_avg, bint track_norms,
+    double* obj, floating* z, double* buf, Py_ssize_t* ks,
+) noexcept nogil:
+    """sgd_single_row_csr for K > 1 outputs held column-major (coefficient j of output
+    k at coef[j * K + k]): the K dot products in one pass over the row, then the updates
+    of the outputs that move, one add_row each (the row's coefficients are in cache by
+    then). The outputs share no coefficient, so each gets the bits of
+    sgd_single_row_csr. buf: scratch (2 K,), ks: scratch (K,)."""
+    cdef Py_ssize_t k, c, nk = 0
+    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
+    cdef double* acc = buf
+    cdef double* cs = buf + K
+    sparse_dots(coef, K, xd, xi, nnz, acc)
+    if cfg.target == TARGET_MULTINOMIAL:
+        for k in range(K):
+            z[k] = <floating>(so[k].scale * acc[k] + params[K * d + k])
+        c = <Py_ssize_t>yi
+        zc = z[c]
+        lse = softmax_inplace(z, K)
+        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
+        for k in range(K):
+            dl = si * (z[k] - (1.0 if k == c else 0.0))
+            decay = 1.0 - eta[k] * cfg.l2
+            if decay < 0.0:
+                decay = 0.0
+            step = eta[k] * dl
+            if decay != 1.0:
+                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
+                             track_norms)
+            if step != 0.0:
+                ks[nk] = k
+                cs[nk] = -step / so[k].scale
+                nk += 1
+            if cfg.fit_intercept:
+                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+    else:
+        for k in range(K):
+            if not active[k]:
+                continue
+            zk = so[k].scale * acc[k] + params[K * d + k]
+            tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+            l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+            obj[k] += sk * l if cfg.weighted_objective else l
+            decay = 1.0 - eta[k] * cfg.l2
+            if decay < 0.0:
+                decay = 0.0
+            step = eta[k] * dl * sk
+            if decay != 1.0:
+                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
+                             track_norms)
+            if step != 0.0:
+                ks[nk] = k
+                cs[nk] = -step / so[k].scale
+                nk += 1
+            if cfg.fit_intercept:
+                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+    for c in range(nk):
+        k = ks[c]
+        add_row(&so[k], coef + k, K, avg_params + k * d, xd, xi, nnz, cs[c], track_avg,
+                track_norms)
 
 
 cdef void chunk_gradient_csr(
@@ -1061,6 +1159,10 @@ def linear_epoch_csr(
     cdef const index_t* touched
     cdef Py_ssize_t n_touched
     cdef SparseOut* so
+    cdef double* rowbuf
+    cdef double sk
+    cdef Py_ssize_t jb, je
+    cdef Py_ssize_t* rowks
     # Coefficient j of output k is coef[k * ko + j * vs]. With several outputs the
     # epoch works on a column-major copy (ko 1, vs K): the K coefficients of a column
     # share cache lines, so a row's K dot products and updates cost about one miss per
@@ -1100,7 +1202,12 @@ def linear_epoch_csr(
     xd0 = &X_data[0] if X_data.shape[0] > 0 else NULL
     xi0 = &X_indices[0] if X_indices.shape[0] > 0 else NULL
     so = <SparseOut*>malloc(K * sizeof(SparseOut))
-    if so == NULL:
+    rowbuf = <double*>malloc(2 * K * sizeof(double))
+    rowks = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    if so == NULL or rowbuf == NULL or rowks == NULL:
+        free(so)
+        free(rowbuf)
+        free(rowks)
         raise MemoryError()
     try:
         with nogil:
@@ -1108,9 +1215,13 @@ def linear_epoch_csr(
                 coef = &work_coef[0]
                 ko = 1
                 vs = K
-                for j in range(d):
+                # In blocks of columns: contiguous reads of each output's row, writes
+                # within a block that stays in cache.
+                for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
+                    je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
-                        coef[j * K + k] = prm[k * d + j]
+                        for j in range(jb * TRANSPOSE_BLOCK, je):
+                            coef[j * K + k] = prm[k * d + j]
             for k in range(K):
                 so[k].scale = 1.0
                 so[k].avg_g = 1.0
@@ -1118,7 +1229,9 @@ def linear_epoch_csr(
                 so[k].sq = 0.0
                 so[k].ab = 0.0
                 if track_norms:
-                    norms_of(&so[k], coef + k * ko, vs, d)
+                    # From the row-major parameters, whose values the copy holds
+                    # exactly: one contiguous pass per output instead of a strided one.
+                    norms_of(&so[k], prm + k * d, 1, d)
                 reg[k] = penalty_of(&cfg, &so[k])
                 if isnan(stop_norms[0, k]):
                     stop_norms[0, k] = so[k].sq
@@ -1142,16 +1255,31 @@ def linear_epoch_csr(
                         cgd_prefetch(xi0 + ip[nxt], (ip[nxt + 1] - ip[nxt]) * sizeof(index_t))
                         cgd_prefetch(&y[nxt], sizeof(floating))
                         cgd_prefetch(&sample_weight[nxt], sizeof(floating))
+                    # With several outputs, the coefficients of a row whose entries
+                    # were asked for PREFETCH_ROWS / 2 rows ago (by now in cache): a
+                    # column's K coefficients are a cache miss of their own. (With one
+                    # output the vector mostly stays in cache and this measured slower.)
+                    if K > 1 and start + PREFETCH_ROWS // 2 < n_order:
+                        nxt = order[start + PREFETCH_ROWS // 2]
+                        for a in range(ip[nxt], ip[nxt + 1]):
+                            cgd_prefetch(coef + xi0[a] * vs, K * sizeof(floating))
                     j = order[start]
                     a = ip[j]
                     touched = xi0 + a
                     n_touched = ip[j + 1] - a
                     nnz_batch = n_touched
-                    sgd_single_row_csr(xd0 + a, touched, n_touched, y[j], sample_weight[j],
-                                       prm, coef, ko, vs, so, &avg_params[0], K, d,
-                                       &pos_weight[0],
-                                       &neg_weight[0], &active[0], eta, &cfg, track_avg,
-                                       track_norms, &work_obj[0, 0], &work_z[0, 0])
+                    if K > 1:
+                        sgd_single_row_csr_multi(
+                            xd0 + a, touched, n_touched, y[j], sample_weight[j], prm, coef,
+                            so, &avg_params[0], K, d, &pos_weight[0], &neg_weight[0],
+                            &active[0], eta, &cfg, track_avg, track_norms, &work_obj[0, 0],
+                            &work_z[0, 0], rowbuf, rowks)
+                    else:
+                        sgd_single_row_csr(xd0 + a, touched, n_touched, y[j],
+                                           sample_weight[j], prm, coef, ko, vs, so,
+                                           &avg_params[0], K, d, &pos_weight[0],
+                                           &neg_weight[0], &active[0], eta, &cfg, track_avg,
+                                           track_norms, &work_obj[0, 0], &work_z[0, 0])
                 else:
                     T = compact_batch(xi0, ip, &order[0], start, mb, &work_pos[0],
                                       &work_cols[0], T_cap, &nnz_batch)
@@ -1238,14 +1366,30 @@ def linear_epoch_csr(
                         with gil:
                             PyErr_CheckSignals()
                         last_check = cgd_now()
+            if K > 1:
+                # Copy back first and fold on the row-major parameters: the same
+                # element-wise operations as folding the copy, in contiguous passes.
+                # Without averaging the scale's fold is the copy's multiplication
+                # (fold_output's <floating>(s * v)), which saves a pass over K * d.
+                for k in range(K):
+                    rowbuf[k] = 1.0 if track_avg else so[k].scale
+                for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
+                    je = min((jb + 1) * TRANSPOSE_BLOCK, d)
+                    for k in range(K):
+                        sk = rowbuf[k]
+                        if sk != 1.0:
+                            for j in range(jb * TRANSPOSE_BLOCK, je):
+                                prm[k * d + j] = <floating>(sk * coef[j * K + k])
+                        else:
+                            for j in range(jb * TRANSPOSE_BLOCK, je):
+                                prm[k * d + j] = coef[j * K + k]
+                if not track_avg:
+                    for k in range(K):
+                        so[k].scale = 1.0
             for k in range(K):
-                fold_output(&so[k], coef + k * ko, vs, &avg_params[k * d], d, track_avg, False)
+                fold_output(&so[k], prm + k * d, 1, &avg_params[k * d], d, track_avg, False)
                 stop_norms[0, k] = so[k].rsq
                 stop_norms[1, k] = so[k].rab
-            if K > 1:
-                for k in range(K):
-                    for j in range(d):
-                        prm[k * d + j] = coef[j * K + k]
             if status == STATUS_OK:
                 for j in range(P):
                     if not isfinite(prm[j]):
@@ -1253,6 +1397,8 @@ def linear_epoch_csr(
                         break
     finally:
         free(so)
+        free(rowbuf)
+        free(rowks)
     if status == STATUS_WORK_TOO_SMALL:
         raise ValueError("work buffers too small for a batch's columns")
     return status, t
