@@ -129,9 +129,17 @@ class TransactionMixin:
                 self.__dict__.update(saved)
                 for k, n in lengths.items():
                     del saved[k][n:]
+            else:
+                # An interrupt between a curve's append and the commit of its epoch
+                # leaves one entry too many: cut each curve back to what was committed.
+                for k, n in self.__dict__.get("_curve_lengths", {}).items():
+                    curve = self.__dict__.get(k)
+                    if isinstance(curve, list):
+                        del curve[n:]
             raise
         finally:
             self.__dict__.pop("_epochs_committed", None)
+            self.__dict__.pop("_curve_lengths", None)
 
 
 def linear_divergence_error(epoch):

@@ -615,6 +615,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             "validation_scores_": val_scores,
             "best_validation_score_": best_score if self.early_stopping else None,
             "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+            "_curve_lengths": {"loss_curve_": len(loss_curve),
+                               "validation_scores_": len(val_scores or ())},
         })
         self.__dict__.update(attrs)
 

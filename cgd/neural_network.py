@@ -452,9 +452,11 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             "_no_improvement_count": int(tracker.no_improvement[0]),
             "_best_params": best_params,
             "_epochs_committed": self.__dict__.get("_epochs_committed", 0) + 1,
+            "_curve_lengths": {"loss_curve_": len(self.loss_curve_)},
         }
         if self.early_stopping:
             self.validation_scores_.append(score)
+            attrs["_curve_lengths"]["validation_scores_"] = len(self.validation_scores_)
             attrs["best_validation_score_"] = float(tracker.best_score[0])
         else:
             attrs["best_loss_"] = float(tracker.best_loss[0])

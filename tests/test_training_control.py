@@ -1,8 +1,11 @@
 """partial_fit, warm_start, tol, early stopping, loss curves, dtypes."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
 
 import cgd
 from cgd._fit_loop import validation_split
@@ -400,3 +403,65 @@ def test_more_than_256_classes():
     scale = np.max(np.abs(ref.coef_))
     np.testing.assert_allclose(est.coef_, ref.coef_, rtol=0, atol=1e-12 * scale)
     np.testing.assert_allclose(est.intercept_, ref.intercept_, rtol=0, atol=1e-12 * scale)
+
+
+# An interrupt can land between a curve's append and the commit of its epoch (seen in a
+# Ctrl-C test: loss_curve_ one entry longer than n_iter_). These inject one there.
+class _AppendThenInterrupt(list):
+    """A curve whose second append (within the call under test) raises Ctrl-C after
+    appending, as a signal arriving just after it would."""
+
+    def __init__(self, items, after=2):
+        super().__init__(items)
+        self.left = after
+
+    def append(self, x):
+        super().append(x)
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_between_curve_append_and_commit_keeps_attributes_consistent_mlp():
+    X, y = load_iris(return_X_y=True)
+
+    def first_fit():
+        est = cgd.MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0,
+                                early_stopping=True, n_iter_no_change=100, tol=0.0)
+        return est.fit(X, y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = first_fit()
+        est.loss_curve_ = _AppendThenInterrupt(est.loss_curve_)
+        est.set_params(warm_start=True, max_iter=10)
+        with pytest.raises(KeyboardInterrupt):
+            est.fit(X, y)
+        # Reference: the same warm start stopped after its one committed epoch.
+        ref = first_fit().set_params(warm_start=True, max_iter=1).fit(X, y)
+    assert list(est.loss_curve_) == ref.loss_curve_
+    assert est.validation_scores_ == ref.validation_scores_
+    assert est.n_iter_ == ref.n_iter_ and est.loss_ == ref.loss_
+    for a, b in zip(est.coefs_, ref.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_interrupt_between_curve_append_and_commit_keeps_attributes_consistent_linear():
+    X, y = load_iris(return_X_y=True)
+    est = cgd.SGDClassifier(max_iter=10, tol=None, random_state=0)
+    calls = {"n": 0}
+    published = est._published
+
+    def interrupt_on_third_epoch(*args, **kwargs):
+        # _published runs inside the commit, after the epoch's loss was appended
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return published(*args, **kwargs)
+
+    est._published = interrupt_on_third_epoch
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X, y)
+    assert est.n_iter_ == 2
+    assert len(est.loss_curve_) == est.n_iter_
+    assert est.loss_ == est.loss_curve_[-1]
