@@ -44,3 +44,48 @@ def run_subprocess(args, timeout, **kwargs):
         out, err = proc.communicate()
         pytest.fail(f"{args} did not finish within {timeout} s; stdout:\n{out}\nstderr:\n{err}")
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+# Fits of cgd's SGD estimators beside scikit-learn's, shared by the dense and the sparse
+# comparisons: same parameters (per-sample order, a fixed eta0, 30 epochs unless a test
+# says otherwise); a pair agrees when n_iter_ and t_ are equal and every weight is
+# within SGD_RTOL of the largest.
+SGD_RTOL = 1e-10
+
+
+def sgd_fit_both(name, X, y, sample_weight=None, **params):
+    """(cgd's fit, scikit-learn's fit) of estimator ``name`` on the same data."""
+    import warnings
+
+    from sklearn import linear_model as sk_linear
+    from sklearn.exceptions import ConvergenceWarning
+
+    import cgd
+
+    params = {"shuffle": False, "eta0": 0.01, "max_iter": 30, **params}
+    fits = []
+    for module in (cgd, sk_linear):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(getattr(module, name)(**params).fit(X, y, sample_weight=sample_weight))
+    return fits
+
+
+def sgd_mismatch(name, X, y, sample_weight=None, **params):
+    """None if cgd and scikit-learn agree on this fit, else a line saying how not."""
+    ours, ref = sgd_fit_both(name, X, y, sample_weight, **params)
+    w_ours = np.append(np.ravel(ours.coef_), ours.intercept_)
+    w_ref = np.append(np.ravel(ref.coef_), ref.intercept_)
+    scale = max(np.max(np.abs(w_ref)), np.finfo(float).tiny)
+    err = np.max(np.abs(w_ours - w_ref)) / scale
+    if ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_ and err <= SGD_RTOL:
+        return None
+    return (f"{name}({params}): n_iter_ {ours.n_iter_} vs {ref.n_iter_}, t_ {ours.t_} vs "
+            f"{ref.t_}, max |coef diff| / max |coef| = {err:.3g}")
+
+
+def assert_sgd_fits_match(cases):
+    """cases: iterable of (name, X, y, sample_weight, params); reports every mismatch."""
+    failures = [f for name, X, y, sw, params in cases
+                if (f := sgd_mismatch(name, X, y, sample_weight=sw, **params)) is not None]
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)

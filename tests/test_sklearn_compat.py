@@ -38,7 +38,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import cgd
 import cgd.neural_network as nn_module
+from _helpers import assert_sgd_fits_match as _assert_all_match
 from _helpers import run_subprocess
+from _helpers import sgd_mismatch as _compare
 from cgd import _compat
 from cgd._compat import InvalidParameterError
 from cgd._fit_loop import first_partial_fit_call
@@ -100,32 +102,6 @@ def _data(name):
 
 def _random_weights(n, seed=0):
     return np.random.RandomState(seed).uniform(0.2, 2.0, n)
-
-
-def _compare(name, X, y, sample_weight=None, **params):
-    """Fit cgd and scikit-learn with the same parameters; None if they agree, else why."""
-    params = {"shuffle": False, "eta0": 0.01, "max_iter": 30, **params}
-    fits = []
-    for module in (cgd, sk_linear):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(getattr(module, name)(**params).fit(X, y, sample_weight=sample_weight))
-    ours, ref = fits
-    w_ours = np.append(np.ravel(ours.coef_), ours.intercept_)
-    w_ref = np.append(np.ravel(ref.coef_), ref.intercept_)
-    scale = max(np.max(np.abs(w_ref)), np.finfo(float).tiny)
-    err = np.max(np.abs(w_ours - w_ref)) / scale
-    if ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_ and err <= RTOL:
-        return None
-    return (f"{name}({params}): n_iter_ {ours.n_iter_} vs {ref.n_iter_}, t_ {ours.t_} vs "
-            f"{ref.t_}, max |coef diff| / max |coef| = {err:.3g}")
-
-
-def _assert_all_match(cases):
-    """cases: iterable of (name, X, y, sample_weight, params); reports every mismatch."""
-    failures = [f for name, X, y, sw, params in cases
-                if (f := _compare(name, X, y, sample_weight=sw, **params)) is not None]
-    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)
 
 
 _GRID = [(name, loss, lr, pen) for name in ("SGDClassifier", "SGDRegressor")

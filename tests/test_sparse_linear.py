@@ -28,7 +28,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 import cgd
+from _helpers import assert_sgd_fits_match as _assert_all_match
 from _helpers import requires_openmp
+from _helpers import sgd_fit_both as _fit_both
 from cgd._fit_loop import validation_split
 
 CLASSIFIER_LOSSES = (
@@ -71,36 +73,6 @@ def _data(name):
 
 def _default_data(name):
     return _data("binary" if name == "SGDClassifier" else "regression")
-
-
-def _fit_both(name, X, y, sample_weight=None, **params):
-    params = {"shuffle": False, "eta0": 0.01, "max_iter": 30, **params}
-    fits = []
-    for module in (cgd, sk_linear):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(getattr(module, name)(**params).fit(X, y, sample_weight=sample_weight))
-    return fits
-
-
-def _compare(name, X, y, sample_weight=None, **params):
-    """Fit cgd and scikit-learn on the same sparse X; None if they agree, else why."""
-    ours, ref = _fit_both(name, X, y, sample_weight, **params)
-    w_ours = np.append(np.ravel(ours.coef_), ours.intercept_)
-    w_ref = np.append(np.ravel(ref.coef_), ref.intercept_)
-    scale = max(np.max(np.abs(w_ref)), np.finfo(float).tiny)
-    err = np.max(np.abs(w_ours - w_ref)) / scale
-    if ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_ and err <= RTOL:
-        return None
-    return (f"{name}({params}): n_iter_ {ours.n_iter_} vs {ref.n_iter_}, t_ {ours.t_} vs "
-            f"{ref.t_}, max |coef diff| / max |coef| = {err:.3g}")
-
-
-def _assert_all_match(cases):
-    """cases: iterable of (name, X, y, sample_weight, params); reports every mismatch."""
-    failures = [f for name, X, y, sw, params in cases
-                if (f := _compare(name, X, y, sample_weight=sw, **params)) is not None]
-    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)
 
 
 # ------------------------------------------------------------ 1. scikit-learn's sparse SGD
