@@ -73,7 +73,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import cgd  # noqa: E402
-import sklearn  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import SGDClassifier as SkSGDClassifier  # noqa: E402
 from sklearn.linear_model import SGDRegressor as SkSGDRegressor  # noqa: E402
@@ -452,6 +451,9 @@ class BlasLimited:
     def score(self, X, y):
         return self.est.score(X, y)
 
+    def predict(self, X):
+        return self.est.predict(X)
+
 
 class TorchMLP:
     """W3's MLPClassifier in PyTorch CPU on `n_threads` intra-op threads: the same net
@@ -516,10 +518,13 @@ class TorchMLP:
             torch.set_num_threads(prev)
         return self
 
-    def score(self, X, y):
+    def predict(self, X):
         with self.torch.no_grad():
             z = self.net_(self.torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-        return float(np.mean(self.classes_[z.argmax(1).numpy()] == y))
+        return self.classes_[z.argmax(1).numpy()]
+
+    def score(self, X, y):
+        return float(np.mean(self.predict(X) == y))
 
 
 def import_torch(skip):
@@ -551,6 +556,77 @@ def mlp_configs(torch=None):
     return rows
 
 
+def heldout_errors(est, Xt, yt, score_name):
+    """Per-row held-out errors: 0/1 misclassifications (accuracy) or squared errors
+    (R^2), for the paired comparison with the peer (paired_z)."""
+    pred = est.predict(Xt)
+    if score_name == "accuracy":
+        return (np.asarray(pred) != yt).astype(np.float64)
+    return (np.asarray(pred, dtype=np.float64) - yt) ** 2
+
+
+def paired_z(errors, peer_errors):
+    """The paired test of "same held-out score as the peer": z = mean(e - e_peer) over its
+    standard error, on the same held-out rows. For 0/1 errors this is McNemar's test (only
+    the rows where the two models disagree count). |z| < 2: the difference is within what
+    two equally good models trained on differently shuffled data would show; identical
+    predictions give 0."""
+    diff = errors - peer_errors
+    sd = diff.std(ddof=1) if diff.size > 1 else 0.0
+    if sd == 0.0:
+        return 0.0
+    return float(diff.mean() / (sd / np.sqrt(diff.size)))
+
+
+# Per-sample rows with shuffle=False: cgd and scikit-learn then make the same updates in
+# the same order, so the held-out scores must agree to every printed digit (the timed
+# rows shuffle with different random generators, and are compared by paired_z instead).
+EXACTNESS = {
+    "W1": (lambda **kw: cgd.SGDRegressor(batch_size=1, **kw), SkSGDRegressor, {}),
+    "W2": (lambda **kw: cgd.SGDClassifier(batch_size=1, **kw), SkSGDClassifier,
+           dict(loss="log_loss")),
+    "W5a": (lambda **kw: cgd.SGDClassifier(batch_size=1, **kw), SkSGDClassifier,
+            dict(loss="log_loss")),
+    "W5b": (lambda **kw: cgd.SGDClassifier(**kw), SkSGDClassifier, {}),
+}
+
+
+def _one_ulp_up(X):
+    """X with every stored value moved one float step up (a copy)."""
+    if hasattr(X, "indptr"):
+        X = X.copy()
+        X.data = np.nextafter(X.data, np.inf)
+        return X
+    return np.nextafter(X, np.inf)
+
+
+def exactness_check(wid, data, score_name):
+    """Untimed: fit cgd at batch 1 and scikit-learn with shuffle=False on the workload's
+    data; return a line comparing their held-out scores, predictions and weights, with
+    the weights' sensitivity to rounding as the yardstick: scikit-learn fitted on X moved
+    by one float step. Per-sample SGD with large early steps amplifies rounding
+    differences, so on some data two correct implementations that sum a dot product in
+    different orders drift apart by as much as that."""
+    make_cgd, make_sk, extra = EXACTNESS[wid]
+    X, y, Xt, yt = data
+    kw = dict(max_iter=EPOCHS, tol=None, shuffle=False, random_state=SEED_FIT, **extra)
+    a, b = make_cgd(**kw).fit(X, y), make_sk(**kw).fit(X, y)
+    c = make_sk(**kw).fit(_one_ulp_up(X), y)
+
+    def rel(u, v):
+        u, v = np.asarray(u.coef_, np.float64), np.asarray(v.coef_, np.float64)
+        return np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300)
+
+    same = ""
+    if score_name == "accuracy":
+        same = f"same prediction on {np.mean(a.predict(Xt) == b.predict(Xt)):.2%} of them; "
+    return (f"{wid} exactness (shuffle=False, batch 1, untimed): held-out {score_name} "
+            f"cgd {a.score(Xt, yt):.6f}, scikit-learn {b.score(Xt, yt):.6f}; "
+            f"{same}max |coef_ difference| / "
+            f"max |coef_| = {rel(a, b):.1e} (scikit-learn against itself on X one float "
+            f"step up: {rel(c, b):.1e})")
+
+
 def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs=EPOCHS,
                  flops=None, gemm=None):
     """Time every config on `data`. `flops` (per epoch) and `gemm` ({threads: GFLOP/s})
@@ -568,11 +644,12 @@ def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs
             warnings.simplefilter("ignore", ConvergenceWarning)  # W3: max_iter=2 on purpose
             sec, spread, cpu_wall, busy, est = time_fit(make, X, y, repeats, epochs)
         score = est.score(Xt, yt)
+        errors = heldout_errors(est, Xt, yt, score_name)
         coef = est.coefs_[0] if hasattr(est, "coefs_") else est.coef_
         coef_dtype = np.asarray(coef).dtype
         results.append(dict(wid=wid, title=title, label=label, lib=lib, n_jobs=n_jobs,
                             sec=sec, spread=spread, cpu_wall=cpu_wall, busy=busy,
-                            score=score, score_name=score_name,
+                            score=score, score_name=score_name, errors=errors,
                             gbs=x_bytes / sec / 1e9, bw=bw.get(n_jobs), n=n, d=d,
                             gflops=None if flops is None else flops / sec / 1e9,
                             gemm=None if gemm is None else gemm.get(n_jobs),
@@ -586,6 +663,8 @@ def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs
         if r["sec"] == torch_sec and len(torch_rows) > 1:
             r["label"] += " [faster of the torch rows: the torch peer]"
     for r in results:
+        r["vs_peer"] = (paired_z(r["errors"], peer[0]["errors"])
+                        if peer and r is not peer[0] else None)
         r["speedup"] = (peer_sec / r["sec"]) if (peer_sec and r["lib"] == "cgd") else None
         r["vs_torch"] = (torch_sec / r["sec"]) if (torch_sec and r["lib"] == "cgd") else None
     return results
@@ -627,6 +706,8 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", metavar="ID",
                     help="run only the workloads whose id starts with one of these "
                          "(e.g. --only W5 or --only W1 W3)")
+    ap.add_argument("--no-exactness", action="store_true",
+                    help="skip the untimed shuffle=False comparisons with scikit-learn")
     ap.add_argument("--no-torch", action="store_true",
                     help="skip W3's PyTorch rows even when torch is installed")
     args = ap.parse_args(argv)
@@ -683,7 +764,7 @@ def main(argv=None):
     g32t = measure_gemm32()
 
     # ---- workloads (each dataset generated once, shared by all rows)
-    results = []
+    results, exactness = [], []
     torch = torch_note = None
 
     def w3_configs():  # torch is imported only now, when the other workloads are done
@@ -729,6 +810,9 @@ def main(argv=None):
             extra = {}
         results += run_workload(wid, title, configs(), data, args.repeats, bw, score_name,
                                 log, **extra)
+        if wid in EXACTNESS and not args.no_exactness:
+            log(f"  {wid}: exactness check (shuffle=False)")
+            exactness.append(exactness_check(wid, data, score_name))
         del data
         gc.collect()
     results.sort(key=lambda r: r["wid"])  # stable: rows keep their order within a workload
@@ -747,12 +831,18 @@ def main(argv=None):
 
     # ---- table
     header = ["id", "workload / implementation", "n", "dtype", "threads", "s/epoch",
-              "worst/best", "busy threads (CPU/wall)", "held-out score", "speedup vs sklearn",
+              "worst/best", "busy threads (CPU/wall)", "held-out score",
+              "same score as peer? (paired z)", "speedup vs sklearn",
               "speedup vs torch", "X GB/s", "of BW", "GFLOP/s", "of GEMM"]
     rows = []
 
     def ratio(x):
         return "-" if x is None else f"{x:.2f}x"
+
+    def same_score(z):
+        if z is None:
+            return "(peer)"
+        return f"{'yes' if abs(z) < 2 else 'NO'} ({z:+.1f})"
 
     for r in results:
         label = r["label"]
@@ -763,30 +853,30 @@ def main(argv=None):
             r["wid"], f"{r['title']}: {label}", f"{r['n']:,}", r["dtype"], r["n_jobs"],
             f"{r['sec']:.4f}", f"{r['spread']:.2f}",
             f"{'?' if r['busy'] is None else r['busy']} ({r['cpu_wall']:.2f})",
-            f"{r['score_name']} {r['score']:.6f}", ratio(r["speedup"]), ratio(r["vs_torch"]),
+            f"{r['score_name']} {r['score']:.6f}", same_score(r["vs_peer"]),
+            ratio(r["speedup"]), ratio(r["vs_torch"]),
             "-" if mlp else f"{r['gbs']:.2f}",
             "-" if mlp or not r["bw"] else f"{r['gbs'] / r['bw']:.1%}",
             f"{r['gflops']:.1f}" if mlp else "-",
             f"{r['gflops'] / r['gemm']:.1%}" if mlp and r["gemm"] else "-",
         ])
-    blank = [""] * 4  # the W3-only columns and busy threads, for the machine rows
-    rows.append(["M", "machine: memory read bandwidth, 1 thread (np.sum, "
-                 f"{bw_nbytes >> 20} MiB float64, best of 2x10)", "", "float64", 1, "", "", "",
-                 "", "", "", f"{bw1:.2f}", "100%", "", ""])
-    rows.append(["M", f"machine: memory read bandwidth, {n_bw} threads (np.sum over equal "
-                 "parts in threads, best of 2x10)", "", "float64", n_bw, "", "", "", "", "",
-                 "", f"{bwN:.2f}", "100%", "", ""])
-    rows.append(["M", "machine: GEMM float64, np.dot 2048x2048 (best of 3), default BLAS "
-                 f"threads: {g64:.1f} GFLOP/s", "", "float64", "BLAS", "", "", *blank, "", "",
-                 f"{g64:.1f}", ""])
-    rows.append(["M", "machine: GEMM float32, np.dot 2048x2048 (best of 3), default BLAS "
-                 f"threads: {g32:.1f} GFLOP/s", "", "float32", "BLAS", "", "", *blank, "", "",
-                 f"{g32:.1f}", ""])
+    def machine_row(label, dtype, threads, gbs="", of_bw="", gflops="", of_gemm=""):
+        cells = ["M", f"machine: {label}", "", dtype, threads]
+        return cells + [""] * (len(header) - len(cells) - 4) + [gbs, of_bw, gflops, of_gemm]
+
+    rows.append(machine_row(f"memory read bandwidth, 1 thread (np.sum, {bw_nbytes >> 20} MiB "
+                            "float64, best of 2x10)", "float64", 1, f"{bw1:.2f}", "100%"))
+    rows.append(machine_row(f"memory read bandwidth, {n_bw} threads (np.sum over equal parts "
+                            "in threads, best of 2x10)", "float64", n_bw, f"{bwN:.2f}", "100%"))
+    rows.append(machine_row("GEMM float64, np.dot 2048x2048 (best of 3), default BLAS threads: "
+                            f"{g64:.1f} GFLOP/s", "float64", "BLAS", gflops=f"{g64:.1f}"))
+    rows.append(machine_row("GEMM float32, np.dot 2048x2048 (best of 3), default BLAS threads: "
+                            f"{g32:.1f} GFLOP/s", "float32", "BLAS", gflops=f"{g32:.1f}"))
     for k in gemm_threads:
-        rows.append(["M", f"machine: GEMM float32, np.dot 2048x2048 on {k} BLAS thread"
-                     f"{'s' if k > 1 else ''} (threadpoolctl; best of 2x3): "
-                     f"{g32t[k]:.1f} GFLOP/s", "", "float32", k, "", "", *blank, "", "",
-                     f"{g32t[k]:.1f}", "100%"])
+        rows.append(machine_row(
+            f"GEMM float32, np.dot 2048x2048 on {k} BLAS thread{'s' if k > 1 else ''} "
+            f"(threadpoolctl; best of 2x3): {g32t[k]:.1f} GFLOP/s", "float32", k,
+            gflops=f"{g32t[k]:.1f}", of_gemm="100%"))
     print(fmt_table(header, rows, md))
     print()
     print(f"s/epoch: best of {args.repeats} fits / {EPOCHS} epochs (max_iter={EPOCHS}, "
@@ -795,6 +885,14 @@ def main(argv=None):
           "with the fit's thread count. worst/best: slowest over fastest of the repeated fits "
           "(well above 1 means the machine was busy during that row). sklearn's SGD is "
           "single-threaded.")
+    print()
+    print("same score as peer?: a paired test on the held-out rows (errors 0/1 for accuracy, "
+          "squared for R^2; z = mean difference of the row's errors and the peer's over its "
+          "standard error, McNemar's test for 0/1): |z| < 2 is 'yes', a difference no larger "
+          "than two equally good models trained in different shuffled orders show.")
+    for line in exactness:
+        print()
+        print(line)
     print()
     print(f"W3: {n_w3:,} rows + {n_test_w3:,} held out, d={D_MLP}, labels from a random "
           f"784-64(tanh)-10 teacher; every fit runs max_iter={EPOCHS_MLP} epochs (tol=0), "
