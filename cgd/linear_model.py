@@ -633,7 +633,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        return validate_input(self, X, y, dtype=[np.float64, np.float32], order="C",
+        # Sparse X as it comes: the CSR kernels read each row's entries in stored order
+        # (as scikit-learn's), so unsorted indices need no sorted copy and duplicate
+        # entries add up as the separate terms they are (see the Notes).
+        return validate_input(self, X, y, canonical=False, dtype=[np.float64, np.float32],
+                              order="C",
                               reset=reset, y_numeric=isinstance(self, RegressorMixin))
 
     def _check_sample_weight(self, sample_weight, X):
@@ -688,7 +692,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _decision(self, X):
         check_is_fitted(self)
-        X = validate_input(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = validate_input(self, X, canonical=False, dtype=[np.float64, np.float32],
+                           reset=False)
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
 
     def __sklearn_tags__(self):
@@ -807,7 +812,8 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     formats are converted to CSR once; int32 or int64 indices; float32 or float64
     values, kept) is never densified: an update costs the stored entries of its rows,
     never ``n_features``. Unsorted indices and duplicate entries mean what they mean
-    in a sparse product (a copy is sorted and summed; X itself is not modified).
+    in a sparse product: entries are read in stored order, as scikit-learn reads them,
+    without a sorted copy (X itself is never modified).
 
     - Plain SGD (``solver='sgd'``, no momentum) is exact: the L2 decay of every
       coefficient is kept as one scale factor. With ``fit_intercept=False`` and

@@ -537,9 +537,11 @@ def sample_loss(int loss, double z, double y, double epsilon):
 
 # ---------------------------------------------------------------------- CSR input
 #
-# The same updates over rows stored as CSR (column indices sorted within each row, no
-# duplicates), each update costing what its rows hold, never n_features. Per output k
-# the kernel keeps, during one epoch:
+# The same updates over rows stored as CSR, each entry read in stored order (unsorted
+# indices and duplicate entries are fine: a duplicate is one more term of the dot
+# product and one more addition to its coefficient, as in scikit-learn), each update
+# costing what its rows hold, never n_features. Per output k the kernel keeps, during
+# one epoch:
 #
 # * a weight scale: w = scale * v, with v the stored coefficients. The L2 decay of a
 #   plain SGD step, w <- (1 - eta l2) w, multiplies the scale only; a step's gradient
@@ -1094,7 +1096,7 @@ cdef inline double stop_penalty_of(EpochConfig* cfg, const SparseOut* o) noexcep
 
 def linear_epoch_csr(
     const floating[::1] X_data,         # IN     (nnz,) CSR values
-    const index_t[::1] X_indices,       # IN     (nnz,) column indices, sorted within rows, unique
+    const index_t[::1] X_indices,       # IN     (nnz,) column indices (any order, duplicates add)
     const index_t[::1] X_indptr,        # IN     (n_samples + 1,)
     const floating[::1] y,              # IN     (n_samples,)
     const floating[::1] sample_weight,  # IN     (n_samples,)
@@ -1249,6 +1251,11 @@ def linear_epoch_csr(
                 if mb == 1 and plain:
                     for k in range(K):
                         work_obj[0, k] = 0.0
+                    # Two stages: the row's indptr entries 2 * PREFETCH_ROWS ahead (in a
+                    # shuffled order each is a miss, and reading one to find the row
+                    # would stall here), its entries PREFETCH_ROWS ahead.
+                    if start + 2 * PREFETCH_ROWS < n_order:
+                        cgd_prefetch(ip + order[start + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
                     if start + PREFETCH_ROWS < n_order:
                         nxt = order[start + PREFETCH_ROWS]
                         cgd_prefetch(xd0 + ip[nxt], (ip[nxt + 1] - ip[nxt]) * sizeof(floating))

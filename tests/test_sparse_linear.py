@@ -197,10 +197,38 @@ def test_unsorted_and_duplicate_entries_match_sklearn(dataset):
                                                learning_rate="invscaling"))
                       for loss in LOSSES[name][:2] for pen in PENALTIES
                       for avg in (False, True) if not (avg and pen in ("l1", "elasticnet")))
-    # The caller's matrix is left as it was (cgd sorts and sums a copy).
+    # The caller's matrix is left as it was (cgd reads it in place).
     for a, b in zip(before, (M.data, M.indices, M.indptr)):
         np.testing.assert_array_equal(a, b)
     assert not M.has_canonical_format
+
+
+def test_unsorted_rows_are_read_in_place():
+    # Rows with unsorted indices (as a sparse product leaves them) are trained on as
+    # they are: no sorted copy of X, whose arrays would be the largest allocation.
+    rng = np.random.RandomState(0)
+    n, d, nnz = 20_000, 1_000, 20
+    indices = np.concatenate([rng.choice(d, nnz, replace=False) for _ in range(n)])
+    X = sp.csr_matrix((rng.rand(n * nnz), indices.astype(np.int32),
+                       np.arange(0, n * nnz + 1, nnz)), shape=(n, d))
+    assert not X.has_sorted_indices
+    y = (X @ rng.randn(d) > 0).astype(int)
+    x_bytes = X.data.nbytes + X.indices.nbytes
+    for params in (dict(), dict(batch_size=16)):
+        tracemalloc.start()
+        try:
+            est = cgd.SGDClassifier(max_iter=2, tol=None, random_state=0, **params).fit(X, y)
+            est.predict(X)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.5 * x_bytes, (params, peak, x_bytes)
+        assert not X.has_sorted_indices
+        # and the fit is that of the sorted matrix, to rounding
+        Xs = X.copy()
+        Xs.sort_indices()
+        ref = cgd.SGDClassifier(max_iter=2, tol=None, random_state=0, **params).fit(Xs, y)
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-9, atol=1e-12)
 
 
 def test_loss_curve_is_the_objective_and_stopping_follows_sklearn():
