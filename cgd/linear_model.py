@@ -838,9 +838,12 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
       ``SparseAdam`` rule; Adam's bias correction counts all updates). A dense step
       would cost ``n_features`` per batch. When every batch stores every column this
       is the dense step.
-    - Mini-batches are reduced over the columns they touch, in fixed row chunks as for
-      dense X, so the result does not depend on ``n_jobs``; the work is spread over
-      threads once a batch holds enough stored entries.
+    - A mini-batch costs its stored entries, and its result does not depend on
+      ``n_jobs``: plain SGD without L1 takes the loss derivatives of all its rows at
+      the batch's starting weights, then steps row by row; the other rules sum the
+      gradient over the columns the batch touches, in fixed row chunks reduced in
+      chunk order as for dense X. The work is spread over threads once a batch holds
+      enough stored entries (a batch of 256 text rows is done on one thread).
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -1409,26 +1412,32 @@ def _decision_rows(X, rows, params, K, n_threads):
 
 def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
     """Scratch buffers of the CSR epoch kernel: ``(work_grad, work_touched, work_pos,
-    work_cols, work_coef)``. A batch touches at most T_max columns: n_features, or the stored
-    entries of the batch_size fullest training rows if fewer. Each chunk of the largest
-    batch keeps K * (T_max + 1) gradient sums; the marker array (one entry per column,
-    -1 where unset) is what lets a batch find its columns without a pass over all of
-    them. Plain per-sample SGD needs none of these."""
+    work_cols, work_loc, work_coef)``. A batch holds at most E_max stored entries (those
+    of the batch_size fullest training rows) and touches at most T_max = min(n_features,
+    E_max) columns. The gradient sums need K slots per entry of a chunk's own columns
+    (at most E_max over all chunks), K per column of the batch, and K intercept sums per
+    chunk and for the batch; ``work_loc`` holds each entry's slot in its chunk and each
+    chunk's columns. The marker array (one entry per column, -1 where unset) is what
+    lets a batch find its columns without a pass over all of them. Plain per-sample SGD
+    needs none of these."""
     data, indices, indptr = csr
     n_train = idx_train.shape[0]
     n_chunks = _linear.grad_rows_needed(batch_size, n_train, plain)
     if n_chunks == 0:
-        t_max, n_pos = 0, 0
+        e_max, t_max, n_pos, n_grad = 0, 0, 0, 0
     else:
         m = min(batch_size, n_train)
         row_nnz = (indptr[1:] - indptr[:-1])[idx_train]
         if m < n_train:
             row_nnz = np.partition(row_nnz, n_train - m)[n_train - m:]
-        t_max, n_pos = int(min(n_features, row_nnz.sum())), n_features
-    return (np.zeros(n_chunks * K * (t_max + 1), dtype=dtype),
+        e_max = int(row_nnz.sum())
+        t_max, n_pos = min(n_features, e_max), n_features
+        n_grad = K * (e_max + t_max + n_chunks + 1)
+    return (np.zeros(n_grad, dtype=dtype),
             np.zeros((3, t_max), dtype=dtype),
             np.full(n_pos, -1, dtype=indices.dtype),
             np.zeros(t_max, dtype=indices.dtype),
+            np.zeros((2, e_max), dtype=indices.dtype),
             # the column-major copy of the coefficients an epoch with K > 1 works on
             np.empty(K * n_features if K > 1 else 0, dtype=dtype))
 

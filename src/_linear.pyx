@@ -563,14 +563,22 @@ def sample_loss(int loss, double z, double y, double epsilon):
 # an update touches (the row's columns, or the batch's), as scikit-learn does for sparse
 # data; a coordinate that no row touches is not pulled to zero until one does.
 #
-# Mini-batches: the batch's touched columns get compact positions 0..T-1 (first
-# appearance in batch order; a marker array of n_features entries, reset only where it
-# was set); each fixed chunk of rows accumulates its gradient over those T positions;
-# the chunks are summed in chunk order, so the bits never depend on the thread count.
-# Plain SGD then updates the touched coordinates (the L2 decay of the others is the
-# scale). Momentum, Adam and Adagrad update only the touched coordinates, with the L2
-# gradient of those coordinates; the velocities and moments of the others are left as
-# they are (PyTorch's SparseAdam rule), and Adam's bias correction uses the global
+# Mini-batches, plain SGD without an L1 part: the loss derivatives dl_i of all the
+# batch's rows at its starting weights (fixed chunks of rows, spread over threads when
+# the batch is large enough; each row's value is computed alone), then the decay of the
+# scale and the step v_j += -eta / (m scale) dl_i x_ij applied row by row in batch
+# order. The step costs the batch's stored entries, with no gradient buffer or column
+# list, and no bit depends on the thread count.
+#
+# Other mini-batches (momentum, Adam, Adagrad, L1): the batch's touched columns get
+# global slots 0..T-1 (first appearance in batch order; a marker array of n_features
+# entries, reset only where it was set), and each fixed chunk of rows its own compact
+# slots for the columns it touches; a chunk accumulates its gradient over its own
+# slots, and the chunks are added into the global slots in chunk order (so the bits
+# never depend on the thread count), at the cost of the batch's entries, not of
+# T x chunks. Momentum, Adam and Adagrad update only the touched coordinates, with the
+# L2 gradient of those coordinates; the velocities and moments of the others are left
+# as they are (PyTorch's SparseAdam rule), and Adam's bias correction uses the global
 # update count.
 
 from libc.stdint cimport int32_t, int64_t
@@ -850,36 +858,33 @@ cdef void chunk_gradient_csr(
     const intp_t* order,        # IN  visiting order
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
-    Py_ssize_t n_order,
     const floating* params,     # IN  (P,) intercepts at K * d + k
     const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
     Py_ssize_t ko,
     Py_ssize_t vs,
     const SparseOut* so,        # IN  (K,) scales
-    const index_t* pos,         # IN  (d,) compact position of each touched column
-    Py_ssize_t T,               # IN  touched columns of the batch
+    const index_t* loc,         # IN  (entries of the chunk,) each entry's slot in `grad`
+    Py_ssize_t T,               # IN  slots of the chunk
     Py_ssize_t K,
     Py_ssize_t d,
     const floating* pos_w,
     const floating* neg_w,
     const unsigned char* active,
     EpochConfig* cfg,
-    floating* grad,             # OUT (K * T + K,) row k: sum of s_i dl/dz x_i over the
-                                #     touched positions; then the K intercept sums
+    floating* grad,             # OUT (K * T + K,) row k: sum of s_i dl/dz x_i per slot;
+                                #     then the K intercept sums
     double* obj,                # OUT (K,)
     floating* z,                # scratch (K,)
 ) noexcept nogil:
-    cdef Py_ssize_t p, i, k, e, a, b, c, nxt
+    """The chunk's gradient sums over its own compact slots (see compact_batch): the
+    buffer to clear and, later, to reduce holds the chunk's columns only. Its rows
+    were read by compact_batch just before, so they are in cache."""
+    cdef Py_ssize_t p, i, k, e, a, b, c, q = 0
     cdef floating* g
     cdef double zk, tk, sk, l, dl, lse, zc
     memset(grad, 0, (K * T + K) * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
-        if p + PREFETCH_ROWS < n_order:
-            nxt = order[p + PREFETCH_ROWS]
-            cgd_prefetch(data + indptr[nxt], (indptr[nxt + 1] - indptr[nxt]) * sizeof(floating))
-            cgd_prefetch(indices + indptr[nxt],
-                         (indptr[nxt + 1] - indptr[nxt]) * sizeof(index_t))
         i = order[p]
         a = indptr[i]
         b = indptr[i + 1]
@@ -897,7 +902,7 @@ cdef void chunk_gradient_csr(
                 if dl != 0.0:
                     g = grad + k * T
                     for e in range(a, b):
-                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
+                        g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
                     grad[K * T + k] += <floating>dl
         else:
             for k in range(K):
@@ -912,79 +917,243 @@ cdef void chunk_gradient_csr(
                 if dl != 0.0:
                     g = grad + k * T
                     for e in range(a, b):
-                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
+                        g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
                     grad[K * T + k] += <floating>dl
+        q += b - a
 
 
-cdef Py_ssize_t compact_batch(
+cdef struct BatchLayout:
+    # Filled by compact_batch for one batch of nch chunks (nch <= MAX_CHUNKS).
+    Py_ssize_t T             # distinct columns of the batch (global slots 0..T-1)
+    Py_ssize_t nnz           # stored entries of the batch
+    Py_ssize_t nch
+    Py_ssize_t eofs[MAX_CHUNKS + 1]  # chunk c's entries are loc[eofs[c]:eofs[c + 1]]
+    Py_ssize_t lofs[MAX_CHUNKS + 1]  # its columns (global slots) lcols[lofs[c]:lofs[c + 1]]
+
+
+cdef bint compact_batch(
     const index_t* indices, const index_t* indptr, const intp_t* order,
-    Py_ssize_t start, Py_ssize_t mb,
+    Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
     index_t* pos,       # IN/OUT (d,) -1 where unset; set at the batch's columns
     index_t* cols,      # OUT    (T,) the batch's columns in order of first appearance
     Py_ssize_t cap,     # IN     room in cols
-    Py_ssize_t* nnz,    # OUT    stored entries of the batch
+    index_t* loc,       # OUT    (nnz,) per entry, in batch order: its slot in its chunk
+                        #        (the global slot when the batch is one chunk)
+    index_t* lcols,     # OUT    per chunk, the global slots of its own slots
+    Py_ssize_t loc_cap, # IN     room in loc and in lcols
+    Py_ssize_t* stamp,  # IN/OUT (cap,) per global slot, the last chunk stamp that listed it
+    index_t* lidx,      # scratch (cap,) that chunk's slot for it
+    Py_ssize_t stamp0,  # IN     a stamp above every one in `stamp` (chunk c uses stamp0 + c)
+    BatchLayout* lay,   # OUT
 ) noexcept nogil:
-    """Give the batch's columns compact positions. Returns T, or -1 if cap is exceeded."""
-    cdef Py_ssize_t p, i, e, j, T = 0, count = 0
-    for p in range(start, start + mb):
-        i = order[p]
-        count += indptr[i + 1] - indptr[i]
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            if pos[j] < 0:
-                if T >= cap:
-                    nnz[0] = count
-                    return -1
-                pos[j] = <index_t>T
-                cols[T] = <index_t>j
-                T += 1
-    nnz[0] = count
-    return T
+    """Give the batch's columns global slots (for the optimizer step) and each chunk
+    its own compact slots (for the gradient sums), in one pass over the batch's
+    entries. So a chunk clears and the reduction adds only what the chunk touched: the
+    batch costs O(its entries), not O(columns touched x chunks). Returns False if a
+    capacity is exceeded."""
+    cdef Py_ssize_t nch = lay.nch, c, p, p1, i, e, j, g, T = 0, q = 0, nl = 0, tc
+    cdef Py_ssize_t s
+    for c in range(nch):
+        lay.eofs[c] = q
+        lay.lofs[c] = nl
+        s = stamp0 + c
+        tc = 0
+        p1 = start + ((c + 1) * mb) // nch
+        for p in range(start + (c * mb) // nch, p1):
+            # The batch's rows are first read here, in a shuffled order: ask for them
+            # ahead in two stages (indptr, then the entries it points at).
+            if p + 2 * PREFETCH_ROWS < n_order:
+                cgd_prefetch(indptr + order[p + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
+            if p + PREFETCH_ROWS < n_order:
+                i = order[p + PREFETCH_ROWS]
+                cgd_prefetch(indices + indptr[i], (indptr[i + 1] - indptr[i]) * sizeof(index_t))
+            i = order[p]
+            if q + indptr[i + 1] - indptr[i] > loc_cap:
+                lay.T = T
+                return False
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                g = pos[j]
+                if g < 0:
+                    if T >= cap:
+                        lay.T = T
+                        return False
+                    g = T
+                    pos[j] = <index_t>g
+                    cols[T] = <index_t>j
+                    T += 1
+                if nch == 1:
+                    loc[q] = <index_t>g
+                else:
+                    if stamp[g] != s:
+                        stamp[g] = s
+                        lidx[g] = <index_t>tc
+                        lcols[nl + tc] = <index_t>g
+                        tc += 1
+                    loc[q] = lidx[g]
+                q += 1
+        nl += tc
+    lay.eofs[nch] = q
+    lay.lofs[nch] = nl
+    lay.T = T
+    lay.nnz = q
+    return True
 
 
 cdef void batch_gradient_csr(
     const floating* data, const index_t* indices, const index_t* indptr,
     const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
-    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
-    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* pos, Py_ssize_t T, Py_ssize_t nnz_batch, Py_ssize_t K, Py_ssize_t d,
+    Py_ssize_t mb, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* loc,
+    const index_t* lcols, BatchLayout* lay, Py_ssize_t K, Py_ssize_t d,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg,
-    floating* work_grad,        # OUT first K * T + K entries: the batch's gradient sums
+    floating* work_grad,        # OUT the batch's gradient sums, K * T + K entries at
+                                #     the returned offset
+    double[:, ::1] work_obj,    # OUT row 0: the batch's loss sums
+    floating[:, ::1] work_z,    # scratch
+    Py_ssize_t* grad_at,        # OUT offset of the sums in work_grad
+) noexcept nogil:
+    """Gradient sums of one batch over its T touched columns: each fixed chunk of rows
+    into its own compact slots, then added into the global slots chunk by chunk in
+    chunk order, so the bits never depend on the thread count. (Chunk c's buffer
+    starts at K * (lofs[c] + c); the global sums follow the last chunk's.)"""
+    cdef Py_ssize_t nch = lay.nch, T = lay.T, c, k, l, tc, nt = cfg.n_threads
+    cdef floating* g
+    cdef const floating* gc
+    cdef const index_t* lc
+    if <double>lay.nnz * K * SPARSE_ENTRY_WORK < cfg.parallel_min_work:
+        nt = 1
+    if nch == 1:
+        chunk_gradient_csr(data, indices, indptr, y, sw, order, start, start + mb,
+                           params, coef, ko, vs, so, loc, T, K, d, pos_w, neg_w,
+                           active, cfg, work_grad, &work_obj[0, 0], &work_z[0, 0])
+        grad_at[0] = 0
+        return
+    if nt == 1:
+        for c in range(nch):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                               params, coef, ko, vs, so, loc + lay.eofs[c],
+                               lay.lofs[c + 1] - lay.lofs[c], K, d, pos_w, neg_w,
+                               active, cfg, work_grad + K * (lay.lofs[c] + c),
+                               &work_obj[c, 0], &work_z[c, 0])
+    else:
+        for c in prange(nch, schedule="static", num_threads=nt):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                               params, coef, ko, vs, so, loc + lay.eofs[c],
+                               lay.lofs[c + 1] - lay.lofs[c], K, d, pos_w, neg_w,
+                               active, cfg, work_grad + K * (lay.lofs[c] + c),
+                               &work_obj[c, 0], &work_z[c, 0])
+    grad_at[0] = K * (lay.lofs[nch] + nch)
+    g = work_grad + grad_at[0]
+    memset(g, 0, (K * T + K) * sizeof(floating))
+    for c in range(nch):
+        tc = lay.lofs[c + 1] - lay.lofs[c]
+        gc = work_grad + K * (lay.lofs[c] + c)
+        lc = lcols + lay.lofs[c]
+        for k in range(K):
+            for l in range(tc):
+                g[k * T + lc[l]] = g[k * T + lc[l]] + gc[k * tc + l]
+            g[K * T + k] = g[K * T + k] + gc[K * tc + k]
+    for c in range(1, nch):
+        for k in range(K):
+            work_obj[0, k] += work_obj[c, k]
+
+
+cdef void chunk_dloss_csr(
+    const floating* data, const index_t* indices, const index_t* indptr,
+    const floating* y, const floating* sw, const intp_t* order,
+    Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n_order,
+    const floating* params,     # IN  (P,) intercepts at K * d + k
+    const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
+    Py_ssize_t ko, Py_ssize_t vs,
+    const SparseOut* so, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg,
+    double* dls,                # OUT (p1 - p0, K) s_i dl/dz per row and output (0 when
+                                #     the output is not training)
+    double* obj,                # OUT (K,) sum over the chunk of the losses
+    floating* z,                # scratch (K,)
+) noexcept nogil:
+    """Loss derivatives of a chunk of rows at the batch's starting weights (plain SGD
+    needs nothing else from a row before its step)."""
+    cdef Py_ssize_t p, i, k, a, b, c, nxt
+    cdef double* r
+    cdef double zk, tk, sk, l, dl, lse, zc
+    memset(obj, 0, K * sizeof(double))
+    for p in range(p0, p1):
+        if p + 2 * PREFETCH_ROWS < n_order:
+            cgd_prefetch(indptr + order[p + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
+        if p + PREFETCH_ROWS < n_order:
+            nxt = order[p + PREFETCH_ROWS]
+            cgd_prefetch(data + indptr[nxt], (indptr[nxt + 1] - indptr[nxt]) * sizeof(floating))
+            cgd_prefetch(indices + indptr[nxt],
+                         (indptr[nxt + 1] - indptr[nxt]) * sizeof(index_t))
+        i = order[p]
+        a = indptr[i]
+        b = indptr[i + 1]
+        r = dls + (p - p0) * K
+        if K > 1 and ko == 1 and vs == K:
+            sparse_dots(coef, K, data + a, indices + a, b - a, r)
+        else:
+            for k in range(K):
+                r[k] = sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
+        if cfg.target == TARGET_MULTINOMIAL:
+            for k in range(K):
+                z[k] = <floating>(so[k].scale * r[k] + params[K * d + k])
+            c = <Py_ssize_t>y[i]
+            zc = z[c]
+            lse = softmax_inplace(z, K)
+            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
+            for k in range(K):
+                r[k] = sw[i] * (z[k] - (1.0 if k == c else 0.0))
+        else:
+            for k in range(K):
+                if not active[k]:
+                    r[k] = 0.0
+                    continue
+                zk = so[k].scale * r[k] + params[K * d + k]
+                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
+                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+                obj[k] += sk * l if cfg.weighted_objective else l
+                r[k] = dl * sk
+
+
+cdef void batch_dloss_csr(
+    const floating* data, const index_t* indices, const index_t* indptr,
+    const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
+    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, Py_ssize_t nnz_batch,
+    Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg,
+    double* dls,                # OUT (mb, K)
     double[:, ::1] work_obj,    # OUT row 0: the batch's loss sums
     floating[:, ::1] work_z,    # scratch
 ) noexcept nogil:
-    """Gradient sums of one batch over its T touched columns, per fixed row chunk, then
-    summed in chunk order (the chunk buffers are K * T + K apart)."""
-    cdef Py_ssize_t Pb = K * T + K
-    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, blk, nblk
-    cdef Py_ssize_t nt = cfg.n_threads
+    """chunk_dloss_csr over the batch's fixed chunks (threads take whole chunks; each
+    row's values are computed alone, and the chunks' loss sums are added in chunk
+    order, so no bit depends on the thread count)."""
+    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, nt = cfg.n_threads
     if <double>nnz_batch * K * SPARSE_ENTRY_WORK < cfg.parallel_min_work:
         nt = 1
     if nch == 1 or nt == 1:
         for c in range(nch):
-            chunk_gradient_csr(data, indices, indptr, y, sw, order,
-                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
-                               active, cfg,
-                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
+            chunk_dloss_csr(data, indices, indptr, y, sw, order,
+                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                            params, coef, ko, vs, so, K, d, pos_w, neg_w, active, cfg,
+                            dls + ((c * mb) // nch) * K, &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
-            chunk_gradient_csr(data, indices, indptr, y, sw, order,
-                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
-                               active, cfg,
-                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
-    if nch > 1:
-        nblk = (Pb + REDUCE_BLOCK - 1) // REDUCE_BLOCK
-        if nt > 1 and nblk > 1 and Pb * nch >= 65536:
-            for blk in prange(nblk, schedule="static", num_threads=nt):
-                reduce_chunks(work_grad, Pb, nch, blk * REDUCE_BLOCK,
-                              min((blk + 1) * REDUCE_BLOCK, Pb))
-        else:
-            reduce_chunks(work_grad, Pb, nch, 0, Pb)
-        for c in range(1, nch):
-            for k in range(K):
-                work_obj[0, k] += work_obj[c, k]
+            chunk_dloss_csr(data, indices, indptr, y, sw, order,
+                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                            params, coef, ko, vs, so, K, d, pos_w, neg_w, active, cfg,
+                            dls + ((c * mb) // nch) * K, &work_obj[c, 0], &work_z[c, 0])
+    for c in range(1, nch):
+        for k in range(K):
+            work_obj[0, k] += work_obj[c, k]
 
 
 cdef void step_touched(
@@ -1111,12 +1280,15 @@ def linear_epoch_csr(
     double[::1] l1_u,                   # IN/OUT (K,)
     double[::1] avg_params,             # IN/OUT (P,)
     double[::1] avg_n,                  # IN/OUT (K,)
-    floating[::1] work_grad,            # scratch (chunks * K * (T_max + 1),); may be empty
-                                        #         for per-sample plain SGD
+    floating[::1] work_grad,            # scratch (K * (E_max + T_max + chunks + 1),), E_max
+                                        #         the most entries a batch holds; may be
+                                        #         empty for per-sample plain SGD
     floating[:, ::1] work_touched,      # scratch (3, T_max) gathered coordinates / moments
     index_t[::1] work_pos,              # scratch (n_features,) all -1 on entry and on exit;
                                         #         may be empty for per-sample plain SGD
     index_t[::1] work_cols,             # scratch (T_max,) a batch's touched columns
+    index_t[:, ::1] work_loc,           # scratch (2, E_max) per entry its chunk slot; per
+                                        #         chunk its slots' columns
     floating[::1] work_coef,            # scratch (K * n_features,) for K > 1, else empty
     double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
     floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
@@ -1141,7 +1313,14 @@ def linear_epoch_csr(
     cdef Py_ssize_t n = X_indptr.shape[0] - 1, K = eta_base.shape[0]
     cdef Py_ssize_t P = params.shape[0], d = P // K - 1, n_order = order.shape[0]
     cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j, T, T_cap = work_cols.shape[0]
-    cdef Py_ssize_t a, nnz_batch, nxt
+    cdef Py_ssize_t a, nnz_batch, nxt, grad_at = 0, stamp_next = 0
+    cdef Py_ssize_t loc_cap = work_loc.shape[1]
+    cdef bint batch_plain
+    cdef double* dls = NULL
+    cdef double decay, row_nnz_mean = (<double>X_indptr[n] / n) if n > 0 else 0.0
+    cdef Py_ssize_t* stamp = NULL
+    cdef index_t* lidx = NULL
+    cdef BatchLayout lay
     cdef int status = STATUS_OK
     cdef double* eta
     cdef double* reg
@@ -1152,14 +1331,17 @@ def linear_epoch_csr(
     cdef bint track_avg = cfg.average > 0.0
     cdef bint track_norms = cfg.l1 != 0.0 or cfg.l2 != 0.0
     cdef bint sklearn_stop = m == 1 and plain
+    # Plain SGD batches without an L1 part step row by row (see the loop); the others
+    # sum the batch's gradient per column first.
+    batch_plain = plain and cfg.l1 == 0.0 and m > 1
     cdef double stop_sum
     cdef floating* prm = &params[0]
     cdef floating* g
     cdef const floating* xd0
     cdef const index_t* xi0
     cdef const index_t* ip = &X_indptr[0]
-    cdef const index_t* touched
-    cdef Py_ssize_t n_touched
+    cdef const index_t* touched = NULL
+    cdef Py_ssize_t n_touched = 0
     cdef SparseOut* so
     cdef double* rowbuf
     cdef double sk
@@ -1179,9 +1361,10 @@ def linear_epoch_csr(
     if opt_state.shape[0] < 2 or opt_state.shape[1] != P or l1_q.shape[0] != P \
             or avg_params.shape[0] != P or l1_u.shape[0] != K or avg_n.shape[0] != K:
         raise ValueError("optimizer state does not match the parameters")
-    if grad_rows_needed(m, n_order, plain) > 0 and (
-            work_pos.shape[0] != d
-            or work_grad.shape[0] < grad_rows_needed(m, n_order, plain) * K * (T_cap + 1)
+    nxt = grad_rows_needed(m, n_order, plain)
+    if nxt > 0 and (
+            work_pos.shape[0] != d or work_loc.shape[0] < 2
+            or work_grad.shape[0] < K * (loc_cap + T_cap + nxt + 1)
             or work_touched.shape[0] < 3 or work_touched.shape[1] < T_cap):
         raise ValueError("work buffers do not match the parameters")
     if K > 1 and work_coef.shape[0] != K * d:
@@ -1206,10 +1389,24 @@ def linear_epoch_csr(
     so = <SparseOut*>malloc(K * sizeof(SparseOut))
     rowbuf = <double*>malloc(2 * K * sizeof(double))
     rowks = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
-    if so == NULL or rowbuf == NULL or rowks == NULL:
+    if batch_plain:
+        dls = <double*>malloc(min(m, n_order) * K * sizeof(double))
+    if nxt > 0:
+        # Chunk stamps of the global slots (see compact_batch): none is >= 0 yet.
+        stamp = <Py_ssize_t*>malloc((T_cap + 1) * sizeof(Py_ssize_t))
+        lidx = <index_t*>malloc((T_cap + 1) * sizeof(index_t))
+        if stamp != NULL:
+            for j in range(T_cap + 1):
+                stamp[j] = -1
+    if so == NULL or rowbuf == NULL or rowks == NULL or (nxt > 0 and (stamp == NULL
+                                                                      or lidx == NULL)) \
+            or (batch_plain and dls == NULL):
         free(so)
         free(rowbuf)
         free(rowks)
+        free(stamp)
+        free(lidx)
+        free(dls)
         raise MemoryError()
     try:
         with nogil:
@@ -1287,24 +1484,68 @@ def linear_epoch_csr(
                                            &avg_params[0], K, d, &pos_weight[0],
                                            &neg_weight[0], &active[0], eta, &cfg, track_avg,
                                            track_norms, &work_obj[0, 0], &work_z[0, 0])
+                elif batch_plain:
+                    # Plain SGD on a batch: the loss derivatives of all its rows at the
+                    # batch's starting weights, then w <- decay * w - eta / mb * sum_i
+                    # dl_i x_i applied row by row (in batch order), so the step costs the
+                    # batch's entries and needs no gradient buffer, reduction or column
+                    # list. (The objective's penalty: as below.)
+                    nnz_batch = <Py_ssize_t>(mb * row_nnz_mean)
+                    batch_dloss_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
+                                    start, mb, n_order, prm, coef, ko, vs, so, nnz_batch,
+                                    K, d, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
+                                    dls, work_obj, work_z)
+                    gscale = 1.0 / mb
+                    for k in range(K):
+                        rowbuf[k] = 0.0
+                        if not (multinomial or active[k]):
+                            continue
+                        decay = 1.0 - eta[k] * cfg.l2
+                        if decay < 0.0:
+                            decay = 0.0
+                        if decay != 1.0:
+                            scale_output(&so[k], decay, coef + k * ko, vs, &avg_params[k * d],
+                                         d, track_avg, track_norms)
+                        rowbuf[k] = -(eta[k] * gscale) / so[k].scale
+                    for a in range(mb):
+                        j = order[start + a]
+                        for k in range(K):
+                            if dls[a * K + k] != 0.0:
+                                add_row(&so[k], coef + k * ko, vs, &avg_params[k * d],
+                                        xd0 + ip[j], xi0 + ip[j], ip[j + 1] - ip[j],
+                                        dls[a * K + k] * rowbuf[k], track_avg, track_norms)
+                    if cfg.fit_intercept:
+                        for k in range(K):
+                            if not (multinomial or active[k]):
+                                continue
+                            sk = 0.0
+                            for a in range(mb):
+                                sk += dls[a * K + k]
+                            prm[K * d + k] = <floating>(
+                                prm[K * d + k] - eta[k] * cfg.intercept_decay * gscale * sk)
                 else:
-                    T = compact_batch(xi0, ip, &order[0], start, mb, &work_pos[0],
-                                      &work_cols[0], T_cap, &nnz_batch)
-                    if T < 0:
+                    lay.nch = n_chunks_for(mb)
+                    if not compact_batch(xi0, ip, &order[0], start, mb, n_order, &work_pos[0],
+                                         &work_cols[0], T_cap, &work_loc[0, 0],
+                                         &work_loc[1, 0], loc_cap, stamp, lidx, stamp_next,
+                                         &lay):
                         status = STATUS_WORK_TOO_SMALL
-                        for j in range(T_cap):
+                        for j in range(lay.T):
                             work_pos[work_cols[j]] = -1
                         break
+                    stamp_next += lay.nch
+                    T = lay.T
+                    nnz_batch = lay.nnz
                     touched = &work_cols[0]
                     n_touched = T
                     batch_gradient_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
-                                       start, mb, n_order, prm, coef, ko, vs, so,
-                                       &work_pos[0], T,
-                                       nnz_batch, K, d, &pos_weight[0], &neg_weight[0],
-                                       &active[0], &cfg, &work_grad[0], work_obj, work_z)
+                                       start, mb, prm, coef, ko, vs, so, &work_loc[0, 0],
+                                       &work_loc[1, 0], &lay, K, d, &pos_weight[0],
+                                       &neg_weight[0], &active[0], &cfg, &work_grad[0],
+                                       work_obj, work_z, &grad_at)
                     for j in range(T):
                         work_pos[work_cols[j]] = -1
-                    g = &work_grad[0]
+                    g = &work_grad[grad_at]
                     gscale = 1.0 / mb
                     for k in range(K):
                         if not (multinomial or active[k]):
@@ -1406,6 +1647,9 @@ def linear_epoch_csr(
         free(so)
         free(rowbuf)
         free(rowks)
+        free(stamp)
+        free(lidx)
+        free(dls)
     if status == STATUS_WORK_TOO_SMALL:
         raise ValueError("work buffers too small for a batch's columns")
     return status, t

@@ -433,7 +433,8 @@ def _lazy_reference(X, y, sw, solver, *, eta, l2, batch, epochs, nesterov=False)
     ("adam", {}),
     ("adagrad", {}),
 ])
-@pytest.mark.parametrize("batch_size", [1, 8])
+# 40: batches of two chunks (and a last one of 20 rows), whose sums are reduced
+@pytest.mark.parametrize("batch_size", [1, 8, 40])
 def test_lazy_solvers_match_numpy_reference(solver, extra, batch_size):
     X = _random_csr(60, 30, 0.1, 3, empty_rows=(4, 17)).tocoo()
     assert X.tocsr()[5, 7] == 0
@@ -488,7 +489,7 @@ def _plain_reference(X, y, *, eta0, power_t, l1, l2, batch, epochs):
     return w, b, avg, avg_b
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("batch_size", [1, 5, 40])
 def test_lazy_l1_and_averaging_match_numpy_reference(batch_size):
     X = _random_csr(50, 25, 0.15, 5, empty_rows=(9,))
     y = X @ np.random.RandomState(6).randn(25) - 0.3
@@ -509,6 +510,40 @@ def test_lazy_l1_and_averaging_match_numpy_reference(batch_size):
     np.testing.assert_array_equal(last.coef_ == 0, w == 0)
 
 
+@pytest.mark.parametrize("batch_size", [5, 40])
+@pytest.mark.parametrize("average", [False, True])
+def test_plain_l2_minibatch_with_intercept_matches_numpy_reference(batch_size, average):
+    # Plain SGD without an L1 part steps row by row after the batch's derivatives (no
+    # per-column sums): the same update as the reference's, intercept decay included.
+    X = _random_csr(90, 25, 0.15, 7, empty_rows=(3,))
+    y = X @ np.random.RandomState(8).randn(25) + 0.7
+    kw = dict(penalty="l2", alpha=0.02, learning_rate="invscaling", eta0=0.1, power_t=0.3,
+              batch_size=batch_size, shuffle=False, average=average)
+    est = cgd.SGDRegressor(**kw)
+    for _ in range(3):
+        est.partial_fit(X, y)
+    w, b, avg, avg_b = _plain_reference(X, y, eta0=0.1, power_t=0.3, l1=0.0, l2=0.02,
+                                        batch=batch_size, epochs=3)
+    if average:
+        w, b = avg, avg_b
+    np.testing.assert_allclose(est.coef_, w, rtol=0, atol=RTOL * np.abs(w).max())
+    np.testing.assert_allclose(est.intercept_, [b], rtol=0, atol=RTOL * abs(b))
+
+
+@pytest.mark.parametrize("multiclass", ["ovr", "multinomial"])
+def test_plain_minibatch_csr_equals_dense_with_several_outputs(multiclass):
+    # K outputs held column-major during a CSR epoch; batches of 1 to 3 chunks.
+    X, y = _data("digits")
+    for batch_size in (7, 33, 90):
+        kw = dict(multiclass=multiclass, loss="log_loss", fit_intercept=False,
+                  batch_size=batch_size, max_iter=4, tol=None, random_state=0,
+                  learning_rate="invscaling", eta0=0.05, alpha=1e-3)
+        a = cgd.SGDClassifier(**kw).fit(X.toarray(), y)
+        b = cgd.SGDClassifier(**kw).fit(X, y)
+        np.testing.assert_allclose(b.coef_, a.coef_, rtol=0, atol=RTOL * np.abs(a.coef_).max(),
+                                   err_msg=str(kw))
+
+
 def _text_like(n, d, per_row, n_classes, seed):
     rng = np.random.RandomState(seed)
     p = 1.0 / np.arange(1, d + 1) ** 1.1
@@ -521,6 +556,8 @@ def _text_like(n, d, per_row, n_classes, seed):
 
 @requires_openmp
 @pytest.mark.parametrize("params", [
+    dict(solver="sgd"),
+    dict(solver="sgd", average=True, loss="log_loss", multiclass="multinomial"),
     dict(solver="sgd", penalty="elasticnet", average=True),
     dict(solver="adam", learning_rate="constant", eta0=0.01),
     dict(multiclass="multinomial", loss="log_loss", solver="adagrad", learning_rate="constant",
