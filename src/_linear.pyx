@@ -113,6 +113,54 @@ cdef inline double target_and_weight(EpochConfig* cfg, floating yi, floating si,
     return yi
 
 
+# ---------------------------------------------------------------- per-row steps
+# What every update does with a row once its decision values are known, whichever way
+# X is stored: the loss and its derivative, the clamped L2 decay, the intercept's step.
+# The dense and CSR paths differ only in how they read x (its dot products, and adding
+# a multiple of it to the coefficients).
+
+cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floating si,
+                                Py_ssize_t k, const floating* pos_w, const floating* neg_w,
+                                double* obj) noexcept nogil:
+    """s_i * class weight * dl/dz of output k (regression, one-vs-rest) at decision
+    value zk; adds the sample's loss to obj[k] (weighted if the objective is)."""
+    cdef double sk, dl, l
+    cdef double tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+    l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+    obj[k] += sk * l if cfg.weighted_objective else l
+    return dl * sk
+
+
+cdef inline Py_ssize_t multinomial_loss(EpochConfig* cfg, floating* z, Py_ssize_t K,
+                                        floating yi, floating si, double* obj) noexcept nogil:
+    """z: the K decision values on entry, their softmax on exit. Adds the sample's
+    cross-entropy to obj[0]; returns its class c (see multinomial_dl)."""
+    cdef Py_ssize_t c = <Py_ssize_t>yi
+    cdef double zc = z[c]
+    cdef double lse = softmax_inplace(z, K)
+    obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
+    return c
+
+
+cdef inline double multinomial_dl(const floating* p, Py_ssize_t k, Py_ssize_t c,
+                                  floating si) noexcept nogil:
+    """s_i * dl/dz_k of the cross-entropy, from the softmax p and the class c."""
+    return si * (p[k] - (1.0 if k == c else 0.0))
+
+
+cdef inline double l2_decay(EpochConfig* cfg, double eta) noexcept nogil:
+    """The factor 1 - eta * l2 of a plain SGD step, never below 0 (a huge eta * alpha
+    must not flip the weights' signs), as scikit-learn's."""
+    cdef double decay = 1.0 - eta * cfg.l2
+    return decay if decay > 0.0 else 0.0
+
+
+cdef inline void intercept_step(EpochConfig* cfg, floating* b, double step) noexcept nogil:
+    """b <- b - step * intercept_decay (1 for dense X), when there is an intercept."""
+    if cfg.fit_intercept:
+        b[0] = <floating>(b[0] - step * cfg.intercept_decay)
+
+
 cdef inline void prefetch_sample(const floating* X, const floating* y, const floating* sw,
                                  Py_ssize_t d, Py_ssize_t i) noexcept nogil:
     """Ask for everything the update of sample i reads: its row, target and weight
@@ -141,10 +189,10 @@ cdef void chunk_gradient(
     double* obj,                # OUT (K,) sum over the chunk of s_i l_i (multinomial: obj[0])
     floating* z,                # scratch (K,)
 ) noexcept nogil:
-    cdef Py_ssize_t p, i, k, j, c, P = K * (d + 1)
+    cdef Py_ssize_t p, i, k, j, c = 0, P = K * (d + 1)
     cdef const floating* x
     cdef floating* g
-    cdef double zk, tk, sk, l, dl, lse, zc
+    cdef double dl
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
@@ -155,31 +203,20 @@ cdef void chunk_gradient(
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
                 z[k] = dot(params + k * d, x, d) + params[K * d + k]
-            c = <Py_ssize_t>y[i]
-            zc = z[c]
-            lse = softmax_inplace(z, K)
-            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
-            for k in range(K):
-                dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
-                if dl != 0.0:
-                    g = grad + k * d
-                    for j in range(d):
-                        g[j] = g[j] + <floating>dl * x[j]
-                    grad[K * d + k] += <floating>dl
-        else:
-            for k in range(K):
-                if not active[k]:
-                    continue
-                zk = dot(params + k * d, x, d) + params[K * d + k]
-                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
-                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l if cfg.weighted_objective else l
-                dl = dl * sk
-                if dl != 0.0:
-                    g = grad + k * d
-                    for j in range(d):
-                        g[j] = g[j] + <floating>dl * x[j]
-                    grad[K * d + k] += <floating>dl
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+        for k in range(K):
+            if cfg.target == TARGET_MULTINOMIAL:
+                dl = multinomial_dl(z, k, c, sw[i])
+            elif active[k]:
+                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], y[i],
+                                  sw[i], k, pos_w, neg_w, obj)
+            else:
+                continue
+            if dl != 0.0:
+                g = grad + k * d
+                for j in range(d):
+                    g[j] = g[j] + <floating>dl * x[j]
+                grad[K * d + k] += <floating>dl
 
 
 cdef inline double penalty_value(EpochConfig* cfg, const floating* w, Py_ssize_t d) noexcept nogil:
@@ -200,48 +237,83 @@ cdef void sgd_single_row(
 ) noexcept nogil:
     """Plain SGD on one sample (batch_size=1, no momentum): dot, loss derivative and
     the decayed update w <- (1 - eta*l2) w - eta*dl*x in one pass over the row."""
-    cdef Py_ssize_t k, j, c
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
-    cdef floating* w
+    cdef Py_ssize_t k, c = 0
+    cdef double step, decay
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = dot(params + k * d, x, d) + params[K * d + k]
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            w = params + k * d
-            for j in range(d):
-                w[j] = <floating>(w[j] * decay - step * x[j])
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step)
-        return
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
     for k in range(K):
-        if not active[k]:
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k],
+                                         yi, si, k, pos_w, neg_w, obj)
+        else:
             continue
-        w = params + k * d
-        zk = dot(w, x, d) + params[K * d + k]
-        tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-        l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-        obj[k] += sk * l if cfg.weighted_objective else l
-        decay = 1.0 - eta[k] * cfg.l2
-        if decay < 0.0:
-            decay = 0.0
-        step = eta[k] * dl * sk
-        if decay != 1.0:
-            for j in range(d):
-                w[j] = <floating>(w[j] * decay - step * x[j])
-        elif step != 0.0:
-            for j in range(d):
-                w[j] = <floating>(w[j] - step * x[j])
-        if cfg.fit_intercept:
-            params[K * d + k] = <floating>(params[K * d + k] - step)
+        decay = l2_decay(cfg, eta[k])
+        dense_step(params + k * d, x, d, decay, step)
+        intercept_step(cfg, params + K * d + k, step)
+
+
+cdef inline void dense_step(floating* w, const floating* x, Py_ssize_t d, double decay,
+                            double step) noexcept nogil:
+    """w <- decay * w - step * x."""
+    cdef Py_ssize_t j
+    if decay != 1.0:
+        for j in range(d):
+            w[j] = <floating>(w[j] * decay - step * x[j])
+    elif step != 0.0:
+        for j in range(d):
+            w[j] = <floating>(w[j] - step * x[j])
+
+
+# ---------------------------------------------------------------- per-batch steps
+# What the dense and CSR epoch loops share around a batch's update.
+
+cdef inline void batch_rates(EpochConfig* cfg, const double[::1] eta_base, double* eta,
+                             Py_ssize_t K, double t) noexcept nogil:
+    """The learning rate of update number t for every output."""
+    cdef Py_ssize_t k
+    for k in range(K):
+        eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t, cfg.power_t,
+                              cfg.optimal_init)
+
+
+cdef inline double record_objective(bint multinomial, const unsigned char* active,
+                                    Py_ssize_t K, Py_ssize_t mb, const double* losses,
+                                    const double* reg, double[::1] out) noexcept nogil:
+    """Add a batch's objective to out: its losses at the weights before the update plus
+    the penalty at those weights once per sample (as scikit-learn), per output (the
+    multinomial one in out[0]). Returns the batch's total (for the divergence check)."""
+    cdef Py_ssize_t k
+    cdef double reg_sum = 0.0, total = 0.0
+    for k in range(K):
+        if multinomial or active[k]:
+            reg_sum += reg[k]
+    if multinomial:
+        total = losses[0] + mb * reg_sum
+        out[0] += total
+        return total
+    for k in range(K):
+        if active[k]:
+            out[k] += losses[k] + mb * reg[k]
+            total += losses[k]
+    return total + mb * reg_sum
+
+
+cdef inline bint signal_check_due(double* work, double* next_clock, double* last_check,
+                                  double amount) noexcept nogil:
+    """Count amount of work; True when a look at pending signals (Ctrl-C) is due.
+    Reading the clock costs ~20 ns: look at it every ~1e6 multiply-adds."""
+    work[0] += amount
+    if work[0] < next_clock[0]:
+        return False
+    next_clock[0] = work[0] + 1e6
+    if cgd_now() - last_check[0] < SIGNAL_CHECK_SECONDS:
+        return False
+    last_check[0] = cgd_now()
+    return True
 
 
 cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:
@@ -368,9 +440,7 @@ def linear_epoch(
         start = 0
         while start < n_order:
             mb = min(m, n_order - start)
-            for k in range(K):
-                eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t,
-                                      cfg.power_t, cfg.optimal_init)
+            batch_rates(&cfg, eta_base, eta, K, t)
             if mb == 1 and plain:
                 for k in range(K):
                     work_obj[0, k] = 0.0
@@ -398,22 +468,8 @@ def linear_epoch(
                                        &opt_state[0, K * d + k], &opt_state[1, K * d + k],
                                        1, eta[k], 0.0, t)
 
-            # The objective of this batch: its losses at the weights before the update,
-            # plus the penalty at those weights once per sample (as scikit-learn).
-            reg_sum = 0.0
-            for k in range(K):
-                if multinomial or active[k]:
-                    reg_sum += reg[k]
-            if multinomial:
-                obj_batch = work_obj[0, 0] + mb * reg_sum
-                obj_out[0] += obj_batch
-            else:
-                obj_batch = 0.0
-                for k in range(K):
-                    if active[k]:
-                        obj_out[k] += work_obj[0, k] + mb * reg[k]
-                        obj_batch += work_obj[0, k]
-                obj_batch += mb * reg_sum
+            obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
+                                         obj_out)
 
             if cfg.average > 0.0 and cfg.average <= t:
                 # Each output counts its own averaged updates: a one-vs-rest problem
@@ -437,14 +493,9 @@ def linear_epoch(
             if not isfinite(obj_batch):
                 status = STATUS_DIVERGED
                 break
-            work += mb * K * d
-            if work >= next_clock:
-                # Reading the clock costs ~20 ns: look at it every ~1e6 multiply-adds.
-                next_clock = work + 1e6
-                if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                    with gil:
-                        PyErr_CheckSignals()
-                    last_check = cgd_now()
+            if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
+                with gil:
+                    PyErr_CheckSignals()
         if status == STATUS_OK:
             for j in range(P):
                 if not isfinite(prm[j]):
@@ -717,52 +768,37 @@ cdef void sgd_single_row_csr(
     """Plain SGD on one CSR row, in scikit-learn's order: decay the scale, add the
     gradient step to the row's coordinates, step the intercept (times intercept_decay).
     Coefficient j of output k is coef[k * ko + j * vs]; the intercepts are in params."""
-    cdef Py_ssize_t k, c
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
-    cdef floating* v
+    cdef Py_ssize_t k, c = 0
+    cdef double step
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
                               + params[K * d + k])
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            v = coef + k * ko
-            if decay != 1.0:
-                scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
-                        track_avg, track_norms)
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
-        return
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
     for k in range(K):
-        if not active[k]:
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(
+                cfg, so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
+                + params[K * d + k], yi, si, k, pos_w, neg_w, obj)
+        else:
             continue
-        v = coef + k * ko
-        zk = so[k].scale * sparse_dot(v, vs, xd, xi, nnz) + params[K * d + k]
-        tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-        l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-        obj[k] += sk * l if cfg.weighted_objective else l
-        decay = 1.0 - eta[k] * cfg.l2
-        if decay < 0.0:
-            decay = 0.0
-        step = eta[k] * dl * sk
-        if decay != 1.0:
-            scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg, track_norms)
-        if step != 0.0:
-            add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
-                    track_avg, track_norms)
-        if cfg.fit_intercept:
-            params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+        csr_step(&so[k], l2_decay(cfg, eta[k]), step, coef + k * ko, vs, avg_params + k * d,
+                 d, xd, xi, nnz, track_avg, track_norms)
+        intercept_step(cfg, params + K * d + k, step)
+
+
+cdef inline void csr_step(SparseOut* o, double decay, double step, floating* v,
+                          Py_ssize_t vs, double* D, Py_ssize_t d, const floating* xd,
+                          const index_t* xi, Py_ssize_t nnz, bint track_avg,
+                          bint track_norms) noexcept nogil:
+    """w <- decay * w - step * x for w = scale * v: the decay through the scale, the
+    step on the row's coordinates, in scikit-learn's order."""
+    if decay != 1.0:
+        scale_output(o, decay, v, vs, D, d, track_avg, track_norms)
+    if step != 0.0:
+        add_row(o, v, vs, D, xd, xi, nnz, -step / o.scale, track_avg, track_norms)
 
 
 cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating* xd,
@@ -795,54 +831,32 @@ cdef void sgd_single_row_csr_multi(
     of the outputs that move, one add_row each (the row's coefficients are in cache by
     then). The outputs share no coefficient, so each gets the bits of
     sgd_single_row_csr. buf: scratch (2 K,), ks: scratch (K,)."""
-    cdef Py_ssize_t k, c, nk = 0
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
+    cdef Py_ssize_t k, c = 0, nk = 0
+    cdef double step
     cdef double* acc = buf
     cdef double* cs = buf + K
     sparse_dots(coef, K, xd, xi, nnz, acc)
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = <floating>(so[k].scale * acc[k] + params[K * d + k])
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            if decay != 1.0:
-                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                ks[nk] = k
-                cs[nk] = -step / so[k].scale
-                nk += 1
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
-    else:
-        for k in range(K):
-            if not active[k]:
-                continue
-            zk = so[k].scale * acc[k] + params[K * d + k]
-            tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-            l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-            obj[k] += sk * l if cfg.weighted_objective else l
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl * sk
-            if decay != 1.0:
-                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                ks[nk] = k
-                cs[nk] = -step / so[k].scale
-                nk += 1
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
+    for k in range(K):
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(cfg, so[k].scale * acc[k] + params[K * d + k], yi,
+                                         si, k, pos_w, neg_w, obj)
+        else:
+            continue
+        # The decays now, the row's additions below (one pass over the row per output
+        # that moves, its coefficients in cache by then).
+        csr_step(&so[k], l2_decay(cfg, eta[k]), 0.0, coef + k, K, avg_params + k * d, d,
+                 xd, xi, nnz, track_avg, track_norms)
+        if step != 0.0:
+            ks[nk] = k
+            cs[nk] = -step / so[k].scale
+            nk += 1
+        intercept_step(cfg, params + K * d + k, step)
     for c in range(nk):
         k = ks[c]
         add_row(&so[k], coef + k, K, avg_params + k * d, xd, xi, nnz, cs[c], track_avg,
@@ -879,9 +893,9 @@ cdef void chunk_gradient_csr(
     """The chunk's gradient sums over its own compact slots (see compact_batch): the
     buffer to clear and, later, to reduce holds the chunk's columns only. Its rows
     were read by compact_batch just before, so they are in cache."""
-    cdef Py_ssize_t p, i, k, e, a, b, c, q = 0
+    cdef Py_ssize_t p, i, k, e, a, b, c = 0, q = 0
     cdef floating* g
-    cdef double zk, tk, sk, l, dl, lse, zc
+    cdef double dl
     memset(grad, 0, (K * T + K) * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
@@ -893,32 +907,21 @@ cdef void chunk_gradient_csr(
                 z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
                                                            indices + a, b - a)
                                   + params[K * d + k])
-            c = <Py_ssize_t>y[i]
-            zc = z[c]
-            lse = softmax_inplace(z, K)
-            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
-            for k in range(K):
-                dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
-                if dl != 0.0:
-                    g = grad + k * T
-                    for e in range(a, b):
-                        g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
-                    grad[K * T + k] += <floating>dl
-        else:
-            for k in range(K):
-                if not active[k]:
-                    continue
-                zk = (so[k].scale * sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
-                      + params[K * d + k])
-                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
-                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l if cfg.weighted_objective else l
-                dl = dl * sk
-                if dl != 0.0:
-                    g = grad + k * T
-                    for e in range(a, b):
-                        g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
-                    grad[K * T + k] += <floating>dl
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+        for k in range(K):
+            if cfg.target == TARGET_MULTINOMIAL:
+                dl = multinomial_dl(z, k, c, sw[i])
+            elif active[k]:
+                dl = output_dloss(cfg, so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
+                                                                indices + a, b - a)
+                                  + params[K * d + k], y[i], sw[i], k, pos_w, neg_w, obj)
+            else:
+                continue
+            if dl != 0.0:
+                g = grad + k * T
+                for e in range(a, b):
+                    g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
+                grad[K * T + k] += <floating>dl
         q += b - a
 
 
@@ -1081,7 +1084,6 @@ cdef void chunk_dloss_csr(
     needs nothing else from a row before its step)."""
     cdef Py_ssize_t p, i, k, a, b, c, nxt
     cdef double* r
-    cdef double zk, tk, sk, l, dl, lse, zc
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
         if p + 2 * PREFETCH_ROWS < n_order:
@@ -1103,22 +1105,13 @@ cdef void chunk_dloss_csr(
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
                 z[k] = <floating>(so[k].scale * r[k] + params[K * d + k])
-            c = <Py_ssize_t>y[i]
-            zc = z[c]
-            lse = softmax_inplace(z, K)
-            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
             for k in range(K):
-                r[k] = sw[i] * (z[k] - (1.0 if k == c else 0.0))
+                r[k] = multinomial_dl(z, k, c, sw[i])
         else:
             for k in range(K):
-                if not active[k]:
-                    r[k] = 0.0
-                    continue
-                zk = so[k].scale * r[k] + params[K * d + k]
-                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
-                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l if cfg.weighted_objective else l
-                r[k] = dl * sk
+                r[k] = (output_dloss(cfg, so[k].scale * r[k] + params[K * d + k], y[i], sw[i],
+                                     k, pos_w, neg_w, obj) if active[k] else 0.0)
 
 
 cdef void batch_dloss_csr(
@@ -1442,9 +1435,7 @@ def linear_epoch_csr(
             start = 0
             while start < n_order:
                 mb = min(m, n_order - start)
-                for k in range(K):
-                    eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t,
-                                          cfg.power_t, cfg.optimal_init)
+                batch_rates(&cfg, eta_base, eta, K, t)
                 if mb == 1 and plain:
                     for k in range(K):
                         work_obj[0, k] = 0.0
@@ -1500,12 +1491,8 @@ def linear_epoch_csr(
                         rowbuf[k] = 0.0
                         if not (multinomial or active[k]):
                             continue
-                        decay = 1.0 - eta[k] * cfg.l2
-                        if decay < 0.0:
-                            decay = 0.0
-                        if decay != 1.0:
-                            scale_output(&so[k], decay, coef + k * ko, vs, &avg_params[k * d],
-                                         d, track_avg, track_norms)
+                        csr_step(&so[k], l2_decay(&cfg, eta[k]), 0.0, coef + k * ko, vs,
+                                 &avg_params[k * d], d, xd0, xi0, 0, track_avg, track_norms)
                         rowbuf[k] = -(eta[k] * gscale) / so[k].scale
                     for a in range(mb):
                         j = order[start + a]
@@ -1521,8 +1508,7 @@ def linear_epoch_csr(
                             sk = 0.0
                             for a in range(mb):
                                 sk += dls[a * K + k]
-                            prm[K * d + k] = <floating>(
-                                prm[K * d + k] - eta[k] * cfg.intercept_decay * gscale * sk)
+                            intercept_step(&cfg, prm + K * d + k, eta[k] * gscale * sk)
                 else:
                     lay.nch = n_chunks_for(mb)
                     if not compact_batch(xi0, ip, &order[0], start, mb, n_order, &work_pos[0],
@@ -1560,30 +1546,15 @@ def linear_epoch_csr(
                                            &opt_state[0, K * d + k], &opt_state[1, K * d + k],
                                            1, eta[k] * cfg.intercept_decay, 0.0, t)
 
-                # The objective: as the dense kernel.
-                reg_sum = 0.0
-                for k in range(K):
-                    if multinomial or active[k]:
-                        reg_sum += reg[k]
-                if multinomial:
-                    obj_batch = work_obj[0, 0] + mb * reg_sum
-                    obj_out[0] += obj_batch
-                    if sklearn_stop:
-                        stop_sum = 0.0
-                        for k in range(K):
-                            stop_sum += so[k].stop_reg
-                        stop_out[0] += work_obj[0, 0] + mb * stop_sum
-                    else:
-                        stop_out[0] += obj_batch
-                else:
-                    obj_batch = 0.0
+                # The objective: as the dense kernel; the stopping rule's (see the
+                # docstring) with the penalty of scikit-learn's norms for per-sample SGD.
+                obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0],
+                                             reg, obj_out)
+                if sklearn_stop:
                     for k in range(K):
-                        if active[k]:
-                            obj_out[k] += work_obj[0, k] + mb * reg[k]
-                            stop_out[k] += work_obj[0, k] + mb * (
-                                so[k].stop_reg if sklearn_stop else reg[k])
-                            obj_batch += work_obj[0, k]
-                    obj_batch += mb * reg_sum
+                        rowbuf[k] = so[k].stop_reg
+                record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0],
+                                 rowbuf if sklearn_stop else reg, stop_out)
 
                 if cfg.average > 0.0 and cfg.average <= t:
                     for k in range(K):
@@ -1607,13 +1578,9 @@ def linear_epoch_csr(
                 if not isfinite(obj_batch):
                     status = STATUS_DIVERGED
                     break
-                work += (nnz_batch + 1) * K
-                if work >= next_clock:
-                    next_clock = work + 1e6
-                    if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                        with gil:
-                            PyErr_CheckSignals()
-                        last_check = cgd_now()
+                if signal_check_due(&work, &next_clock, &last_check, (nnz_batch + 1) * K):
+                    with gil:
+                        PyErr_CheckSignals()
             if K > 1:
                 # Copy back first and fold on the row-major parameters: the same
                 # element-wise operations as folding the copy, in contiguous passes.

@@ -30,18 +30,13 @@ from sklearn.preprocessing import StandardScaler
 import cgd
 from _helpers import assert_sgd_fits_match as _assert_all_match
 from _helpers import requires_openmp
+from _helpers import (SGD_CLASSIFIER_LOSSES, SGD_LOSSES, SGD_PENALTIES,
+                      SGD_REGRESSOR_LOSSES, SGD_RTOL, SGD_SCHEDULES)
 from _helpers import sgd_fit_both as _fit_both
 from cgd._fit_loop import validation_split
 
-CLASSIFIER_LOSSES = (
-    "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron",
-    "squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive",
-)
-REGRESSOR_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
-LOSSES = {"SGDClassifier": CLASSIFIER_LOSSES, "SGDRegressor": REGRESSOR_LOSSES}
-SCHEDULES = ("constant", "invscaling", "adaptive")
-PENALTIES = (None, "l2", "l1", "elasticnet")
-RTOL = 1e-10
+CLASSIFIER_LOSSES, REGRESSOR_LOSSES = SGD_CLASSIFIER_LOSSES, SGD_REGRESSOR_LOSSES
+LOSSES, SCHEDULES, PENALTIES, RTOL = SGD_LOSSES, SGD_SCHEDULES, SGD_PENALTIES, SGD_RTOL
 SPARSE_INTERCEPT_DECAY = 0.01  # scikit-learn's, which cgd follows on sparse X
 
 # Short fits (max_iter of a few epochs) are the point of several comparisons here.
