@@ -419,10 +419,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             self._sgd_state = state
         self._sgd_signature = signature
 
-    def _published(self, state, t, coef_out=None):
+    def _published(self, state, t, coef_out=None, coef_filled=False):
         """coef_ (K, d) and intercept_ (K,) of a state: the averaged parameters of the
         outputs that have averaged updates once ``average`` is reached, else the last.
-        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into."""
+        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into, which
+        already holds the coefficients of the state if ``coef_filled``."""
         params = state["params"]
         K = self._n_outputs
         d = params.shape[0] // K - 1
@@ -430,7 +431,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             coef = params[: K * d].reshape(K, d).copy()
         else:
             coef = coef_out
-            np.copyto(coef, params[: K * d].reshape(K, d))
+            if not coef_filled:
+                np.copyto(coef, params[: K * d].reshape(K, d))
         intercept = params[K * d:].copy()
         if self.average and self.average <= t - 1:
             rows = state["avg_n"] > 0
@@ -484,18 +486,23 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         # State that this fit's kernel never writes (the optimizer moments of plain SGD,
         # the L1 ledger without L1, the average without averaging) is shared rather than
         # copied: with many features, copies of it would cost more than a sparse epoch.
+        # The CSR kernel writes an epoch's parameters (and coef_) into buffers of its
+        # own, reading the last epoch's: they need no copy (only what it updates in
+        # place does), so with the defaults an epoch's commit copies O(K) values.
         plain = self.solver == "sgd" and self.momentum == 0
-        mutable = {"params", "l1_u", "avg_n"}
+        writes_out = sp.issparse(X)
+        mutable = {"l1_u", "avg_n"} if writes_out else {"params", "l1_u", "avg_n"}
         if not plain:
             mutable.add("opt")
         if self._penalty_coefficients()[0] != 0:
             mutable.add("l1_q")
         if self.average:
             mutable.add("avg")
-        state = {k: v if k not in mutable and v.flags.c_contiguous and v.flags.writeable
+        state = {k: v if k not in mutable and v.flags.c_contiguous and (
+                    v.flags.writeable or (writes_out and k == "params"))
                  else np.array(v, copy=True, order="C")
                  for k, v in self._sgd_state.items()}
-        publisher = _StatePublisher(mutable)
+        publisher = _StatePublisher(mutable, K)
         P = state["params"].shape[0]
         if sp.issparse(X):
             cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
@@ -556,13 +563,16 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                     state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
                     cfg, t)
             else:
+                params_out, coef_out = publisher.out_buffers(state["params"])
                 status, t = epoch_kernel(
                     *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
-                    eta_k, state["params"], state["opt"], state["l1_q"], state["l1_u"],
-                    state["avg"], state["avg_n"], *sparse_work, work_obj, work_z, work_k,
-                    obj, stop_obj, stop_norms, cfg, t)
+                    eta_k, state["params"], params_out, coef_out.reshape(-1), state["opt"],
+                    state["l1_q"], state["l1_u"], state["avg"], state["avg_n"],
+                    *sparse_work, work_obj, work_z, work_k, obj, stop_obj, stop_norms, cfg, t)
             if status != 0:
                 raise linear_divergence_error(len(loss_curve) + 1)
+            if writes_out:
+                state["params"] = params_out
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]
@@ -576,11 +586,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             else:
                 best_loss = min(best_loss, epoch_loss)
             loss_curve.append(epoch_loss)
-            snapshot, coef_out = publisher.snapshot(state, K)
+            snapshot, coef_out = publisher.snapshot(state)
             t_published = (t_first + n_epochs * published_steps if self.early_stopping
                            else t)
             self._commit(snapshot, t_published, n_epochs, loss_curve, val_scores, best_loss,
-                         best_score, coef_out=coef_out)
+                         best_score, coef_out=coef_out, coef_filled=writes_out)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
                 tracker.update(scores=per_problem)
@@ -597,12 +607,13 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                 break
 
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
-                coef_out=None):
+                coef_out=None, coef_filled=False):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
         never leaves the attributes describing different epochs. ``state`` is a snapshot
         the kernel no longer writes."""
         dtype = state["params"].dtype
-        coef, intercept = self._published(state, t, coef_out=coef_out)
+        coef, intercept = self._published(state, t, coef_out=coef_out,
+                                          coef_filled=coef_filled)
         attrs = self._coef_attrs(coef.astype(dtype, copy=False),
                                  intercept.astype(dtype, copy=False))
         attrs.update({
@@ -1367,35 +1378,53 @@ class _StatePublisher:
     """Snapshots of the working state for the estimator to hold after each epoch,
     with a buffer for its coef_.
 
-    The arrays the kernel writes, and coef_, are copied into one of two sets of buffers
-    allocated by this call, alternately, never into the set the estimator holds (nor
-    into anything a previous call published): after the first two epochs a commit
-    allocates nothing. Fresh arrays of many features each epoch would cost page faults
-    comparable to a sparse epoch. The arrays the kernel does not write are shared."""
+    Each epoch's results go into one of two sets of buffers allocated by this call,
+    alternately, never into the set the estimator holds (nor into anything a previous
+    call published): after the first two epochs a commit allocates nothing (fresh
+    arrays of many features each epoch would cost page faults comparable to a sparse
+    epoch). A set holds a copy of each array the kernel updates in place
+    (``mutable``), a parameter buffer and a coef_ buffer; the arrays the kernel does not
+    write are shared. A kernel that writes its parameters and coef_ into given buffers
+    (the CSR one: see :meth:`out_buffers`) leaves only ``mutable`` to copy."""
 
-    def __init__(self, mutable):
+    def __init__(self, mutable, K):
         self.mutable = mutable
-        self.current = None  # (snapshot, coef buffer) the estimator holds
-        self.spare = None    # the pair before it, free to overwrite
+        self.K = K
+        self.current = None  # the set the estimator holds
+        self.spare = None    # the set before it, free to overwrite
 
-    def snapshot(self, state, K):
-        """``(snapshot of state, (K, d) buffer for coef_)``."""
-        params = state["params"]
-        spare = self.spare
+    def _target(self, params):
+        if self.spare is None:
+            d = params.shape[0] // self.K - 1
+            self.spare = ({}, np.empty_like(params),
+                          np.empty((self.K, d), dtype=params.dtype))
+        return self.spare
+
+    def out_buffers(self, params):
+        """``(params_out, coef_out)`` for the coming epoch's kernel to write."""
+        _, params_out, coef = self._target(params)
+        return params_out, coef
+
+    def snapshot(self, state):
+        """``(snapshot of state, (K, d) buffer for coef_)``. ``state["params"]`` is
+        copied unless it is already this set's parameter buffer."""
+        copies, params_buf, coef = self._target(state["params"])
         out = {}
         for k, v in state.items():
-            if k not in self.mutable:
+            if k == "params" and v is params_buf:
                 out[k] = v
-            elif spare is not None:
-                np.copyto(spare[0][k], v)
-                out[k] = spare[0][k]
+            elif k in self.mutable or k == "params":
+                if k == "params":
+                    np.copyto(params_buf, v)
+                    out[k] = params_buf
+                elif k in copies:
+                    np.copyto(copies[k], v)
+                    out[k] = copies[k]
+                else:
+                    out[k] = copies[k] = v.copy()
             else:
-                out[k] = v.copy()
-        if spare is not None:
-            coef = spare[1]
-        else:
-            coef = np.empty((K, params.shape[0] // K - 1), dtype=params.dtype)
-        self.spare, self.current = self.current, (out, coef)
+                out[k] = v
+        self.spare, self.current = self.current, (copies, params_buf, coef)
         return out, coef
 
 

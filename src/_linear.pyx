@@ -22,7 +22,7 @@ hardware prefetcher.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport isfinite
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
@@ -1267,7 +1267,12 @@ def linear_epoch_csr(
     const floating[::1] neg_weight,     # IN     (K,)
     const unsigned char[::1] active,    # IN     (K,)
     const double[::1] eta_base,         # IN     (K,)
-    floating[::1] params,               # IN/OUT (P,) coefficients then intercepts
+    const floating[::1] params,         # IN     (P,) coefficients then intercepts
+    floating[::1] params_out,           # OUT    (P,) the same after the epoch (another
+                                        #        buffer: a failed or interrupted epoch
+                                        #        leaves `params` as it was)
+    floating[::1] coef_out,             # OUT    (K * n_features,) a copy of the
+                                        #        coefficients of params_out, or empty
     floating[:, ::1] opt_state,         # IN/OUT (2, P)
     floating[::1] l1_q,                 # IN/OUT (P,)
     double[::1] l1_u,                   # IN/OUT (K,)
@@ -1328,7 +1333,9 @@ def linear_epoch_csr(
     # sum the batch's gradient per column first.
     batch_plain = plain and cfg.l1 == 0.0 and m > 1
     cdef double stop_sum
-    cdef floating* prm = &params[0]
+    cdef floating* prm = &params_out[0]
+    cdef const floating* pin = &params[0]
+    cdef bint coef_done = False, nonfinite = False
     cdef floating* g
     cdef const floating* xd0
     cdef const index_t* xi0
@@ -1347,7 +1354,8 @@ def linear_epoch_csr(
     cdef floating* coef = prm
     cdef Py_ssize_t ko = d, vs = 1
 
-    if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1:
+    if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1 \
+            or params_out.shape[0] != P or coef_out.shape[0] not in (0, K * d):
         raise ValueError("inconsistent shapes passed to linear_epoch_csr")
     if X_indices.shape[0] != X_data.shape[0] or X_indptr[n] > X_data.shape[0]:
         raise ValueError("inconsistent CSR arrays passed to linear_epoch_csr")
@@ -1373,6 +1381,9 @@ def linear_epoch_csr(
     obj_out[:] = 0.0
     stop_out[:] = 0.0
     if n_order == 0:
+        params_out[:] = params
+        if coef_out.shape[0] > 0:
+            coef_out[:] = params[:K * d]
         return STATUS_OK, t
     eta = &work_k[0, 0]
     reg = &work_k[1, 0]
@@ -1403,6 +1414,8 @@ def linear_epoch_csr(
         raise MemoryError()
     try:
         with nogil:
+            # The epoch trains on params_out (K > 1: on the column-major copy, written
+            # back to params_out at the end), never on params.
             if K > 1:
                 coef = &work_coef[0]
                 ko = 1
@@ -1413,7 +1426,10 @@ def linear_epoch_csr(
                     je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
                         for j in range(jb * TRANSPOSE_BLOCK, je):
-                            coef[j * K + k] = prm[k * d + j]
+                            coef[j * K + k] = pin[k * d + j]
+                memcpy(prm + K * d, pin + K * d, K * sizeof(floating))
+            elif prm != pin:
+                memcpy(prm, pin, P * sizeof(floating))
             for k in range(K):
                 so[k].scale = 1.0
                 so[k].avg_g = 1.0
@@ -1423,7 +1439,7 @@ def linear_epoch_csr(
                 if track_norms:
                     # From the row-major parameters, whose values the copy holds
                     # exactly: one contiguous pass per output instead of a strided one.
-                    norms_of(&so[k], prm + k * d, 1, d)
+                    norms_of(&so[k], pin + k * d, 1, d)
                 reg[k] = penalty_of(&cfg, &so[k])
                 if isnan(stop_norms[0, k]):
                     stop_norms[0, k] = so[k].sq
@@ -1588,6 +1604,9 @@ def linear_epoch_csr(
                 # (fold_output's <floating>(s * v)), which saves a pass over K * d.
                 for k in range(K):
                     rowbuf[k] = 1.0 if track_avg else so[k].scale
+                # Without averaging these are the final coefficients: coef_out gets
+                # them in the same pass.
+                coef_done = coef_out.shape[0] > 0 and not track_avg
                 for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
                     je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
@@ -1598,6 +1617,14 @@ def linear_epoch_csr(
                         else:
                             for j in range(jb * TRANSPOSE_BLOCK, je):
                                 prm[k * d + j] = coef[j * K + k]
+                        if coef_done:
+                            memcpy(&coef_out[k * d + jb * TRANSPOSE_BLOCK],
+                                   prm + k * d + jb * TRANSPOSE_BLOCK,
+                                   (je - jb * TRANSPOSE_BLOCK) * sizeof(floating))
+                        # The divergence check of these coefficients, while in cache.
+                        for j in range(jb * TRANSPOSE_BLOCK, je):
+                            if not isfinite(prm[k * d + j]):
+                                nonfinite = True
                 if not track_avg:
                     for k in range(K):
                         so[k].scale = 1.0
@@ -1605,8 +1632,13 @@ def linear_epoch_csr(
                 fold_output(&so[k], prm + k * d, 1, &avg_params[k * d], d, track_avg, False)
                 stop_norms[0, k] = so[k].rsq
                 stop_norms[1, k] = so[k].rab
+            if coef_out.shape[0] > 0 and not coef_done:
+                memcpy(&coef_out[0], prm, K * d * sizeof(floating))
+            if nonfinite and status == STATUS_OK:
+                status = STATUS_DIVERGED
             if status == STATUS_OK:
-                for j in range(P):
+                # (K > 1: the coefficients were checked in the copy back.)
+                for j in range(K * d if K > 1 and not track_avg else 0, P):
                     if not isfinite(prm[j]):
                         status = STATUS_DIVERGED
                         break

@@ -327,6 +327,61 @@ def test_wide_csr_is_never_densified():
         assert est.coef_.shape == (1, d)
 
 
+# ------------------------------------------------------------ 2b. failed epochs
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_interrupted_csr_epoch_keeps_the_last_completed_one(monkeypatch, n_classes):
+    # The CSR kernel writes an epoch into buffers the estimator does not hold (its
+    # parameters and coef_): an epoch that fails half-way (here: those buffers
+    # scribbled with NaN, then Ctrl-C) leaves the estimator at the last completed
+    # epoch, without a copy of the parameters per epoch.
+    from cgd import _linear
+
+    X, y = _text_like(600, 300, 8, 3, 1)
+    y = y % n_classes
+    kw = dict(max_iter=6, tol=None, random_state=0)
+    real = _linear.linear_epoch_csr
+    calls = {"n": 0}
+
+    def fail_in_epoch_3(*args):
+        calls["n"] += 1
+        out = real(*args)
+        if calls["n"] == 3:
+            params_out, coef_out = args[11], args[12]  # after X, y, weights, order, ...
+            params_out[...] = np.nan
+            coef_out[...] = np.nan
+            raise KeyboardInterrupt
+        return out
+
+    est = cgd.SGDClassifier(**kw)
+    monkeypatch.setattr(_linear, "linear_epoch_csr", fail_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X, y)
+    monkeypatch.setattr(_linear, "linear_epoch_csr", real)
+    ref = cgd.SGDClassifier(**{**kw, "max_iter": 2}).fit(X, y)
+    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+    np.testing.assert_array_equal(est.intercept_, ref.intercept_)
+    # and a later partial_fit goes on from there as it would from the 2-epoch fit
+    est.partial_fit(X, y)
+    ref.partial_fit(X, y)
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_diverging_csr_fit_keeps_the_previous_weights(n_classes):
+    X, y = _text_like(300, 200, 8, 3, 2)
+    y = y % n_classes
+    est = cgd.SGDClassifier(warm_start=True, max_iter=3, tol=None, random_state=0).fit(X, y)
+    coef, intercept = est.coef_.copy(), est.intercept_.copy()
+    with pytest.raises(ValueError, match=r"epoch \d+"):
+        est.fit(X * 1e300, y)
+    np.testing.assert_array_equal(est.coef_, coef)
+    np.testing.assert_array_equal(est.intercept_, intercept)
+    held = [v for v in list(vars(est).values()) + list(est._sgd_state.values())
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    assert all(np.isfinite(v).all() for v in held)
+
+
 # ------------------------------------------------------------ 3. mini-batches
 def _random_csr(n, d, density, seed, empty_rows=()):
     rng = np.random.RandomState(seed)
