@@ -405,11 +405,10 @@ def linear_epoch(
     cdef int status = STATUS_OK
     cdef double* eta
     cdef double* reg
-    cdef double reg_sum, obj_batch, gscale
+    cdef double obj_batch, gscale
     cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
-    cdef Py_ssize_t n_obj = 1 if multinomial else K
     cdef floating* prm = &params[0]
     cdef floating* g
 
@@ -1315,14 +1314,14 @@ def linear_epoch_csr(
     cdef Py_ssize_t loc_cap = work_loc.shape[1]
     cdef bint batch_plain
     cdef double* dls = NULL
-    cdef double decay, row_nnz_mean = (<double>X_indptr[n] / n) if n > 0 else 0.0
+    cdef double row_nnz_mean = (<double>X_indptr[n] / n) if n > 0 else 0.0
     cdef Py_ssize_t* stamp = NULL
     cdef index_t* lidx = NULL
     cdef BatchLayout lay
     cdef int status = STATUS_OK
     cdef double* eta
     cdef double* reg
-    cdef double reg_sum, obj_batch, gscale
+    cdef double obj_batch, gscale
     cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
@@ -1332,7 +1331,6 @@ def linear_epoch_csr(
     # Plain SGD batches without an L1 part step row by row (see the loop); the others
     # sum the batch's gradient per column first.
     batch_plain = plain and cfg.l1 == 0.0 and m > 1
-    cdef double stop_sum
     cdef floating* prm = &params_out[0]
     cdef const floating* pin = &params[0]
     cdef bint coef_done = False, nonfinite = False
