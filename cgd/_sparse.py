@@ -98,10 +98,12 @@ def check_sparse_structure(X):
 _NO_Y = object()
 
 
-def validate_input(estimator, X, y=_NO_Y, **check_params):
+def validate_input(estimator, X, y=_NO_Y, canonical=True, **check_params):
     """scikit-learn's ``validate_data`` with ``accept_sparse="csr"``, for every entry point
     of the estimators: a sparse X is first checked for a valid structure, and the CSR
-    that comes out is put in canonical form (see :func:`canonical_csr`).
+    that comes out is put in canonical form (see :func:`canonical_csr`) unless
+    ``canonical`` is False (for kernels that read unsorted rows and duplicate entries
+    as they are, which saves a copy and a sort of X).
 
     Returns ``X``, or ``(X, y)`` when ``y`` is given.
     """
@@ -111,6 +113,6 @@ def validate_input(estimator, X, y=_NO_Y, **check_params):
         X = validate_data(estimator, X, accept_sparse="csr", **check_params)
     else:
         X, y = validate_data(estimator, X, y, accept_sparse="csr", **check_params)
-    if sp.issparse(X):
+    if sp.issparse(X) and canonical:
         X = canonical_csr(X)
     return X if y is _NO_Y else (X, y)

@@ -419,10 +419,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             self._sgd_state = state
         self._sgd_signature = signature
 
-    def _published(self, state, t, coef_out=None):
+    def _published(self, state, t, coef_out=None, coef_filled=False):
         """coef_ (K, d) and intercept_ (K,) of a state: the averaged parameters of the
         outputs that have averaged updates once ``average`` is reached, else the last.
-        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into."""
+        ``coef_out``: a (K, d) array of the parameters' dtype to write coef_ into, which
+        already holds the coefficients of the state if ``coef_filled``."""
         params = state["params"]
         K = self._n_outputs
         d = params.shape[0] // K - 1
@@ -430,7 +431,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             coef = params[: K * d].reshape(K, d).copy()
         else:
             coef = coef_out
-            np.copyto(coef, params[: K * d].reshape(K, d))
+            if not coef_filled:
+                np.copyto(coef, params[: K * d].reshape(K, d))
         intercept = params[K * d:].copy()
         if self.average and self.average <= t - 1:
             rows = state["avg_n"] > 0
@@ -484,18 +486,23 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         # State that this fit's kernel never writes (the optimizer moments of plain SGD,
         # the L1 ledger without L1, the average without averaging) is shared rather than
         # copied: with many features, copies of it would cost more than a sparse epoch.
+        # The CSR kernel writes an epoch's parameters (and coef_) into buffers of its
+        # own, reading the last epoch's: they need no copy (only what it updates in
+        # place does), so with the defaults an epoch's commit copies O(K) values.
         plain = self.solver == "sgd" and self.momentum == 0
-        mutable = {"params", "l1_u", "avg_n"}
+        writes_out = sp.issparse(X)
+        mutable = {"l1_u", "avg_n"} if writes_out else {"params", "l1_u", "avg_n"}
         if not plain:
             mutable.add("opt")
         if self._penalty_coefficients()[0] != 0:
             mutable.add("l1_q")
         if self.average:
             mutable.add("avg")
-        state = {k: v if k not in mutable and v.flags.c_contiguous and v.flags.writeable
+        state = {k: v if k not in mutable and v.flags.c_contiguous and (
+                    v.flags.writeable or (writes_out and k == "params"))
                  else np.array(v, copy=True, order="C")
                  for k, v in self._sgd_state.items()}
-        publisher = _StatePublisher(mutable)
+        publisher = _StatePublisher(mutable, K)
         P = state["params"].shape[0]
         if sp.issparse(X):
             cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
@@ -556,13 +563,16 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                     state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
                     cfg, t)
             else:
+                params_out, coef_out = publisher.out_buffers(state["params"])
                 status, t = epoch_kernel(
                     *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
-                    eta_k, state["params"], state["opt"], state["l1_q"], state["l1_u"],
-                    state["avg"], state["avg_n"], *sparse_work, work_obj, work_z, work_k,
-                    obj, stop_obj, stop_norms, cfg, t)
+                    eta_k, state["params"], params_out, coef_out.reshape(-1), state["opt"],
+                    state["l1_q"], state["l1_u"], state["avg"], state["avg_n"],
+                    *sparse_work, work_obj, work_z, work_k, obj, stop_obj, stop_norms, cfg, t)
             if status != 0:
                 raise linear_divergence_error(len(loss_curve) + 1)
+            if writes_out:
+                state["params"] = params_out
             n_epochs += 1
             trained = [k for k in range(n_problems) if tracker.active[k]]
             losses = [obj[k] / n_train for k in range(n_problems)]
@@ -576,11 +586,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             else:
                 best_loss = min(best_loss, epoch_loss)
             loss_curve.append(epoch_loss)
-            snapshot, coef_out = publisher.snapshot(state, K)
+            snapshot, coef_out = publisher.snapshot(state)
             t_published = (t_first + n_epochs * published_steps if self.early_stopping
                            else t)
             self._commit(snapshot, t_published, n_epochs, loss_curve, val_scores, best_loss,
-                         best_score, coef_out=coef_out)
+                         best_score, coef_out=coef_out, coef_filled=writes_out)
             before = (tracker.active.tobytes(), tracker.eta.tobytes())
             if self.early_stopping:
                 tracker.update(scores=per_problem)
@@ -597,12 +607,13 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                 break
 
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
-                coef_out=None):
+                coef_out=None, coef_filled=False):
         """Publish a completed epoch in one ``__dict__`` update, so that an interrupt
         never leaves the attributes describing different epochs. ``state`` is a snapshot
         the kernel no longer writes."""
         dtype = state["params"].dtype
-        coef, intercept = self._published(state, t, coef_out=coef_out)
+        coef, intercept = self._published(state, t, coef_out=coef_out,
+                                          coef_filled=coef_filled)
         attrs = self._coef_attrs(coef.astype(dtype, copy=False),
                                  intercept.astype(dtype, copy=False))
         attrs.update({
@@ -633,7 +644,11 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        return validate_input(self, X, y, dtype=[np.float64, np.float32], order="C",
+        # Sparse X as it comes: the CSR kernels read each row's entries in stored order
+        # (as scikit-learn's), so unsorted indices need no sorted copy and duplicate
+        # entries add up as the separate terms they are (see the Notes).
+        return validate_input(self, X, y, canonical=False, dtype=[np.float64, np.float32],
+                              order="C",
                               reset=reset, y_numeric=isinstance(self, RegressorMixin))
 
     def _check_sample_weight(self, sample_weight, X):
@@ -688,7 +703,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
 
     def _decision(self, X):
         check_is_fitted(self)
-        X = validate_input(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = validate_input(self, X, canonical=False, dtype=[np.float64, np.float32],
+                           reset=False)
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
 
     def __sklearn_tags__(self):
@@ -807,7 +823,8 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
     formats are converted to CSR once; int32 or int64 indices; float32 or float64
     values, kept) is never densified: an update costs the stored entries of its rows,
     never ``n_features``. Unsorted indices and duplicate entries mean what they mean
-    in a sparse product (a copy is sorted and summed; X itself is not modified).
+    in a sparse product: entries are read in stored order, as scikit-learn reads them,
+    without a sorted copy (X itself is never modified).
 
     - Plain SGD (``solver='sgd'``, no momentum) is exact: the L2 decay of every
       coefficient is kept as one scale factor. With ``fit_intercept=False`` and
@@ -832,9 +849,12 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
       ``SparseAdam`` rule; Adam's bias correction counts all updates). A dense step
       would cost ``n_features`` per batch. When every batch stores every column this
       is the dense step.
-    - Mini-batches are reduced over the columns they touch, in fixed row chunks as for
-      dense X, so the result does not depend on ``n_jobs``; the work is spread over
-      threads once a batch holds enough stored entries.
+    - A mini-batch costs its stored entries, and its result does not depend on
+      ``n_jobs``: plain SGD without L1 takes the loss derivatives of all its rows at
+      the batch's starting weights, then steps row by row; the other rules sum the
+      gradient over the columns the batch touches, in fixed row chunks reduced in
+      chunk order as for dense X. The work is spread over threads once a batch holds
+      enough stored entries (a batch of 256 text rows is done on one thread).
     """
 
     #: loss name -> (loss class, *default arguments), as scikit-learn's attribute of
@@ -1358,35 +1378,53 @@ class _StatePublisher:
     """Snapshots of the working state for the estimator to hold after each epoch,
     with a buffer for its coef_.
 
-    The arrays the kernel writes, and coef_, are copied into one of two sets of buffers
-    allocated by this call, alternately, never into the set the estimator holds (nor
-    into anything a previous call published): after the first two epochs a commit
-    allocates nothing. Fresh arrays of many features each epoch would cost page faults
-    comparable to a sparse epoch. The arrays the kernel does not write are shared."""
+    Each epoch's results go into one of two sets of buffers allocated by this call,
+    alternately, never into the set the estimator holds (nor into anything a previous
+    call published): after the first two epochs a commit allocates nothing (fresh
+    arrays of many features each epoch would cost page faults comparable to a sparse
+    epoch). A set holds a copy of each array the kernel updates in place
+    (``mutable``), a parameter buffer and a coef_ buffer; the arrays the kernel does not
+    write are shared. A kernel that writes its parameters and coef_ into given buffers
+    (the CSR one: see :meth:`out_buffers`) leaves only ``mutable`` to copy."""
 
-    def __init__(self, mutable):
+    def __init__(self, mutable, K):
         self.mutable = mutable
-        self.current = None  # (snapshot, coef buffer) the estimator holds
-        self.spare = None    # the pair before it, free to overwrite
+        self.K = K
+        self.current = None  # the set the estimator holds
+        self.spare = None    # the set before it, free to overwrite
 
-    def snapshot(self, state, K):
-        """``(snapshot of state, (K, d) buffer for coef_)``."""
-        params = state["params"]
-        spare = self.spare
+    def _target(self, params):
+        if self.spare is None:
+            d = params.shape[0] // self.K - 1
+            self.spare = ({}, np.empty_like(params),
+                          np.empty((self.K, d), dtype=params.dtype))
+        return self.spare
+
+    def out_buffers(self, params):
+        """``(params_out, coef_out)`` for the coming epoch's kernel to write."""
+        _, params_out, coef = self._target(params)
+        return params_out, coef
+
+    def snapshot(self, state):
+        """``(snapshot of state, (K, d) buffer for coef_)``. ``state["params"]`` is
+        copied unless it is already this set's parameter buffer."""
+        copies, params_buf, coef = self._target(state["params"])
         out = {}
         for k, v in state.items():
-            if k not in self.mutable:
+            if k == "params" and v is params_buf:
                 out[k] = v
-            elif spare is not None:
-                np.copyto(spare[0][k], v)
-                out[k] = spare[0][k]
+            elif k in self.mutable or k == "params":
+                if k == "params":
+                    np.copyto(params_buf, v)
+                    out[k] = params_buf
+                elif k in copies:
+                    np.copyto(copies[k], v)
+                    out[k] = copies[k]
+                else:
+                    out[k] = copies[k] = v.copy()
             else:
-                out[k] = v.copy()
-        if spare is not None:
-            coef = spare[1]
-        else:
-            coef = np.empty((K, params.shape[0] // K - 1), dtype=params.dtype)
-        self.spare, self.current = self.current, (out, coef)
+                out[k] = v
+        self.spare, self.current = self.current, (copies, params_buf, coef)
         return out, coef
 
 
@@ -1403,26 +1441,32 @@ def _decision_rows(X, rows, params, K, n_threads):
 
 def _csr_work(csr, n_features, idx_train, batch_size, plain, K, dtype):
     """Scratch buffers of the CSR epoch kernel: ``(work_grad, work_touched, work_pos,
-    work_cols, work_coef)``. A batch touches at most T_max columns: n_features, or the stored
-    entries of the batch_size fullest training rows if fewer. Each chunk of the largest
-    batch keeps K * (T_max + 1) gradient sums; the marker array (one entry per column,
-    -1 where unset) is what lets a batch find its columns without a pass over all of
-    them. Plain per-sample SGD needs none of these."""
+    work_cols, work_loc, work_coef)``. A batch holds at most E_max stored entries (those
+    of the batch_size fullest training rows) and touches at most T_max = min(n_features,
+    E_max) columns. The gradient sums need K slots per entry of a chunk's own columns
+    (at most E_max over all chunks), K per column of the batch, and K intercept sums per
+    chunk and for the batch; ``work_loc`` holds each entry's slot in its chunk and each
+    chunk's columns. The marker array (one entry per column, -1 where unset) is what
+    lets a batch find its columns without a pass over all of them. Plain per-sample SGD
+    needs none of these."""
     data, indices, indptr = csr
     n_train = idx_train.shape[0]
     n_chunks = _linear.grad_rows_needed(batch_size, n_train, plain)
     if n_chunks == 0:
-        t_max, n_pos = 0, 0
+        e_max, t_max, n_pos, n_grad = 0, 0, 0, 0
     else:
         m = min(batch_size, n_train)
         row_nnz = (indptr[1:] - indptr[:-1])[idx_train]
         if m < n_train:
             row_nnz = np.partition(row_nnz, n_train - m)[n_train - m:]
-        t_max, n_pos = int(min(n_features, row_nnz.sum())), n_features
-    return (np.zeros(n_chunks * K * (t_max + 1), dtype=dtype),
+        e_max = int(row_nnz.sum())
+        t_max, n_pos = min(n_features, e_max), n_features
+        n_grad = K * (e_max + t_max + n_chunks + 1)
+    return (np.zeros(n_grad, dtype=dtype),
             np.zeros((3, t_max), dtype=dtype),
             np.full(n_pos, -1, dtype=indices.dtype),
             np.zeros(t_max, dtype=indices.dtype),
+            np.zeros((2, e_max), dtype=indices.dtype),
             # the column-major copy of the coefficients an epoch with K > 1 works on
             np.empty(K * n_features if K > 1 else 0, dtype=dtype))
 

@@ -22,7 +22,7 @@ hardware prefetcher.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport isfinite
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
@@ -113,6 +113,54 @@ cdef inline double target_and_weight(EpochConfig* cfg, floating yi, floating si,
     return yi
 
 
+# ---------------------------------------------------------------- per-row steps
+# What every update does with a row once its decision values are known, whichever way
+# X is stored: the loss and its derivative, the clamped L2 decay, the intercept's step.
+# The dense and CSR paths differ only in how they read x (its dot products, and adding
+# a multiple of it to the coefficients).
+
+cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floating si,
+                                Py_ssize_t k, const floating* pos_w, const floating* neg_w,
+                                double* obj) noexcept nogil:
+    """s_i * class weight * dl/dz of output k (regression, one-vs-rest) at decision
+    value zk; adds the sample's loss to obj[k] (weighted if the objective is)."""
+    cdef double sk, dl, l
+    cdef double tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+    l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+    obj[k] += sk * l if cfg.weighted_objective else l
+    return dl * sk
+
+
+cdef inline Py_ssize_t multinomial_loss(EpochConfig* cfg, floating* z, Py_ssize_t K,
+                                        floating yi, floating si, double* obj) noexcept nogil:
+    """z: the K decision values on entry, their softmax on exit. Adds the sample's
+    cross-entropy to obj[0]; returns its class c (see multinomial_dl)."""
+    cdef Py_ssize_t c = <Py_ssize_t>yi
+    cdef double zc = z[c]
+    cdef double lse = softmax_inplace(z, K)
+    obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
+    return c
+
+
+cdef inline double multinomial_dl(const floating* p, Py_ssize_t k, Py_ssize_t c,
+                                  floating si) noexcept nogil:
+    """s_i * dl/dz_k of the cross-entropy, from the softmax p and the class c."""
+    return si * (p[k] - (1.0 if k == c else 0.0))
+
+
+cdef inline double l2_decay(EpochConfig* cfg, double eta) noexcept nogil:
+    """The factor 1 - eta * l2 of a plain SGD step, never below 0 (a huge eta * alpha
+    must not flip the weights' signs), as scikit-learn's."""
+    cdef double decay = 1.0 - eta * cfg.l2
+    return decay if decay > 0.0 else 0.0
+
+
+cdef inline void intercept_step(EpochConfig* cfg, floating* b, double step) noexcept nogil:
+    """b <- b - step * intercept_decay (1 for dense X), when there is an intercept."""
+    if cfg.fit_intercept:
+        b[0] = <floating>(b[0] - step * cfg.intercept_decay)
+
+
 cdef inline void prefetch_sample(const floating* X, const floating* y, const floating* sw,
                                  Py_ssize_t d, Py_ssize_t i) noexcept nogil:
     """Ask for everything the update of sample i reads: its row, target and weight
@@ -141,10 +189,10 @@ cdef void chunk_gradient(
     double* obj,                # OUT (K,) sum over the chunk of s_i l_i (multinomial: obj[0])
     floating* z,                # scratch (K,)
 ) noexcept nogil:
-    cdef Py_ssize_t p, i, k, j, c, P = K * (d + 1)
+    cdef Py_ssize_t p, i, k, j, c = 0, P = K * (d + 1)
     cdef const floating* x
     cdef floating* g
-    cdef double zk, tk, sk, l, dl, lse, zc
+    cdef double dl
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
@@ -155,31 +203,20 @@ cdef void chunk_gradient(
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
                 z[k] = dot(params + k * d, x, d) + params[K * d + k]
-            c = <Py_ssize_t>y[i]
-            zc = z[c]
-            lse = softmax_inplace(z, K)
-            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
-            for k in range(K):
-                dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
-                if dl != 0.0:
-                    g = grad + k * d
-                    for j in range(d):
-                        g[j] = g[j] + <floating>dl * x[j]
-                    grad[K * d + k] += <floating>dl
-        else:
-            for k in range(K):
-                if not active[k]:
-                    continue
-                zk = dot(params + k * d, x, d) + params[K * d + k]
-                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
-                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l if cfg.weighted_objective else l
-                dl = dl * sk
-                if dl != 0.0:
-                    g = grad + k * d
-                    for j in range(d):
-                        g[j] = g[j] + <floating>dl * x[j]
-                    grad[K * d + k] += <floating>dl
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+        for k in range(K):
+            if cfg.target == TARGET_MULTINOMIAL:
+                dl = multinomial_dl(z, k, c, sw[i])
+            elif active[k]:
+                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], y[i],
+                                  sw[i], k, pos_w, neg_w, obj)
+            else:
+                continue
+            if dl != 0.0:
+                g = grad + k * d
+                for j in range(d):
+                    g[j] = g[j] + <floating>dl * x[j]
+                grad[K * d + k] += <floating>dl
 
 
 cdef inline double penalty_value(EpochConfig* cfg, const floating* w, Py_ssize_t d) noexcept nogil:
@@ -200,48 +237,83 @@ cdef void sgd_single_row(
 ) noexcept nogil:
     """Plain SGD on one sample (batch_size=1, no momentum): dot, loss derivative and
     the decayed update w <- (1 - eta*l2) w - eta*dl*x in one pass over the row."""
-    cdef Py_ssize_t k, j, c
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
-    cdef floating* w
+    cdef Py_ssize_t k, c = 0
+    cdef double step, decay
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = dot(params + k * d, x, d) + params[K * d + k]
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            w = params + k * d
-            for j in range(d):
-                w[j] = <floating>(w[j] * decay - step * x[j])
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step)
-        return
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
     for k in range(K):
-        if not active[k]:
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k],
+                                         yi, si, k, pos_w, neg_w, obj)
+        else:
             continue
-        w = params + k * d
-        zk = dot(w, x, d) + params[K * d + k]
-        tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-        l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-        obj[k] += sk * l if cfg.weighted_objective else l
-        decay = 1.0 - eta[k] * cfg.l2
-        if decay < 0.0:
-            decay = 0.0
-        step = eta[k] * dl * sk
-        if decay != 1.0:
-            for j in range(d):
-                w[j] = <floating>(w[j] * decay - step * x[j])
-        elif step != 0.0:
-            for j in range(d):
-                w[j] = <floating>(w[j] - step * x[j])
-        if cfg.fit_intercept:
-            params[K * d + k] = <floating>(params[K * d + k] - step)
+        decay = l2_decay(cfg, eta[k])
+        dense_step(params + k * d, x, d, decay, step)
+        intercept_step(cfg, params + K * d + k, step)
+
+
+cdef inline void dense_step(floating* w, const floating* x, Py_ssize_t d, double decay,
+                            double step) noexcept nogil:
+    """w <- decay * w - step * x."""
+    cdef Py_ssize_t j
+    if decay != 1.0:
+        for j in range(d):
+            w[j] = <floating>(w[j] * decay - step * x[j])
+    elif step != 0.0:
+        for j in range(d):
+            w[j] = <floating>(w[j] - step * x[j])
+
+
+# ---------------------------------------------------------------- per-batch steps
+# What the dense and CSR epoch loops share around a batch's update.
+
+cdef inline void batch_rates(EpochConfig* cfg, const double[::1] eta_base, double* eta,
+                             Py_ssize_t K, double t) noexcept nogil:
+    """The learning rate of update number t for every output."""
+    cdef Py_ssize_t k
+    for k in range(K):
+        eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t, cfg.power_t,
+                              cfg.optimal_init)
+
+
+cdef inline double record_objective(bint multinomial, const unsigned char* active,
+                                    Py_ssize_t K, Py_ssize_t mb, const double* losses,
+                                    const double* reg, double[::1] out) noexcept nogil:
+    """Add a batch's objective to out: its losses at the weights before the update plus
+    the penalty at those weights once per sample (as scikit-learn), per output (the
+    multinomial one in out[0]). Returns the batch's total (for the divergence check)."""
+    cdef Py_ssize_t k
+    cdef double reg_sum = 0.0, total = 0.0
+    for k in range(K):
+        if multinomial or active[k]:
+            reg_sum += reg[k]
+    if multinomial:
+        total = losses[0] + mb * reg_sum
+        out[0] += total
+        return total
+    for k in range(K):
+        if active[k]:
+            out[k] += losses[k] + mb * reg[k]
+            total += losses[k]
+    return total + mb * reg_sum
+
+
+cdef inline bint signal_check_due(double* work, double* next_clock, double* last_check,
+                                  double amount) noexcept nogil:
+    """Count amount of work; True when a look at pending signals (Ctrl-C) is due.
+    Reading the clock costs ~20 ns: look at it every ~1e6 multiply-adds."""
+    work[0] += amount
+    if work[0] < next_clock[0]:
+        return False
+    next_clock[0] = work[0] + 1e6
+    if cgd_now() - last_check[0] < SIGNAL_CHECK_SECONDS:
+        return False
+    last_check[0] = cgd_now()
+    return True
 
 
 cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:
@@ -333,11 +405,10 @@ def linear_epoch(
     cdef int status = STATUS_OK
     cdef double* eta
     cdef double* reg
-    cdef double reg_sum, obj_batch, gscale
+    cdef double obj_batch, gscale
     cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
-    cdef Py_ssize_t n_obj = 1 if multinomial else K
     cdef floating* prm = &params[0]
     cdef floating* g
 
@@ -368,9 +439,7 @@ def linear_epoch(
         start = 0
         while start < n_order:
             mb = min(m, n_order - start)
-            for k in range(K):
-                eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t,
-                                      cfg.power_t, cfg.optimal_init)
+            batch_rates(&cfg, eta_base, eta, K, t)
             if mb == 1 and plain:
                 for k in range(K):
                     work_obj[0, k] = 0.0
@@ -398,22 +467,8 @@ def linear_epoch(
                                        &opt_state[0, K * d + k], &opt_state[1, K * d + k],
                                        1, eta[k], 0.0, t)
 
-            # The objective of this batch: its losses at the weights before the update,
-            # plus the penalty at those weights once per sample (as scikit-learn).
-            reg_sum = 0.0
-            for k in range(K):
-                if multinomial or active[k]:
-                    reg_sum += reg[k]
-            if multinomial:
-                obj_batch = work_obj[0, 0] + mb * reg_sum
-                obj_out[0] += obj_batch
-            else:
-                obj_batch = 0.0
-                for k in range(K):
-                    if active[k]:
-                        obj_out[k] += work_obj[0, k] + mb * reg[k]
-                        obj_batch += work_obj[0, k]
-                obj_batch += mb * reg_sum
+            obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
+                                         obj_out)
 
             if cfg.average > 0.0 and cfg.average <= t:
                 # Each output counts its own averaged updates: a one-vs-rest problem
@@ -437,14 +492,9 @@ def linear_epoch(
             if not isfinite(obj_batch):
                 status = STATUS_DIVERGED
                 break
-            work += mb * K * d
-            if work >= next_clock:
-                # Reading the clock costs ~20 ns: look at it every ~1e6 multiply-adds.
-                next_clock = work + 1e6
-                if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                    with gil:
-                        PyErr_CheckSignals()
-                    last_check = cgd_now()
+            if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
+                with gil:
+                    PyErr_CheckSignals()
         if status == STATUS_OK:
             for j in range(P):
                 if not isfinite(prm[j]):
@@ -537,9 +587,11 @@ def sample_loss(int loss, double z, double y, double epsilon):
 
 # ---------------------------------------------------------------------- CSR input
 #
-# The same updates over rows stored as CSR (column indices sorted within each row, no
-# duplicates), each update costing what its rows hold, never n_features. Per output k
-# the kernel keeps, during one epoch:
+# The same updates over rows stored as CSR, each entry read in stored order (unsorted
+# indices and duplicate entries are fine: a duplicate is one more term of the dot
+# product and one more addition to its coefficient, as in scikit-learn), each update
+# costing what its rows hold, never n_features. Per output k the kernel keeps, during
+# one epoch:
 #
 # * a weight scale: w = scale * v, with v the stored coefficients. The L2 decay of a
 #   plain SGD step, w <- (1 - eta l2) w, multiplies the scale only; a step's gradient
@@ -561,14 +613,22 @@ def sample_loss(int loss, double z, double y, double epsilon):
 # an update touches (the row's columns, or the batch's), as scikit-learn does for sparse
 # data; a coordinate that no row touches is not pulled to zero until one does.
 #
-# Mini-batches: the batch's touched columns get compact positions 0..T-1 (first
-# appearance in batch order; a marker array of n_features entries, reset only where it
-# was set); each fixed chunk of rows accumulates its gradient over those T positions;
-# the chunks are summed in chunk order, so the bits never depend on the thread count.
-# Plain SGD then updates the touched coordinates (the L2 decay of the others is the
-# scale). Momentum, Adam and Adagrad update only the touched coordinates, with the L2
-# gradient of those coordinates; the velocities and moments of the others are left as
-# they are (PyTorch's SparseAdam rule), and Adam's bias correction uses the global
+# Mini-batches, plain SGD without an L1 part: the loss derivatives dl_i of all the
+# batch's rows at its starting weights (fixed chunks of rows, spread over threads when
+# the batch is large enough; each row's value is computed alone), then the decay of the
+# scale and the step v_j += -eta / (m scale) dl_i x_ij applied row by row in batch
+# order. The step costs the batch's stored entries, with no gradient buffer or column
+# list, and no bit depends on the thread count.
+#
+# Other mini-batches (momentum, Adam, Adagrad, L1): the batch's touched columns get
+# global slots 0..T-1 (first appearance in batch order; a marker array of n_features
+# entries, reset only where it was set), and each fixed chunk of rows its own compact
+# slots for the columns it touches; a chunk accumulates its gradient over its own
+# slots, and the chunks are added into the global slots in chunk order (so the bits
+# never depend on the thread count), at the cost of the batch's entries, not of
+# T x chunks. Momentum, Adam and Adagrad update only the touched coordinates, with the
+# L2 gradient of those coordinates; the velocities and moments of the others are left
+# as they are (PyTorch's SparseAdam rule), and Adam's bias correction uses the global
 # update count.
 
 from libc.stdint cimport int32_t, int64_t
@@ -707,52 +767,37 @@ cdef void sgd_single_row_csr(
     """Plain SGD on one CSR row, in scikit-learn's order: decay the scale, add the
     gradient step to the row's coordinates, step the intercept (times intercept_decay).
     Coefficient j of output k is coef[k * ko + j * vs]; the intercepts are in params."""
-    cdef Py_ssize_t k, c
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
-    cdef floating* v
+    cdef Py_ssize_t k, c = 0
+    cdef double step
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
                               + params[K * d + k])
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            v = coef + k * ko
-            if decay != 1.0:
-                scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
-                        track_avg, track_norms)
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
-        return
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
     for k in range(K):
-        if not active[k]:
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(
+                cfg, so[k].scale * sparse_dot(coef + k * ko, vs, xd, xi, nnz)
+                + params[K * d + k], yi, si, k, pos_w, neg_w, obj)
+        else:
             continue
-        v = coef + k * ko
-        zk = so[k].scale * sparse_dot(v, vs, xd, xi, nnz) + params[K * d + k]
-        tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-        l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-        obj[k] += sk * l if cfg.weighted_objective else l
-        decay = 1.0 - eta[k] * cfg.l2
-        if decay < 0.0:
-            decay = 0.0
-        step = eta[k] * dl * sk
-        if decay != 1.0:
-            scale_output(&so[k], decay, v, vs, avg_params + k * d, d, track_avg, track_norms)
-        if step != 0.0:
-            add_row(&so[k], v, vs, avg_params + k * d, xd, xi, nnz, -step / so[k].scale,
-                    track_avg, track_norms)
-        if cfg.fit_intercept:
-            params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+        csr_step(&so[k], l2_decay(cfg, eta[k]), step, coef + k * ko, vs, avg_params + k * d,
+                 d, xd, xi, nnz, track_avg, track_norms)
+        intercept_step(cfg, params + K * d + k, step)
+
+
+cdef inline void csr_step(SparseOut* o, double decay, double step, floating* v,
+                          Py_ssize_t vs, double* D, Py_ssize_t d, const floating* xd,
+                          const index_t* xi, Py_ssize_t nnz, bint track_avg,
+                          bint track_norms) noexcept nogil:
+    """w <- decay * w - step * x for w = scale * v: the decay through the scale, the
+    step on the row's coordinates, in scikit-learn's order."""
+    if decay != 1.0:
+        scale_output(o, decay, v, vs, D, d, track_avg, track_norms)
+    if step != 0.0:
+        add_row(o, v, vs, D, xd, xi, nnz, -step / o.scale, track_avg, track_norms)
 
 
 cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating* xd,
@@ -785,54 +830,32 @@ cdef void sgd_single_row_csr_multi(
     of the outputs that move, one add_row each (the row's coefficients are in cache by
     then). The outputs share no coefficient, so each gets the bits of
     sgd_single_row_csr. buf: scratch (2 K,), ks: scratch (K,)."""
-    cdef Py_ssize_t k, c, nk = 0
-    cdef double zk, tk, sk, l, dl, decay, step, lse, zc
+    cdef Py_ssize_t k, c = 0, nk = 0
+    cdef double step
     cdef double* acc = buf
     cdef double* cs = buf + K
     sparse_dots(coef, K, xd, xi, nnz, acc)
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
             z[k] = <floating>(so[k].scale * acc[k] + params[K * d + k])
-        c = <Py_ssize_t>yi
-        zc = z[c]
-        lse = softmax_inplace(z, K)
-        obj[0] += (si if cfg.weighted_objective else 1.0) * (lse - zc)
-        for k in range(K):
-            dl = si * (z[k] - (1.0 if k == c else 0.0))
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl
-            if decay != 1.0:
-                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                ks[nk] = k
-                cs[nk] = -step / so[k].scale
-                nk += 1
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
-    else:
-        for k in range(K):
-            if not active[k]:
-                continue
-            zk = so[k].scale * acc[k] + params[K * d + k]
-            tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-            l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-            obj[k] += sk * l if cfg.weighted_objective else l
-            decay = 1.0 - eta[k] * cfg.l2
-            if decay < 0.0:
-                decay = 0.0
-            step = eta[k] * dl * sk
-            if decay != 1.0:
-                scale_output(&so[k], decay, coef + k, K, avg_params + k * d, d, track_avg,
-                             track_norms)
-            if step != 0.0:
-                ks[nk] = k
-                cs[nk] = -step / so[k].scale
-                nk += 1
-            if cfg.fit_intercept:
-                params[K * d + k] = <floating>(params[K * d + k] - step * cfg.intercept_decay)
+        c = multinomial_loss(cfg, z, K, yi, si, obj)
+    for k in range(K):
+        if cfg.target == TARGET_MULTINOMIAL:
+            step = eta[k] * multinomial_dl(z, k, c, si)
+        elif active[k]:
+            step = eta[k] * output_dloss(cfg, so[k].scale * acc[k] + params[K * d + k], yi,
+                                         si, k, pos_w, neg_w, obj)
+        else:
+            continue
+        # The decays now, the row's additions below (one pass over the row per output
+        # that moves, its coefficients in cache by then).
+        csr_step(&so[k], l2_decay(cfg, eta[k]), 0.0, coef + k, K, avg_params + k * d, d,
+                 xd, xi, nnz, track_avg, track_norms)
+        if step != 0.0:
+            ks[nk] = k
+            cs[nk] = -step / so[k].scale
+            nk += 1
+        intercept_step(cfg, params + K * d + k, step)
     for c in range(nk):
         k = ks[c]
         add_row(&so[k], coef + k, K, avg_params + k * d, xd, xi, nnz, cs[c], track_avg,
@@ -848,36 +871,33 @@ cdef void chunk_gradient_csr(
     const intp_t* order,        # IN  visiting order
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
-    Py_ssize_t n_order,
     const floating* params,     # IN  (P,) intercepts at K * d + k
     const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
     Py_ssize_t ko,
     Py_ssize_t vs,
     const SparseOut* so,        # IN  (K,) scales
-    const index_t* pos,         # IN  (d,) compact position of each touched column
-    Py_ssize_t T,               # IN  touched columns of the batch
+    const index_t* loc,         # IN  (entries of the chunk,) each entry's slot in `grad`
+    Py_ssize_t T,               # IN  slots of the chunk
     Py_ssize_t K,
     Py_ssize_t d,
     const floating* pos_w,
     const floating* neg_w,
     const unsigned char* active,
     EpochConfig* cfg,
-    floating* grad,             # OUT (K * T + K,) row k: sum of s_i dl/dz x_i over the
-                                #     touched positions; then the K intercept sums
+    floating* grad,             # OUT (K * T + K,) row k: sum of s_i dl/dz x_i per slot;
+                                #     then the K intercept sums
     double* obj,                # OUT (K,)
     floating* z,                # scratch (K,)
 ) noexcept nogil:
-    cdef Py_ssize_t p, i, k, e, a, b, c, nxt
+    """The chunk's gradient sums over its own compact slots (see compact_batch): the
+    buffer to clear and, later, to reduce holds the chunk's columns only. Its rows
+    were read by compact_batch just before, so they are in cache."""
+    cdef Py_ssize_t p, i, k, e, a, b, c = 0, q = 0
     cdef floating* g
-    cdef double zk, tk, sk, l, dl, lse, zc
+    cdef double dl
     memset(grad, 0, (K * T + K) * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     for p in range(p0, p1):
-        if p + PREFETCH_ROWS < n_order:
-            nxt = order[p + PREFETCH_ROWS]
-            cgd_prefetch(data + indptr[nxt], (indptr[nxt + 1] - indptr[nxt]) * sizeof(floating))
-            cgd_prefetch(indices + indptr[nxt],
-                         (indptr[nxt + 1] - indptr[nxt]) * sizeof(index_t))
         i = order[p]
         a = indptr[i]
         b = indptr[i + 1]
@@ -886,103 +906,246 @@ cdef void chunk_gradient_csr(
                 z[k] = <floating>(so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
                                                            indices + a, b - a)
                                   + params[K * d + k])
-            c = <Py_ssize_t>y[i]
-            zc = z[c]
-            lse = softmax_inplace(z, K)
-            obj[0] += (sw[i] if cfg.weighted_objective else 1.0) * (lse - zc)
-            for k in range(K):
-                dl = sw[i] * (z[k] - (1.0 if k == c else 0.0))
-                if dl != 0.0:
-                    g = grad + k * T
-                    for e in range(a, b):
-                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
-                    grad[K * T + k] += <floating>dl
-        else:
-            for k in range(K):
-                if not active[k]:
-                    continue
-                zk = (so[k].scale * sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
-                      + params[K * d + k])
-                tk = target_and_weight(cfg, y[i], sw[i], k, pos_w, neg_w, &sk)
-                l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
-                obj[k] += sk * l if cfg.weighted_objective else l
-                dl = dl * sk
-                if dl != 0.0:
-                    g = grad + k * T
-                    for e in range(a, b):
-                        g[pos[indices[e]]] = g[pos[indices[e]]] + <floating>dl * data[e]
-                    grad[K * T + k] += <floating>dl
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+        for k in range(K):
+            if cfg.target == TARGET_MULTINOMIAL:
+                dl = multinomial_dl(z, k, c, sw[i])
+            elif active[k]:
+                dl = output_dloss(cfg, so[k].scale * sparse_dot(coef + k * ko, vs, data + a,
+                                                                indices + a, b - a)
+                                  + params[K * d + k], y[i], sw[i], k, pos_w, neg_w, obj)
+            else:
+                continue
+            if dl != 0.0:
+                g = grad + k * T
+                for e in range(a, b):
+                    g[loc[q + e - a]] = g[loc[q + e - a]] + <floating>dl * data[e]
+                grad[K * T + k] += <floating>dl
+        q += b - a
 
 
-cdef Py_ssize_t compact_batch(
+cdef struct BatchLayout:
+    # Filled by compact_batch for one batch of nch chunks (nch <= MAX_CHUNKS).
+    Py_ssize_t T             # distinct columns of the batch (global slots 0..T-1)
+    Py_ssize_t nnz           # stored entries of the batch
+    Py_ssize_t nch
+    Py_ssize_t eofs[MAX_CHUNKS + 1]  # chunk c's entries are loc[eofs[c]:eofs[c + 1]]
+    Py_ssize_t lofs[MAX_CHUNKS + 1]  # its columns (global slots) lcols[lofs[c]:lofs[c + 1]]
+
+
+cdef bint compact_batch(
     const index_t* indices, const index_t* indptr, const intp_t* order,
-    Py_ssize_t start, Py_ssize_t mb,
+    Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
     index_t* pos,       # IN/OUT (d,) -1 where unset; set at the batch's columns
     index_t* cols,      # OUT    (T,) the batch's columns in order of first appearance
     Py_ssize_t cap,     # IN     room in cols
-    Py_ssize_t* nnz,    # OUT    stored entries of the batch
+    index_t* loc,       # OUT    (nnz,) per entry, in batch order: its slot in its chunk
+                        #        (the global slot when the batch is one chunk)
+    index_t* lcols,     # OUT    per chunk, the global slots of its own slots
+    Py_ssize_t loc_cap, # IN     room in loc and in lcols
+    Py_ssize_t* stamp,  # IN/OUT (cap,) per global slot, the last chunk stamp that listed it
+    index_t* lidx,      # scratch (cap,) that chunk's slot for it
+    Py_ssize_t stamp0,  # IN     a stamp above every one in `stamp` (chunk c uses stamp0 + c)
+    BatchLayout* lay,   # OUT
 ) noexcept nogil:
-    """Give the batch's columns compact positions. Returns T, or -1 if cap is exceeded."""
-    cdef Py_ssize_t p, i, e, j, T = 0, count = 0
-    for p in range(start, start + mb):
-        i = order[p]
-        count += indptr[i + 1] - indptr[i]
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            if pos[j] < 0:
-                if T >= cap:
-                    nnz[0] = count
-                    return -1
-                pos[j] = <index_t>T
-                cols[T] = <index_t>j
-                T += 1
-    nnz[0] = count
-    return T
+    """Give the batch's columns global slots (for the optimizer step) and each chunk
+    its own compact slots (for the gradient sums), in one pass over the batch's
+    entries. So a chunk clears and the reduction adds only what the chunk touched: the
+    batch costs O(its entries), not O(columns touched x chunks). Returns False if a
+    capacity is exceeded."""
+    cdef Py_ssize_t nch = lay.nch, c, p, p1, i, e, j, g, T = 0, q = 0, nl = 0, tc
+    cdef Py_ssize_t s
+    for c in range(nch):
+        lay.eofs[c] = q
+        lay.lofs[c] = nl
+        s = stamp0 + c
+        tc = 0
+        p1 = start + ((c + 1) * mb) // nch
+        for p in range(start + (c * mb) // nch, p1):
+            # The batch's rows are first read here, in a shuffled order: ask for them
+            # ahead in two stages (indptr, then the entries it points at).
+            if p + 2 * PREFETCH_ROWS < n_order:
+                cgd_prefetch(indptr + order[p + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
+            if p + PREFETCH_ROWS < n_order:
+                i = order[p + PREFETCH_ROWS]
+                cgd_prefetch(indices + indptr[i], (indptr[i + 1] - indptr[i]) * sizeof(index_t))
+            i = order[p]
+            if q + indptr[i + 1] - indptr[i] > loc_cap:
+                lay.T = T
+                return False
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                g = pos[j]
+                if g < 0:
+                    if T >= cap:
+                        lay.T = T
+                        return False
+                    g = T
+                    pos[j] = <index_t>g
+                    cols[T] = <index_t>j
+                    T += 1
+                if nch == 1:
+                    loc[q] = <index_t>g
+                else:
+                    if stamp[g] != s:
+                        stamp[g] = s
+                        lidx[g] = <index_t>tc
+                        lcols[nl + tc] = <index_t>g
+                        tc += 1
+                    loc[q] = lidx[g]
+                q += 1
+        nl += tc
+    lay.eofs[nch] = q
+    lay.lofs[nch] = nl
+    lay.T = T
+    lay.nnz = q
+    return True
 
 
 cdef void batch_gradient_csr(
     const floating* data, const index_t* indices, const index_t* indptr,
     const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
-    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
-    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* pos, Py_ssize_t T, Py_ssize_t nnz_batch, Py_ssize_t K, Py_ssize_t d,
+    Py_ssize_t mb, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, const index_t* loc,
+    const index_t* lcols, BatchLayout* lay, Py_ssize_t K, Py_ssize_t d,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg,
-    floating* work_grad,        # OUT first K * T + K entries: the batch's gradient sums
+    floating* work_grad,        # OUT the batch's gradient sums, K * T + K entries at
+                                #     the returned offset
+    double[:, ::1] work_obj,    # OUT row 0: the batch's loss sums
+    floating[:, ::1] work_z,    # scratch
+    Py_ssize_t* grad_at,        # OUT offset of the sums in work_grad
+) noexcept nogil:
+    """Gradient sums of one batch over its T touched columns: each fixed chunk of rows
+    into its own compact slots, then added into the global slots chunk by chunk in
+    chunk order, so the bits never depend on the thread count. (Chunk c's buffer
+    starts at K * (lofs[c] + c); the global sums follow the last chunk's.)"""
+    cdef Py_ssize_t nch = lay.nch, T = lay.T, c, k, l, tc, nt = cfg.n_threads
+    cdef floating* g
+    cdef const floating* gc
+    cdef const index_t* lc
+    if <double>lay.nnz * K * SPARSE_ENTRY_WORK < cfg.parallel_min_work:
+        nt = 1
+    if nch == 1:
+        chunk_gradient_csr(data, indices, indptr, y, sw, order, start, start + mb,
+                           params, coef, ko, vs, so, loc, T, K, d, pos_w, neg_w,
+                           active, cfg, work_grad, &work_obj[0, 0], &work_z[0, 0])
+        grad_at[0] = 0
+        return
+    if nt == 1:
+        for c in range(nch):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                               params, coef, ko, vs, so, loc + lay.eofs[c],
+                               lay.lofs[c + 1] - lay.lofs[c], K, d, pos_w, neg_w,
+                               active, cfg, work_grad + K * (lay.lofs[c] + c),
+                               &work_obj[c, 0], &work_z[c, 0])
+    else:
+        for c in prange(nch, schedule="static", num_threads=nt):
+            chunk_gradient_csr(data, indices, indptr, y, sw, order,
+                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                               params, coef, ko, vs, so, loc + lay.eofs[c],
+                               lay.lofs[c + 1] - lay.lofs[c], K, d, pos_w, neg_w,
+                               active, cfg, work_grad + K * (lay.lofs[c] + c),
+                               &work_obj[c, 0], &work_z[c, 0])
+    grad_at[0] = K * (lay.lofs[nch] + nch)
+    g = work_grad + grad_at[0]
+    memset(g, 0, (K * T + K) * sizeof(floating))
+    for c in range(nch):
+        tc = lay.lofs[c + 1] - lay.lofs[c]
+        gc = work_grad + K * (lay.lofs[c] + c)
+        lc = lcols + lay.lofs[c]
+        for k in range(K):
+            for l in range(tc):
+                g[k * T + lc[l]] = g[k * T + lc[l]] + gc[k * tc + l]
+            g[K * T + k] = g[K * T + k] + gc[K * tc + k]
+    for c in range(1, nch):
+        for k in range(K):
+            work_obj[0, k] += work_obj[c, k]
+
+
+cdef void chunk_dloss_csr(
+    const floating* data, const index_t* indices, const index_t* indptr,
+    const floating* y, const floating* sw, const intp_t* order,
+    Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n_order,
+    const floating* params,     # IN  (P,) intercepts at K * d + k
+    const floating* coef,       # IN  coefficient j of output k at k * ko + j * vs
+    Py_ssize_t ko, Py_ssize_t vs,
+    const SparseOut* so, Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg,
+    double* dls,                # OUT (p1 - p0, K) s_i dl/dz per row and output (0 when
+                                #     the output is not training)
+    double* obj,                # OUT (K,) sum over the chunk of the losses
+    floating* z,                # scratch (K,)
+) noexcept nogil:
+    """Loss derivatives of a chunk of rows at the batch's starting weights (plain SGD
+    needs nothing else from a row before its step)."""
+    cdef Py_ssize_t p, i, k, a, b, c, nxt
+    cdef double* r
+    memset(obj, 0, K * sizeof(double))
+    for p in range(p0, p1):
+        if p + 2 * PREFETCH_ROWS < n_order:
+            cgd_prefetch(indptr + order[p + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
+        if p + PREFETCH_ROWS < n_order:
+            nxt = order[p + PREFETCH_ROWS]
+            cgd_prefetch(data + indptr[nxt], (indptr[nxt + 1] - indptr[nxt]) * sizeof(floating))
+            cgd_prefetch(indices + indptr[nxt],
+                         (indptr[nxt + 1] - indptr[nxt]) * sizeof(index_t))
+        i = order[p]
+        a = indptr[i]
+        b = indptr[i + 1]
+        r = dls + (p - p0) * K
+        if K > 1 and ko == 1 and vs == K:
+            sparse_dots(coef, K, data + a, indices + a, b - a, r)
+        else:
+            for k in range(K):
+                r[k] = sparse_dot(coef + k * ko, vs, data + a, indices + a, b - a)
+        if cfg.target == TARGET_MULTINOMIAL:
+            for k in range(K):
+                z[k] = <floating>(so[k].scale * r[k] + params[K * d + k])
+            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+            for k in range(K):
+                r[k] = multinomial_dl(z, k, c, sw[i])
+        else:
+            for k in range(K):
+                r[k] = (output_dloss(cfg, so[k].scale * r[k] + params[K * d + k], y[i], sw[i],
+                                     k, pos_w, neg_w, obj) if active[k] else 0.0)
+
+
+cdef void batch_dloss_csr(
+    const floating* data, const index_t* indices, const index_t* indptr,
+    const floating* y, const floating* sw, const intp_t* order, Py_ssize_t start,
+    Py_ssize_t mb, Py_ssize_t n_order, const floating* params, const floating* coef,
+    Py_ssize_t ko, Py_ssize_t vs, const SparseOut* so, Py_ssize_t nnz_batch,
+    Py_ssize_t K, Py_ssize_t d,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg,
+    double* dls,                # OUT (mb, K)
     double[:, ::1] work_obj,    # OUT row 0: the batch's loss sums
     floating[:, ::1] work_z,    # scratch
 ) noexcept nogil:
-    """Gradient sums of one batch over its T touched columns, per fixed row chunk, then
-    summed in chunk order (the chunk buffers are K * T + K apart)."""
-    cdef Py_ssize_t Pb = K * T + K
-    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, blk, nblk
-    cdef Py_ssize_t nt = cfg.n_threads
+    """chunk_dloss_csr over the batch's fixed chunks (threads take whole chunks; each
+    row's values are computed alone, and the chunks' loss sums are added in chunk
+    order, so no bit depends on the thread count)."""
+    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, nt = cfg.n_threads
     if <double>nnz_batch * K * SPARSE_ENTRY_WORK < cfg.parallel_min_work:
         nt = 1
     if nch == 1 or nt == 1:
         for c in range(nch):
-            chunk_gradient_csr(data, indices, indptr, y, sw, order,
-                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
-                               active, cfg,
-                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
+            chunk_dloss_csr(data, indices, indptr, y, sw, order,
+                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                            params, coef, ko, vs, so, K, d, pos_w, neg_w, active, cfg,
+                            dls + ((c * mb) // nch) * K, &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
-            chunk_gradient_csr(data, indices, indptr, y, sw, order,
-                               start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
-                               params, coef, ko, vs, so, pos, T, K, d, pos_w, neg_w,
-                               active, cfg,
-                               work_grad + c * Pb, &work_obj[c, 0], &work_z[c, 0])
-    if nch > 1:
-        nblk = (Pb + REDUCE_BLOCK - 1) // REDUCE_BLOCK
-        if nt > 1 and nblk > 1 and Pb * nch >= 65536:
-            for blk in prange(nblk, schedule="static", num_threads=nt):
-                reduce_chunks(work_grad, Pb, nch, blk * REDUCE_BLOCK,
-                              min((blk + 1) * REDUCE_BLOCK, Pb))
-        else:
-            reduce_chunks(work_grad, Pb, nch, 0, Pb)
-        for c in range(1, nch):
-            for k in range(K):
-                work_obj[0, k] += work_obj[c, k]
+            chunk_dloss_csr(data, indices, indptr, y, sw, order,
+                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                            params, coef, ko, vs, so, K, d, pos_w, neg_w, active, cfg,
+                            dls + ((c * mb) // nch) * K, &work_obj[c, 0], &work_z[c, 0])
+    for c in range(1, nch):
+        for k in range(K):
+            work_obj[0, k] += work_obj[c, k]
 
 
 cdef void step_touched(
@@ -1094,7 +1257,7 @@ cdef inline double stop_penalty_of(EpochConfig* cfg, const SparseOut* o) noexcep
 
 def linear_epoch_csr(
     const floating[::1] X_data,         # IN     (nnz,) CSR values
-    const index_t[::1] X_indices,       # IN     (nnz,) column indices, sorted within rows, unique
+    const index_t[::1] X_indices,       # IN     (nnz,) column indices (any order, duplicates add)
     const index_t[::1] X_indptr,        # IN     (n_samples + 1,)
     const floating[::1] y,              # IN     (n_samples,)
     const floating[::1] sample_weight,  # IN     (n_samples,)
@@ -1103,18 +1266,26 @@ def linear_epoch_csr(
     const floating[::1] neg_weight,     # IN     (K,)
     const unsigned char[::1] active,    # IN     (K,)
     const double[::1] eta_base,         # IN     (K,)
-    floating[::1] params,               # IN/OUT (P,) coefficients then intercepts
+    const floating[::1] params,         # IN     (P,) coefficients then intercepts
+    floating[::1] params_out,           # OUT    (P,) the same after the epoch (another
+                                        #        buffer: a failed or interrupted epoch
+                                        #        leaves `params` as it was)
+    floating[::1] coef_out,             # OUT    (K * n_features,) a copy of the
+                                        #        coefficients of params_out, or empty
     floating[:, ::1] opt_state,         # IN/OUT (2, P)
     floating[::1] l1_q,                 # IN/OUT (P,)
     double[::1] l1_u,                   # IN/OUT (K,)
     double[::1] avg_params,             # IN/OUT (P,)
     double[::1] avg_n,                  # IN/OUT (K,)
-    floating[::1] work_grad,            # scratch (chunks * K * (T_max + 1),); may be empty
-                                        #         for per-sample plain SGD
+    floating[::1] work_grad,            # scratch (K * (E_max + T_max + chunks + 1),), E_max
+                                        #         the most entries a batch holds; may be
+                                        #         empty for per-sample plain SGD
     floating[:, ::1] work_touched,      # scratch (3, T_max) gathered coordinates / moments
     index_t[::1] work_pos,              # scratch (n_features,) all -1 on entry and on exit;
                                         #         may be empty for per-sample plain SGD
     index_t[::1] work_cols,             # scratch (T_max,) a batch's touched columns
+    index_t[:, ::1] work_loc,           # scratch (2, E_max) per entry its chunk slot; per
+                                        #         chunk its slots' columns
     floating[::1] work_coef,            # scratch (K * n_features,) for K > 1, else empty
     double[:, ::1] work_obj,            # scratch (MAX_CHUNKS, K)
     floating[:, ::1] work_z,            # scratch (MAX_CHUNKS, K)
@@ -1139,25 +1310,36 @@ def linear_epoch_csr(
     cdef Py_ssize_t n = X_indptr.shape[0] - 1, K = eta_base.shape[0]
     cdef Py_ssize_t P = params.shape[0], d = P // K - 1, n_order = order.shape[0]
     cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j, T, T_cap = work_cols.shape[0]
-    cdef Py_ssize_t a, nnz_batch, nxt
+    cdef Py_ssize_t a, nnz_batch, nxt, grad_at = 0, stamp_next = 0
+    cdef Py_ssize_t loc_cap = work_loc.shape[1]
+    cdef bint batch_plain
+    cdef double* dls = NULL
+    cdef double row_nnz_mean = (<double>X_indptr[n] / n) if n > 0 else 0.0
+    cdef Py_ssize_t* stamp = NULL
+    cdef index_t* lidx = NULL
+    cdef BatchLayout lay
     cdef int status = STATUS_OK
     cdef double* eta
     cdef double* reg
-    cdef double reg_sum, obj_batch, gscale
+    cdef double obj_batch, gscale
     cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
     cdef bint track_avg = cfg.average > 0.0
     cdef bint track_norms = cfg.l1 != 0.0 or cfg.l2 != 0.0
     cdef bint sklearn_stop = m == 1 and plain
-    cdef double stop_sum
-    cdef floating* prm = &params[0]
+    # Plain SGD batches without an L1 part step row by row (see the loop); the others
+    # sum the batch's gradient per column first.
+    batch_plain = plain and cfg.l1 == 0.0 and m > 1
+    cdef floating* prm = &params_out[0]
+    cdef const floating* pin = &params[0]
+    cdef bint coef_done = False, nonfinite = False
     cdef floating* g
     cdef const floating* xd0
     cdef const index_t* xi0
     cdef const index_t* ip = &X_indptr[0]
-    cdef const index_t* touched
-    cdef Py_ssize_t n_touched
+    cdef const index_t* touched = NULL
+    cdef Py_ssize_t n_touched = 0
     cdef SparseOut* so
     cdef double* rowbuf
     cdef double sk
@@ -1170,16 +1352,18 @@ def linear_epoch_csr(
     cdef floating* coef = prm
     cdef Py_ssize_t ko = d, vs = 1
 
-    if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1:
+    if y.shape[0] != n or sample_weight.shape[0] != n or P != K * (d + 1) or d < 1 \
+            or params_out.shape[0] != P or coef_out.shape[0] not in (0, K * d):
         raise ValueError("inconsistent shapes passed to linear_epoch_csr")
     if X_indices.shape[0] != X_data.shape[0] or X_indptr[n] > X_data.shape[0]:
         raise ValueError("inconsistent CSR arrays passed to linear_epoch_csr")
     if opt_state.shape[0] < 2 or opt_state.shape[1] != P or l1_q.shape[0] != P \
             or avg_params.shape[0] != P or l1_u.shape[0] != K or avg_n.shape[0] != K:
         raise ValueError("optimizer state does not match the parameters")
-    if grad_rows_needed(m, n_order, plain) > 0 and (
-            work_pos.shape[0] != d
-            or work_grad.shape[0] < grad_rows_needed(m, n_order, plain) * K * (T_cap + 1)
+    nxt = grad_rows_needed(m, n_order, plain)
+    if nxt > 0 and (
+            work_pos.shape[0] != d or work_loc.shape[0] < 2
+            or work_grad.shape[0] < K * (loc_cap + T_cap + nxt + 1)
             or work_touched.shape[0] < 3 or work_touched.shape[1] < T_cap):
         raise ValueError("work buffers do not match the parameters")
     if K > 1 and work_coef.shape[0] != K * d:
@@ -1195,6 +1379,9 @@ def linear_epoch_csr(
     obj_out[:] = 0.0
     stop_out[:] = 0.0
     if n_order == 0:
+        params_out[:] = params
+        if coef_out.shape[0] > 0:
+            coef_out[:] = params[:K * d]
         return STATUS_OK, t
     eta = &work_k[0, 0]
     reg = &work_k[1, 0]
@@ -1204,13 +1391,29 @@ def linear_epoch_csr(
     so = <SparseOut*>malloc(K * sizeof(SparseOut))
     rowbuf = <double*>malloc(2 * K * sizeof(double))
     rowks = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
-    if so == NULL or rowbuf == NULL or rowks == NULL:
+    if batch_plain:
+        dls = <double*>malloc(min(m, n_order) * K * sizeof(double))
+    if nxt > 0:
+        # Chunk stamps of the global slots (see compact_batch): none is >= 0 yet.
+        stamp = <Py_ssize_t*>malloc((T_cap + 1) * sizeof(Py_ssize_t))
+        lidx = <index_t*>malloc((T_cap + 1) * sizeof(index_t))
+        if stamp != NULL:
+            for j in range(T_cap + 1):
+                stamp[j] = -1
+    if so == NULL or rowbuf == NULL or rowks == NULL or (nxt > 0 and (stamp == NULL
+                                                                      or lidx == NULL)) \
+            or (batch_plain and dls == NULL):
         free(so)
         free(rowbuf)
         free(rowks)
+        free(stamp)
+        free(lidx)
+        free(dls)
         raise MemoryError()
     try:
         with nogil:
+            # The epoch trains on params_out (K > 1: on the column-major copy, written
+            # back to params_out at the end), never on params.
             if K > 1:
                 coef = &work_coef[0]
                 ko = 1
@@ -1221,7 +1424,10 @@ def linear_epoch_csr(
                     je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
                         for j in range(jb * TRANSPOSE_BLOCK, je):
-                            coef[j * K + k] = prm[k * d + j]
+                            coef[j * K + k] = pin[k * d + j]
+                memcpy(prm + K * d, pin + K * d, K * sizeof(floating))
+            elif prm != pin:
+                memcpy(prm, pin, P * sizeof(floating))
             for k in range(K):
                 so[k].scale = 1.0
                 so[k].avg_g = 1.0
@@ -1231,7 +1437,7 @@ def linear_epoch_csr(
                 if track_norms:
                     # From the row-major parameters, whose values the copy holds
                     # exactly: one contiguous pass per output instead of a strided one.
-                    norms_of(&so[k], prm + k * d, 1, d)
+                    norms_of(&so[k], pin + k * d, 1, d)
                 reg[k] = penalty_of(&cfg, &so[k])
                 if isnan(stop_norms[0, k]):
                     stop_norms[0, k] = so[k].sq
@@ -1243,12 +1449,15 @@ def linear_epoch_csr(
             start = 0
             while start < n_order:
                 mb = min(m, n_order - start)
-                for k in range(K):
-                    eta[k] = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t,
-                                          cfg.power_t, cfg.optimal_init)
+                batch_rates(&cfg, eta_base, eta, K, t)
                 if mb == 1 and plain:
                     for k in range(K):
                         work_obj[0, k] = 0.0
+                    # Two stages: the row's indptr entries 2 * PREFETCH_ROWS ahead (in a
+                    # shuffled order each is a miss, and reading one to find the row
+                    # would stall here), its entries PREFETCH_ROWS ahead.
+                    if start + 2 * PREFETCH_ROWS < n_order:
+                        cgd_prefetch(ip + order[start + 2 * PREFETCH_ROWS], 2 * sizeof(index_t))
                     if start + PREFETCH_ROWS < n_order:
                         nxt = order[start + PREFETCH_ROWS]
                         cgd_prefetch(xd0 + ip[nxt], (ip[nxt + 1] - ip[nxt]) * sizeof(floating))
@@ -1280,24 +1489,63 @@ def linear_epoch_csr(
                                            &avg_params[0], K, d, &pos_weight[0],
                                            &neg_weight[0], &active[0], eta, &cfg, track_avg,
                                            track_norms, &work_obj[0, 0], &work_z[0, 0])
+                elif batch_plain:
+                    # Plain SGD on a batch: the loss derivatives of all its rows at the
+                    # batch's starting weights, then w <- decay * w - eta / mb * sum_i
+                    # dl_i x_i applied row by row (in batch order), so the step costs the
+                    # batch's entries and needs no gradient buffer, reduction or column
+                    # list. (The objective's penalty: as below.)
+                    nnz_batch = <Py_ssize_t>(mb * row_nnz_mean)
+                    batch_dloss_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
+                                    start, mb, n_order, prm, coef, ko, vs, so, nnz_batch,
+                                    K, d, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
+                                    dls, work_obj, work_z)
+                    gscale = 1.0 / mb
+                    for k in range(K):
+                        rowbuf[k] = 0.0
+                        if not (multinomial or active[k]):
+                            continue
+                        csr_step(&so[k], l2_decay(&cfg, eta[k]), 0.0, coef + k * ko, vs,
+                                 &avg_params[k * d], d, xd0, xi0, 0, track_avg, track_norms)
+                        rowbuf[k] = -(eta[k] * gscale) / so[k].scale
+                    for a in range(mb):
+                        j = order[start + a]
+                        for k in range(K):
+                            if dls[a * K + k] != 0.0:
+                                add_row(&so[k], coef + k * ko, vs, &avg_params[k * d],
+                                        xd0 + ip[j], xi0 + ip[j], ip[j + 1] - ip[j],
+                                        dls[a * K + k] * rowbuf[k], track_avg, track_norms)
+                    if cfg.fit_intercept:
+                        for k in range(K):
+                            if not (multinomial or active[k]):
+                                continue
+                            sk = 0.0
+                            for a in range(mb):
+                                sk += dls[a * K + k]
+                            intercept_step(&cfg, prm + K * d + k, eta[k] * gscale * sk)
                 else:
-                    T = compact_batch(xi0, ip, &order[0], start, mb, &work_pos[0],
-                                      &work_cols[0], T_cap, &nnz_batch)
-                    if T < 0:
+                    lay.nch = n_chunks_for(mb)
+                    if not compact_batch(xi0, ip, &order[0], start, mb, n_order, &work_pos[0],
+                                         &work_cols[0], T_cap, &work_loc[0, 0],
+                                         &work_loc[1, 0], loc_cap, stamp, lidx, stamp_next,
+                                         &lay):
                         status = STATUS_WORK_TOO_SMALL
-                        for j in range(T_cap):
+                        for j in range(lay.T):
                             work_pos[work_cols[j]] = -1
                         break
+                    stamp_next += lay.nch
+                    T = lay.T
+                    nnz_batch = lay.nnz
                     touched = &work_cols[0]
                     n_touched = T
                     batch_gradient_csr(xd0, xi0, ip, &y[0], &sample_weight[0], &order[0],
-                                       start, mb, n_order, prm, coef, ko, vs, so,
-                                       &work_pos[0], T,
-                                       nnz_batch, K, d, &pos_weight[0], &neg_weight[0],
-                                       &active[0], &cfg, &work_grad[0], work_obj, work_z)
+                                       start, mb, prm, coef, ko, vs, so, &work_loc[0, 0],
+                                       &work_loc[1, 0], &lay, K, d, &pos_weight[0],
+                                       &neg_weight[0], &active[0], &cfg, &work_grad[0],
+                                       work_obj, work_z, &grad_at)
                     for j in range(T):
                         work_pos[work_cols[j]] = -1
-                    g = &work_grad[0]
+                    g = &work_grad[grad_at]
                     gscale = 1.0 / mb
                     for k in range(K):
                         if not (multinomial or active[k]):
@@ -1312,30 +1560,15 @@ def linear_epoch_csr(
                                            &opt_state[0, K * d + k], &opt_state[1, K * d + k],
                                            1, eta[k] * cfg.intercept_decay, 0.0, t)
 
-                # The objective: as the dense kernel.
-                reg_sum = 0.0
-                for k in range(K):
-                    if multinomial or active[k]:
-                        reg_sum += reg[k]
-                if multinomial:
-                    obj_batch = work_obj[0, 0] + mb * reg_sum
-                    obj_out[0] += obj_batch
-                    if sklearn_stop:
-                        stop_sum = 0.0
-                        for k in range(K):
-                            stop_sum += so[k].stop_reg
-                        stop_out[0] += work_obj[0, 0] + mb * stop_sum
-                    else:
-                        stop_out[0] += obj_batch
-                else:
-                    obj_batch = 0.0
+                # The objective: as the dense kernel; the stopping rule's (see the
+                # docstring) with the penalty of scikit-learn's norms for per-sample SGD.
+                obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0],
+                                             reg, obj_out)
+                if sklearn_stop:
                     for k in range(K):
-                        if active[k]:
-                            obj_out[k] += work_obj[0, k] + mb * reg[k]
-                            stop_out[k] += work_obj[0, k] + mb * (
-                                so[k].stop_reg if sklearn_stop else reg[k])
-                            obj_batch += work_obj[0, k]
-                    obj_batch += mb * reg_sum
+                        rowbuf[k] = so[k].stop_reg
+                record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0],
+                                 rowbuf if sklearn_stop else reg, stop_out)
 
                 if cfg.average > 0.0 and cfg.average <= t:
                     for k in range(K):
@@ -1359,13 +1592,9 @@ def linear_epoch_csr(
                 if not isfinite(obj_batch):
                     status = STATUS_DIVERGED
                     break
-                work += (nnz_batch + 1) * K
-                if work >= next_clock:
-                    next_clock = work + 1e6
-                    if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                        with gil:
-                            PyErr_CheckSignals()
-                        last_check = cgd_now()
+                if signal_check_due(&work, &next_clock, &last_check, (nnz_batch + 1) * K):
+                    with gil:
+                        PyErr_CheckSignals()
             if K > 1:
                 # Copy back first and fold on the row-major parameters: the same
                 # element-wise operations as folding the copy, in contiguous passes.
@@ -1373,6 +1602,9 @@ def linear_epoch_csr(
                 # (fold_output's <floating>(s * v)), which saves a pass over K * d.
                 for k in range(K):
                     rowbuf[k] = 1.0 if track_avg else so[k].scale
+                # Without averaging these are the final coefficients: coef_out gets
+                # them in the same pass.
+                coef_done = coef_out.shape[0] > 0 and not track_avg
                 for jb in range((d + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK):
                     je = min((jb + 1) * TRANSPOSE_BLOCK, d)
                     for k in range(K):
@@ -1383,6 +1615,14 @@ def linear_epoch_csr(
                         else:
                             for j in range(jb * TRANSPOSE_BLOCK, je):
                                 prm[k * d + j] = coef[j * K + k]
+                        if coef_done:
+                            memcpy(&coef_out[k * d + jb * TRANSPOSE_BLOCK],
+                                   prm + k * d + jb * TRANSPOSE_BLOCK,
+                                   (je - jb * TRANSPOSE_BLOCK) * sizeof(floating))
+                        # The divergence check of these coefficients, while in cache.
+                        for j in range(jb * TRANSPOSE_BLOCK, je):
+                            if not isfinite(prm[k * d + j]):
+                                nonfinite = True
                 if not track_avg:
                     for k in range(K):
                         so[k].scale = 1.0
@@ -1390,8 +1630,13 @@ def linear_epoch_csr(
                 fold_output(&so[k], prm + k * d, 1, &avg_params[k * d], d, track_avg, False)
                 stop_norms[0, k] = so[k].rsq
                 stop_norms[1, k] = so[k].rab
+            if coef_out.shape[0] > 0 and not coef_done:
+                memcpy(&coef_out[0], prm, K * d * sizeof(floating))
+            if nonfinite and status == STATUS_OK:
+                status = STATUS_DIVERGED
             if status == STATUS_OK:
-                for j in range(P):
+                # (K > 1: the coefficients were checked in the copy back.)
+                for j in range(K * d if K > 1 and not track_avg else 0, P):
                     if not isfinite(prm[j]):
                         status = STATUS_DIVERGED
                         break
@@ -1399,6 +1644,9 @@ def linear_epoch_csr(
         free(so)
         free(rowbuf)
         free(rowks)
+        free(stamp)
+        free(lidx)
+        free(dls)
     if status == STATUS_WORK_TOO_SMALL:
         raise ValueError("work buffers too small for a batch's columns")
     return status, t

@@ -17,6 +17,17 @@ requires_openmp = pytest.mark.skipif(
     reason="serial build (no OpenMP): every n_jobs runs on one thread, so thread-count "
            "independence is not exercised")
 
+# The grid of the comparisons with scikit-learn's SGD estimators (dense and sparse X).
+SGD_CLASSIFIER_LOSSES = (
+    "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron",
+    "squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive",
+)
+SGD_REGRESSOR_LOSSES = ("squared_error", "huber", "epsilon_insensitive",
+                        "squared_epsilon_insensitive")
+SGD_LOSSES = {"SGDClassifier": SGD_CLASSIFIER_LOSSES, "SGDRegressor": SGD_REGRESSOR_LOSSES}
+SGD_SCHEDULES = ("constant", "invscaling", "adaptive")
+SGD_PENALTIES = (None, "l2", "l1", "elasticnet")
+
 
 def central_differences(f, x, h):
     """The gradient of scalar f at x by central differences, one coordinate at a time."""

@@ -40,20 +40,15 @@ import cgd
 import cgd.neural_network as nn_module
 from _helpers import assert_sgd_fits_match as _assert_all_match
 from _helpers import run_subprocess
+from _helpers import (SGD_CLASSIFIER_LOSSES, SGD_LOSSES, SGD_PENALTIES,
+                      SGD_REGRESSOR_LOSSES, SGD_RTOL, SGD_SCHEDULES)
 from _helpers import sgd_mismatch as _compare
 from cgd import _compat
 from cgd._compat import InvalidParameterError
 from cgd._fit_loop import first_partial_fit_call
 
-CLASSIFIER_LOSSES = (
-    "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron",
-    "squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive",
-)
-REGRESSOR_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
-LOSSES = {"SGDClassifier": CLASSIFIER_LOSSES, "SGDRegressor": REGRESSOR_LOSSES}
-SCHEDULES = ("constant", "invscaling", "adaptive")
-PENALTIES = (None, "l2", "l1", "elasticnet")
-RTOL = 1e-10
+CLASSIFIER_LOSSES, REGRESSOR_LOSSES = SGD_CLASSIFIER_LOSSES, SGD_REGRESSOR_LOSSES
+LOSSES, SCHEDULES, PENALTIES, RTOL = SGD_LOSSES, SGD_SCHEDULES, SGD_PENALTIES, SGD_RTOL
 
 
 # ------------------------------------------------------------ 1. scikit-learn's checks

@@ -30,18 +30,13 @@ from sklearn.preprocessing import StandardScaler
 import cgd
 from _helpers import assert_sgd_fits_match as _assert_all_match
 from _helpers import requires_openmp
+from _helpers import (SGD_CLASSIFIER_LOSSES, SGD_LOSSES, SGD_PENALTIES,
+                      SGD_REGRESSOR_LOSSES, SGD_RTOL, SGD_SCHEDULES)
 from _helpers import sgd_fit_both as _fit_both
 from cgd._fit_loop import validation_split
 
-CLASSIFIER_LOSSES = (
-    "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron",
-    "squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive",
-)
-REGRESSOR_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
-LOSSES = {"SGDClassifier": CLASSIFIER_LOSSES, "SGDRegressor": REGRESSOR_LOSSES}
-SCHEDULES = ("constant", "invscaling", "adaptive")
-PENALTIES = (None, "l2", "l1", "elasticnet")
-RTOL = 1e-10
+CLASSIFIER_LOSSES, REGRESSOR_LOSSES = SGD_CLASSIFIER_LOSSES, SGD_REGRESSOR_LOSSES
+LOSSES, SCHEDULES, PENALTIES, RTOL = SGD_LOSSES, SGD_SCHEDULES, SGD_PENALTIES, SGD_RTOL
 SPARSE_INTERCEPT_DECAY = 0.01  # scikit-learn's, which cgd follows on sparse X
 
 # Short fits (max_iter of a few epochs) are the point of several comparisons here.
@@ -197,10 +192,38 @@ def test_unsorted_and_duplicate_entries_match_sklearn(dataset):
                                                learning_rate="invscaling"))
                       for loss in LOSSES[name][:2] for pen in PENALTIES
                       for avg in (False, True) if not (avg and pen in ("l1", "elasticnet")))
-    # The caller's matrix is left as it was (cgd sorts and sums a copy).
+    # The caller's matrix is left as it was (cgd reads it in place).
     for a, b in zip(before, (M.data, M.indices, M.indptr)):
         np.testing.assert_array_equal(a, b)
     assert not M.has_canonical_format
+
+
+def test_unsorted_rows_are_read_in_place():
+    # Rows with unsorted indices (as a sparse product leaves them) are trained on as
+    # they are: no sorted copy of X, whose arrays would be the largest allocation.
+    rng = np.random.RandomState(0)
+    n, d, nnz = 20_000, 1_000, 20
+    indices = np.concatenate([rng.choice(d, nnz, replace=False) for _ in range(n)])
+    X = sp.csr_matrix((rng.rand(n * nnz), indices.astype(np.int32),
+                       np.arange(0, n * nnz + 1, nnz)), shape=(n, d))
+    assert not X.has_sorted_indices
+    y = (X @ rng.randn(d) > 0).astype(int)
+    x_bytes = X.data.nbytes + X.indices.nbytes
+    for params in (dict(), dict(batch_size=16)):
+        tracemalloc.start()
+        try:
+            est = cgd.SGDClassifier(max_iter=2, tol=None, random_state=0, **params).fit(X, y)
+            est.predict(X)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.5 * x_bytes, (params, peak, x_bytes)
+        assert not X.has_sorted_indices
+        # and the fit is that of the sorted matrix, to rounding
+        Xs = X.copy()
+        Xs.sort_indices()
+        ref = cgd.SGDClassifier(max_iter=2, tol=None, random_state=0, **params).fit(Xs, y)
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-9, atol=1e-12)
 
 
 def test_loss_curve_is_the_objective_and_stopping_follows_sklearn():
@@ -304,6 +327,61 @@ def test_wide_csr_is_never_densified():
         assert est.coef_.shape == (1, d)
 
 
+# ------------------------------------------------------------ 2b. failed epochs
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_interrupted_csr_epoch_keeps_the_last_completed_one(monkeypatch, n_classes):
+    # The CSR kernel writes an epoch into buffers the estimator does not hold (its
+    # parameters and coef_): an epoch that fails half-way (here: those buffers
+    # scribbled with NaN, then Ctrl-C) leaves the estimator at the last completed
+    # epoch, without a copy of the parameters per epoch.
+    from cgd import _linear
+
+    X, y = _text_like(600, 300, 8, 3, 1)
+    y = y % n_classes
+    kw = dict(max_iter=6, tol=None, random_state=0)
+    real = _linear.linear_epoch_csr
+    calls = {"n": 0}
+
+    def fail_in_epoch_3(*args):
+        calls["n"] += 1
+        out = real(*args)
+        if calls["n"] == 3:
+            params_out, coef_out = args[11], args[12]  # after X, y, weights, order, ...
+            params_out[...] = np.nan
+            coef_out[...] = np.nan
+            raise KeyboardInterrupt
+        return out
+
+    est = cgd.SGDClassifier(**kw)
+    monkeypatch.setattr(_linear, "linear_epoch_csr", fail_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X, y)
+    monkeypatch.setattr(_linear, "linear_epoch_csr", real)
+    ref = cgd.SGDClassifier(**{**kw, "max_iter": 2}).fit(X, y)
+    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+    np.testing.assert_array_equal(est.intercept_, ref.intercept_)
+    # and a later partial_fit goes on from there as it would from the 2-epoch fit
+    est.partial_fit(X, y)
+    ref.partial_fit(X, y)
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_diverging_csr_fit_keeps_the_previous_weights(n_classes):
+    X, y = _text_like(300, 200, 8, 3, 2)
+    y = y % n_classes
+    est = cgd.SGDClassifier(warm_start=True, max_iter=3, tol=None, random_state=0).fit(X, y)
+    coef, intercept = est.coef_.copy(), est.intercept_.copy()
+    with pytest.raises(ValueError, match=r"epoch \d+"):
+        est.fit(X * 1e300, y)
+    np.testing.assert_array_equal(est.coef_, coef)
+    np.testing.assert_array_equal(est.intercept_, intercept)
+    held = [v for v in list(vars(est).values()) + list(est._sgd_state.values())
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    assert all(np.isfinite(v).all() for v in held)
+
+
 # ------------------------------------------------------------ 3. mini-batches
 def _random_csr(n, d, density, seed, empty_rows=()):
     rng = np.random.RandomState(seed)
@@ -405,7 +483,8 @@ def _lazy_reference(X, y, sw, solver, *, eta, l2, batch, epochs, nesterov=False)
     ("adam", {}),
     ("adagrad", {}),
 ])
-@pytest.mark.parametrize("batch_size", [1, 8])
+# 40: batches of two chunks (and a last one of 20 rows), whose sums are reduced
+@pytest.mark.parametrize("batch_size", [1, 8, 40])
 def test_lazy_solvers_match_numpy_reference(solver, extra, batch_size):
     X = _random_csr(60, 30, 0.1, 3, empty_rows=(4, 17)).tocoo()
     assert X.tocsr()[5, 7] == 0
@@ -460,7 +539,7 @@ def _plain_reference(X, y, *, eta0, power_t, l1, l2, batch, epochs):
     return w, b, avg, avg_b
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("batch_size", [1, 5, 40])
 def test_lazy_l1_and_averaging_match_numpy_reference(batch_size):
     X = _random_csr(50, 25, 0.15, 5, empty_rows=(9,))
     y = X @ np.random.RandomState(6).randn(25) - 0.3
@@ -481,6 +560,40 @@ def test_lazy_l1_and_averaging_match_numpy_reference(batch_size):
     np.testing.assert_array_equal(last.coef_ == 0, w == 0)
 
 
+@pytest.mark.parametrize("batch_size", [5, 40])
+@pytest.mark.parametrize("average", [False, True])
+def test_plain_l2_minibatch_with_intercept_matches_numpy_reference(batch_size, average):
+    # Plain SGD without an L1 part steps row by row after the batch's derivatives (no
+    # per-column sums): the same update as the reference's, intercept decay included.
+    X = _random_csr(90, 25, 0.15, 7, empty_rows=(3,))
+    y = X @ np.random.RandomState(8).randn(25) + 0.7
+    kw = dict(penalty="l2", alpha=0.02, learning_rate="invscaling", eta0=0.1, power_t=0.3,
+              batch_size=batch_size, shuffle=False, average=average)
+    est = cgd.SGDRegressor(**kw)
+    for _ in range(3):
+        est.partial_fit(X, y)
+    w, b, avg, avg_b = _plain_reference(X, y, eta0=0.1, power_t=0.3, l1=0.0, l2=0.02,
+                                        batch=batch_size, epochs=3)
+    if average:
+        w, b = avg, avg_b
+    np.testing.assert_allclose(est.coef_, w, rtol=0, atol=RTOL * np.abs(w).max())
+    np.testing.assert_allclose(est.intercept_, [b], rtol=0, atol=RTOL * abs(b))
+
+
+@pytest.mark.parametrize("multiclass", ["ovr", "multinomial"])
+def test_plain_minibatch_csr_equals_dense_with_several_outputs(multiclass):
+    # K outputs held column-major during a CSR epoch; batches of 1 to 3 chunks.
+    X, y = _data("digits")
+    for batch_size in (7, 33, 90):
+        kw = dict(multiclass=multiclass, loss="log_loss", fit_intercept=False,
+                  batch_size=batch_size, max_iter=4, tol=None, random_state=0,
+                  learning_rate="invscaling", eta0=0.05, alpha=1e-3)
+        a = cgd.SGDClassifier(**kw).fit(X.toarray(), y)
+        b = cgd.SGDClassifier(**kw).fit(X, y)
+        np.testing.assert_allclose(b.coef_, a.coef_, rtol=0, atol=RTOL * np.abs(a.coef_).max(),
+                                   err_msg=str(kw))
+
+
 def _text_like(n, d, per_row, n_classes, seed):
     rng = np.random.RandomState(seed)
     p = 1.0 / np.arange(1, d + 1) ** 1.1
@@ -493,6 +606,8 @@ def _text_like(n, d, per_row, n_classes, seed):
 
 @requires_openmp
 @pytest.mark.parametrize("params", [
+    dict(solver="sgd"),
+    dict(solver="sgd", average=True, loss="log_loss", multiclass="multinomial"),
     dict(solver="sgd", penalty="elasticnet", average=True),
     dict(solver="adam", learning_rate="constant", eta0=0.01),
     dict(multiclass="multinomial", loss="log_loss", solver="adagrad", learning_rate="constant",
