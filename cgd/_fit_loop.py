@@ -201,3 +201,57 @@ def first_partial_fit_call(estimator, classes):
             f"was: {known!r}"
         )
     return False
+
+
+def run_epochs(epochs, tracker, order, *, max_iter, shuffle, rng, early_stopping,
+               incremental=False):
+    """The loop between the kernels' epochs, one for every estimator family.
+
+    Each pass shuffles the training rows, runs one compiled epoch, reads the epoch's
+    loss (and with ``early_stopping`` the validation score), lets the stopping rule see
+    them, and commits the epoch to the estimator; it ends when every problem has
+    stopped, after ``max_iter`` epochs, or after one epoch when ``incremental``
+    (scikit-learn's MLP ``partial_fit``). What differs between the families (the
+    kernel's arguments, the published attributes, how divergence is reported) lives in
+    ``epochs``, an object with these methods:
+
+    ``start(epoch)``
+        Before epoch number ``epoch`` (1-based): verbose header.
+    ``run(order, tracker) -> bool``
+        One epoch over the rows in ``order``, for the problems ``tracker`` still
+        trains; False when the loss or the weights became non-finite.
+    ``diverged(epoch)``
+        Epoch ``epoch`` diverged: raise, or return to end the fit where it is.
+    ``loss(tracker) -> (loss, stop_losses)``
+        The epoch's training loss (the curve's entry) and the per-problem losses the
+        stopping rule reads; called before ``tracker`` sees the epoch.
+    ``validate(tracker) -> (per_problem, overall)``
+        Validation scores, with ``early_stopping``; called before ``tracker`` sees
+        them, so that the family can keep the weights of a new best score.
+    ``finish(n_epochs, loss, score, tracker)``
+        After ``tracker`` has seen the epoch: publish it (one atomic update of the
+        estimator, so an interrupt never leaves attributes describing different
+        epochs), adapt learning rates, report.
+
+    Returns the number of epochs completed (diverged ones not counted).
+    """
+    n_epochs = 0
+    for _ in range(max_iter):
+        epochs.start(n_epochs + 1)
+        if shuffle:
+            rng.shuffle(order)
+        if not epochs.run(order, tracker):
+            epochs.diverged(n_epochs + 1)
+            break
+        n_epochs += 1
+        loss, stop_losses = epochs.loss(tracker)
+        score = None
+        if early_stopping:
+            per_problem, score = epochs.validate(tracker)
+            tracker.update(scores=per_problem)
+        else:
+            tracker.update(losses=stop_losses)
+        epochs.finish(n_epochs, loss, score, tracker)
+        if tracker.done or incremental:
+            break
+    return n_epochs

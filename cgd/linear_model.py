@@ -36,6 +36,7 @@ from ._compat import Interval, StrOptions, check_sample_weight, fit_context
 from ._sparse import csr_arrays, validate_input
 from ._fit_loop import (
     ConvergenceTracker,
+    run_epochs,
     TransactionMixin,
     balanced_partial_fit_error,
     first_partial_fit_call,
@@ -503,19 +504,6 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
                  else np.array(v, copy=True, order="C")
                  for k, v in self._sgd_state.items()}
         publisher = _StatePublisher(mutable, K)
-        P = state["params"].shape[0]
-        if sp.issparse(X):
-            cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
-            csr = csr_arrays(X)
-            X_kernel = csr
-            sparse_work = _csr_work(csr, n_features, idx_train, self.batch_size, plain, K,
-                                    dtype)
-            epoch_kernel = _linear.linear_epoch_csr
-        else:
-            X_kernel = X
-            work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain),
-                                  P), dtype=dtype)
-            epoch_kernel = _linear.linear_epoch
         work_obj = np.zeros((_linear.MAX_CHUNKS_, K), dtype=np.float64)
         work_z = np.zeros((_linear.MAX_CHUNKS_, K), dtype=dtype)
         work_k = np.zeros((2, K), dtype=np.float64)
@@ -524,87 +512,50 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         # on sparse X (scikit-learn's sparse objective, see _linear.linear_epoch_csr).
         stop_obj = obj
         if sp.issparse(X):
+            cfg["intercept_decay"] = SPARSE_INTERCEPT_DECAY
+            X_kernel = csr_arrays(X)
+            sparse_work = _csr_work(X_kernel, n_features, idx_train, self.batch_size, plain,
+                                    K, dtype)
             stop_obj = np.zeros(K, dtype=np.float64)
             stop_norms = np.full((2, K), np.nan)
+
+            def run_kernel(order, active_k, eta_k, t):
+                params_out, coef_out = publisher.out_buffers(state["params"])
+                status, t = _linear.linear_epoch_csr(
+                    *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
+                    eta_k, state["params"], params_out, coef_out.reshape(-1), state["opt"],
+                    state["l1_q"], state["l1_u"], state["avg"], state["avg_n"],
+                    *sparse_work, work_obj, work_z, work_k, obj, stop_obj, stop_norms, cfg, t)
+                if status == 0:
+                    state["params"] = params_out
+                return status, t
+        else:
+            X_kernel = X
+            work_grad = np.zeros((_linear.grad_rows_needed(self.batch_size, n_train, plain),
+                                  state["params"].shape[0]), dtype=dtype)
+
+            def run_kernel(order, active_k, eta_k, t):
+                return _linear.linear_epoch(
+                    X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
+                    state["params"], state["opt"], state["l1_q"], state["l1_u"],
+                    state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
+                    cfg, t)
+
+        def validate():
+            return validation_scorer(X_kernel, idx_val, state["params"], n_threads)
 
         tracker = ConvergenceTracker(
             n_problems, self.tol, self.n_iter_no_change,
             adaptive=self.learning_rate == "adaptive", eta0=self._schedule()[1])
         seed = check_random_state(self.random_state).randint(MAX_INT)
-        rng = np.random.RandomState(seed)
-        order = idx_train.copy()
-        t = t_first = float(self.t_)
-        # scikit-learn publishes t_ as if every epoch had also stepped over the
-        # validation rows (t_ = 1 + n_iter_ * n_samples after fit), while its learning
-        # rate counts the training rows only: the kernel's t stays internal, and the
-        # published t_ (which also decides when averaged weights are published, and
-        # where a later partial_fit continues) counts n_samples rows per epoch.
-        published_steps = -(-n_samples // max(1, min(self.batch_size, n_samples)))
-        t_start = time.time()
-        n_epochs = 0
-        # Per-output views of the tracker's per-problem state, rebuilt only when it
-        # changes (small NumPy calls each epoch add up on small data sets).
-        active_k = eta_k = None
-        for epoch in range(max_iter):
-            if self.verbose > 0:
-                print(f"-- Epoch {epoch + 1}")
-            if self.shuffle:
-                rng.shuffle(order)
-            if active_k is None:
-                # One problem over all outputs (regression, binary, multinomial) or
-                # one per output (one-vs-rest).
-                reps = 1 if n_problems == K else K
-                active_k = np.repeat(tracker.active, reps)
-                eta_k = np.repeat(tracker.eta, reps).astype(np.float64)
-            if X_kernel is X:
-                status, t = epoch_kernel(
-                    X, y_kernel, sample_weight, order, pos_w, neg_w, active_k, eta_k,
-                    state["params"], state["opt"], state["l1_q"], state["l1_u"],
-                    state["avg"], state["avg_n"], work_grad, work_obj, work_z, work_k, obj,
-                    cfg, t)
-            else:
-                params_out, coef_out = publisher.out_buffers(state["params"])
-                status, t = epoch_kernel(
-                    *X_kernel, y_kernel, sample_weight, order, pos_w, neg_w, active_k,
-                    eta_k, state["params"], params_out, coef_out.reshape(-1), state["opt"],
-                    state["l1_q"], state["l1_u"], state["avg"], state["avg_n"],
-                    *sparse_work, work_obj, work_z, work_k, obj, stop_obj, stop_norms, cfg, t)
-            if status != 0:
-                raise linear_divergence_error(len(loss_curve) + 1)
-            if writes_out:
-                state["params"] = params_out
-            n_epochs += 1
-            trained = [k for k in range(n_problems) if tracker.active[k]]
-            losses = [obj[k] / n_train for k in range(n_problems)]
-            epoch_loss = float(sum(losses[k] for k in trained) / len(trained))
-            stop_losses = [stop_obj[k] / n_train for k in range(n_problems)]
-            if self.early_stopping:
-                per_problem, overall = validation_scorer(X_kernel, idx_val, state["params"],
-                                                         n_threads)
-                best_score = max(best_score, float(overall))
-                val_scores.append(float(overall))
-            else:
-                best_loss = min(best_loss, epoch_loss)
-            loss_curve.append(epoch_loss)
-            snapshot, coef_out = publisher.snapshot(state)
-            t_published = (t_first + n_epochs * published_steps if self.early_stopping
-                           else t)
-            self._commit(snapshot, t_published, n_epochs, loss_curve, val_scores, best_loss,
-                         best_score, coef_out=coef_out, coef_filled=writes_out)
-            before = (tracker.active.tobytes(), tracker.eta.tobytes())
-            if self.early_stopping:
-                tracker.update(scores=per_problem)
-            else:
-                tracker.update(losses=stop_losses)
-            if (tracker.active.tobytes(), tracker.eta.tobytes()) != before:
-                active_k = None
-            if self.verbose > 0:
-                self._print_epoch(state["params"], n_features, n_train * n_epochs, t_start)
-            if tracker.done:
-                if self.verbose > 0:
-                    print(f"Convergence after {epoch + 1} epochs took "
-                          f"{time.time() - t_start:.2f} seconds")
-                break
+        epochs = _LinearEpochs(
+            self, run_kernel, validate, state, publisher, obj=obj, stop_obj=stop_obj,
+            n_problems=n_problems, n_samples=n_samples, n_train=n_train,
+            coef_filled=writes_out, loss_curve=loss_curve, val_scores=val_scores,
+            best_loss=best_loss, best_score=best_score)
+        run_epochs(epochs, tracker, idx_train.copy(), max_iter=max_iter,
+                   shuffle=self.shuffle, rng=np.random.RandomState(seed),
+                   early_stopping=self.early_stopping)
 
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
                 coef_out=None, coef_filled=False):
@@ -1372,6 +1323,84 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
         ndarray of shape (n_samples, n_classes)
         """
         return np.log(self.predict_proba(X))
+
+
+class _LinearEpochs:
+    """A linear fit's part of the shared epoch loop (``_fit_loop.run_epochs``): the
+    kernel call with the per-output learning rates and active flags, the epoch's loss,
+    validation, and the commit of each epoch to the estimator."""
+
+    def __init__(self, est, run_kernel, validate, state, publisher, *, obj, stop_obj,
+                 n_problems, n_samples, n_train, coef_filled, loss_curve, val_scores,
+                 best_loss, best_score):
+        self.est, self.run_kernel, self._validate = est, run_kernel, validate
+        self.state, self.publisher = state, publisher
+        self.obj, self.stop_obj = obj, stop_obj
+        self.n_problems, self.n_train = n_problems, n_train
+        self.coef_filled = coef_filled
+        self.loss_curve, self.val_scores = loss_curve, val_scores
+        self.best_loss, self.best_score = best_loss, best_score
+        self.K = est._n_outputs
+        self.t = self.t_first = float(est.t_)
+        # scikit-learn publishes t_ as if every epoch had also stepped over the
+        # validation rows (t_ = 1 + n_iter_ * n_samples after fit), while its learning
+        # rate counts the training rows only: the kernel's t stays internal, and the
+        # published t_ (which also decides when averaged weights are published, and
+        # where a later partial_fit continues) counts n_samples rows per epoch.
+        self.published_steps = -(-n_samples // max(1, min(est.batch_size, n_samples)))
+        self.t_start = time.time()
+        # Per-output views of the tracker's per-problem state, rebuilt only when it
+        # changes (small NumPy calls each epoch add up on small data sets).
+        self.views = None
+
+    def start(self, epoch):
+        if self.est.verbose > 0:
+            print(f"-- Epoch {epoch}")
+
+    def run(self, order, tracker):
+        key = (tracker.active.tobytes(), tracker.eta.tobytes())
+        if self.views is None or self.views[0] != key:
+            # One problem over all outputs (regression, binary, multinomial) or one
+            # per output (one-vs-rest).
+            reps = 1 if self.n_problems == self.K else self.K
+            self.views = (key, np.repeat(tracker.active, reps),
+                          np.repeat(tracker.eta, reps).astype(np.float64))
+        status, self.t = self.run_kernel(order, self.views[1], self.views[2], self.t)
+        return status == 0
+
+    def diverged(self, epoch):
+        raise linear_divergence_error(len(self.loss_curve) + 1)
+
+    def loss(self, tracker):
+        trained = [k for k in range(self.n_problems) if tracker.active[k]]
+        loss = float(sum(self.obj[k] / self.n_train for k in trained) / len(trained))
+        # What the stopping rule reads: the objective itself, except for per-sample
+        # SGD on sparse X (scikit-learn's sparse objective, see linear_epoch_csr).
+        return loss, [self.stop_obj[k] / self.n_train for k in range(self.n_problems)]
+
+    def validate(self, tracker):
+        per_problem, overall = self._validate()
+        self.best_score = max(self.best_score, float(overall))
+        self.val_scores.append(float(overall))
+        return per_problem, overall
+
+    def finish(self, n_epochs, loss, score, tracker):
+        est = self.est
+        if not est.early_stopping:
+            self.best_loss = min(self.best_loss, loss)
+        self.loss_curve.append(loss)
+        snapshot, coef_out = self.publisher.snapshot(self.state)
+        t_published = (self.t_first + n_epochs * self.published_steps
+                       if est.early_stopping else self.t)
+        est._commit(snapshot, t_published, n_epochs, self.loss_curve, self.val_scores,
+                    self.best_loss, self.best_score, coef_out=coef_out,
+                    coef_filled=self.coef_filled)
+        if est.verbose > 0:
+            est._print_epoch(self.state["params"], est.n_features_in_,
+                             self.n_train * n_epochs, self.t_start)
+            if tracker.done:
+                print(f"Convergence after {n_epochs} epochs took "
+                      f"{time.time() - self.t_start:.2f} seconds")
 
 
 class _StatePublisher:
