@@ -39,6 +39,7 @@ from ._compat import Interval, Options, StrOptions, check_sample_weight, fit_con
 from ._fit_loop import (
     ConvergenceTracker,
     TransactionMixin,
+    run_epochs,
     balanced_partial_fit_error,
     first_partial_fit_call,
     mlp_divergence_error,
@@ -88,6 +89,82 @@ def _layer_slices(layer_units):
         out.append((w, (fan_in, fan_out), slice(o, o + fan_out)))
         o += fan_out
     return out
+
+
+class _MLPEpochs:
+    """A stochastic MLP fit's part of the shared epoch loop (``_fit_loop.run_epochs``):
+    the kernel call at the current learning rate, the epoch's loss, validation (keeping
+    the best validated weights), the learning-rate schedule and the commit."""
+
+    def __init__(self, est, run_epoch, cfg, params, opt, t_update, lr, n_train,
+                 best_params, layer_units, validation_data):
+        self.est, self.run_epoch, self.cfg = est, run_epoch, cfg
+        self.params, self.opt = params, opt
+        self.t_update, self.lr = t_update, lr
+        self.n_train, self.layer_units = n_train, layer_units
+        self.best_params = best_params
+        self.validation_data = validation_data
+        self.n_iter = 0
+        self.loss_sum = None
+
+    def start(self, epoch):
+        pass
+
+    def run(self, order, tracker):
+        self.tracker = tracker
+        self.cfg["learning_rate"] = self.lr
+        status, t_next, loss_sum = self.run_epoch(order, self.cfg, self.t_update)
+        if status != 0:
+            return False
+        self.t_update, self.loss_sum = t_next, loss_sum
+        return True
+
+    def diverged(self, epoch):
+        est = self.est
+        epoch = len(est.loss_curve_) + 1
+        if not est.early_stopping:
+            raise mlp_divergence_error(epoch)
+        # scikit-learn's MLP does not raise here: with early stopping it ends the fit on
+        # the best validated weights, which are finite. It gets there by running its
+        # remaining epochs on NaN; cgd stops now.
+        warnings.warn(est._diverged_message(epoch, self.tracker.best_score[0]),
+                      ConvergenceWarning)
+
+    def loss(self, tracker):
+        self.n_iter += 1
+        loss = float(self.loss_sum / self.n_train)
+        if self.est.verbose:
+            print("Iteration %d, loss = %.8f" % (self.n_iter, loss))
+        return loss, [loss]
+
+    def validate(self, tracker):
+        X, y_labels, sample_weight, idx_val = self.validation_data
+        score = self.est._validation_score(X, y_labels, sample_weight, idx_val,
+                                           self.params, self.layer_units)
+        if self.est.verbose:
+            print("Validation score: %f" % score)
+        if score > tracker.best_score[0]:
+            self.best_params = self.params.copy()
+        return [score], score
+
+    def finish(self, n_epochs, loss, score, tracker):
+        est = self.est
+        t_samples = est.t_ + self.n_train
+        if est.solver == "sgd" and est.learning_rate == "invscaling":
+            self.lr = float(est.learning_rate_init) / (t_samples + 1) ** est.power_t
+        if tracker.eta[0] != self.lr and est.learning_rate == "adaptive":
+            self.lr = float(tracker.eta[0])  # divided by 5 after a plateau
+            if est.verbose:
+                print(est._plateau_message() + " Setting learning rate to %f" % self.lr)
+        elif tracker.done and est.verbose:
+            too_small = est.solver == "sgd" and est.learning_rate == "adaptive"
+            print(est._plateau_message()
+                  + (" Learning rate too small. Stopping." if too_small else " Stopping."))
+        est._commit_epoch(
+            self.params, self.layer_units, self.n_iter, t_samples, loss, score,
+            self.best_params, tracker,
+            {"opt": self.opt.copy(), "t": self.t_update, "lr": self.lr,
+             "signature": est._optimizer_signature()})
 
 
 class _BaseMLP(TransactionMixin, BaseEstimator):
@@ -345,70 +422,25 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 self.best_loss_ = np.inf
             tracker.best_loss[0] = self.best_loss_
         tracker.no_improvement[0] = getattr(self, "_no_improvement_count", 0)
-        order = idx_train.copy()
+        epochs = _MLPEpochs(self, run_epoch, cfg, params, opt, t_update, lr, n_train,
+                            best_params, layer_units, (X, y_labels, sample_weight, idx_val))
         t_start = time.time()
         try:
-            n_iter = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:
-                    rng.shuffle(order)
-                cfg["learning_rate"] = lr
-                status, t_next, loss_sum = run_epoch(order, cfg, t_update)
-                if status != 0:
-                    if not self.early_stopping:
-                        raise mlp_divergence_error(len(self.loss_curve_) + 1)
-                    # scikit-learn's MLP does not raise here: with early stopping it
-                    # ends the fit on the best validated weights, which are finite. It
-                    # gets there by running its remaining epochs on NaN; cgd stops now.
-                    warnings.warn(self._diverged_message(len(self.loss_curve_) + 1,
-                                                         tracker.best_score[0]),
-                                  ConvergenceWarning)
-                    break
-                n_iter += 1
-                t_update = t_next
-                loss = float(loss_sum / n_train)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (n_iter, loss))
-                score = None
-                if self.early_stopping:
-                    score = self._validation_score(X, y_labels, sample_weight, idx_val,
-                                                   params, layer_units)
-                    if self.verbose:
-                        print("Validation score: %f" % score)
-                    if score > tracker.best_score[0]:
-                        best_params = params.copy()
-                    tracker.update(scores=[score])
-                else:
-                    tracker.update(losses=[loss])
-                t_samples = self.t_ + n_train
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    lr = float(self.learning_rate_init) / (t_samples + 1) ** self.power_t
-                stopped = tracker.done
-                if tracker.eta[0] != lr and self.learning_rate == "adaptive":
-                    lr = float(tracker.eta[0])  # divided by 5 after a plateau
-                    if self.verbose:
-                        print(self._plateau_message() + " Setting learning rate to %f" % lr)
-                elif stopped and self.verbose:
-                    too_small = self.solver == "sgd" and self.learning_rate == "adaptive"
-                    print(self._plateau_message()
-                          + (" Learning rate too small. Stopping." if too_small else " Stopping."))
-                self._commit_epoch(
-                    params, layer_units, n_iter, t_samples, loss, score, best_params, tracker,
-                    {"opt": opt.copy(), "t": t_update, "lr": lr,
-                     "signature": self._optimizer_signature()})
-                if stopped or incremental:
-                    break
-                if n_iter == self.max_iter:
-                    warnings.warn(
-                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                        "optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning,
-                    )
+            n_iter = run_epochs(epochs, tracker, idx_train.copy(), max_iter=self.max_iter,
+                                shuffle=self.shuffle, rng=rng,
+                                early_stopping=self.early_stopping, incremental=incremental)
+            if n_iter == self.max_iter and not tracker.done and not incremental:
+                warnings.warn(
+                    "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                    "optimization hasn't converged yet." % self.max_iter,
+                    ConvergenceWarning,
+                )
         except BaseException:
             if self.early_stopping and self.__dict__.get("_epochs_committed", 0):
                 # keep what early stopping promises: the best validated weights so far
                 self.coefs_, self.intercepts_ = self._unpack(self._best_params, layer_units)
             raise
+        best_params = epochs.best_params
         if self.verbose and not incremental:
             print(f"Training took {time.time() - t_start:.2f} seconds.")
         if self.early_stopping:
