@@ -31,7 +31,7 @@ def _load_kernels():
     if set_here:
         os.environ["GOMP_SPINCOUNT"] = "1000"
     try:
-        from . import _linear, _mlp, _openmp_helpers, _optim  # noqa: F401
+        from . import _codes, _linear, _mlp, _openmp_helpers, _optim  # noqa: F401
     finally:
         if set_here:
             del os.environ["GOMP_SPINCOUNT"]

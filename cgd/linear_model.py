@@ -32,6 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from . import _linear
+from ._codes import LOSS_CODES, SCHEDULE_CODES, SOLVER_CODES, Target
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
 from ._sparse import csr_arrays, validate_input
 from ._fit_loop import (
@@ -47,23 +48,11 @@ from ._threads import effective_n_threads
 
 __all__ = ["SGDClassifier", "SGDRegressor"]
 
-# Codes shared with src/_math.pxd and src/_optim.pxd.
-LOSS_CODES = {
-    "squared_error": 0,
-    "huber": 1,
-    "epsilon_insensitive": 2,
-    "squared_epsilon_insensitive": 3,
-    "hinge": 4,
-    "perceptron": 5,
-    "squared_hinge": 6,
-    "log_loss": 7,
-    "modified_huber": 8,
-}
 REGRESSION_LOSSES = ("squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")
 CLASSIFICATION_LOSSES = ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron")
-SOLVER_CODES = {"sgd": 0, "adam": 1, "adagrad": 2}
-SCHEDULE_CODES = {"constant": 1, "optimal": 2, "invscaling": 3, "adaptive": 4}
-TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL = 0, 1, 2
+TARGET_REGRESSION = Target.TARGET_REGRESSION
+TARGET_OVR = Target.TARGET_OVR
+TARGET_MULTINOMIAL = Target.TARGET_MULTINOMIAL
 # The denominator guard of adam and adagrad. Not a parameter: `epsilon` already means
 # the huber / epsilon-insensitive threshold on scikit-learn's linear estimators.
 ADAPTIVE_EPSILON = 1e-8

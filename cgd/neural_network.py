@@ -35,6 +35,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted
 
 from . import _mlp
+from ._codes import HIDDEN_ACTIVATION_CODES, OUT_ACTIVATION_CODES, SOLVER_CODES
 from ._compat import Interval, Options, StrOptions, check_sample_weight, fit_context
 from ._fit_loop import (
     ConvergenceTracker,
@@ -50,9 +51,6 @@ from ._threads import blas_limited, effective_n_threads
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 # Codes shared with src/_mlp.pyx and src/_optim.pxd.
-HIDDEN_CODES = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
-OUT_CODES = {"identity": 0, "logistic": 1, "softmax": 4, "exp": 5}
-SOLVER_CODES = {"sgd": 0, "adam": 1, "adagrad": 2}
 STOCHASTIC_SOLVERS = ("sgd", "adam", "adagrad")
 
 
@@ -172,7 +170,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions(set(HIDDEN_CODES))],
+        "activation": [StrOptions(set(HIDDEN_ACTIVATION_CODES))],
         "solver": [StrOptions({"lbfgs", *STOCHASTIC_SOLVERS})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
@@ -321,8 +319,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
     def _kernel_config(self, n_threads, batch_size):
         return {
             "batch_size": int(batch_size),
-            "hidden_activation": HIDDEN_CODES[self.activation],
-            "out_activation": OUT_CODES[self.out_activation_],
+            "hidden_activation": HIDDEN_ACTIVATION_CODES[self.activation],
+            "out_activation": OUT_ACTIVATION_CODES[self.out_activation_],
             "n_threads": int(n_threads),
             "alpha": float(self.alpha),
             "learning_rate": float(self.learning_rate_init),
@@ -570,7 +568,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         out = np.empty((rows.shape[0], layer_units[-1]), dtype=params.dtype)
         n_threads = effective_n_threads(self.n_jobs)
         sizes = np.array(layer_units, dtype=np.intp)
-        codes = HIDDEN_CODES[self.activation], OUT_CODES[self.out_activation_]
+        codes = HIDDEN_ACTIVATION_CODES[self.activation], OUT_ACTIVATION_CODES[self.out_activation_]
         with blas_limited(1):
             if is_sparse(X):
                 _mlp.mlp_forward_csr(*self._csr_input(X, params.dtype), rows, sizes, params,

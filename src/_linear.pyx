@@ -26,16 +26,13 @@ from libc.string cimport memset, memcpy
 
 from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
-                     schedule_eta, read_optim_config, SOLVER_SGD)
+                     schedule_eta, read_optim_config)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 from _reduce cimport reduce_chunks
 
 ctypedef Py_ssize_t intp_t
 
-cdef enum:
-    TARGET_REGRESSION = 0
-    TARGET_OVR = 1
-    TARGET_MULTINOMIAL = 2
+from cgd._codes cimport SOLVER_SGD, TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL
 
 cdef enum:
     CHUNK_ROWS = 32

@@ -9,17 +9,10 @@
 from libc.math cimport exp, log, log1p, fabs, sqrt, isfinite, INFINITY
 from cython cimport floating
 
-cdef enum:
-    LOSS_SQUARED_ERROR = 0
-    LOSS_HUBER = 1
-    LOSS_EPSILON_INSENSITIVE = 2
-    LOSS_SQUARED_EPSILON_INSENSITIVE = 3
-    LOSS_HINGE = 4
-    LOSS_PERCEPTRON = 5
-    LOSS_SQUARED_HINGE = 6
-    LOSS_LOG = 7
-    LOSS_MODIFIED_HUBER = 8
-    LOSS_MULTINOMIAL = 9
+from cgd._codes cimport (
+    LOSS_SQUARED_ERROR, LOSS_HUBER, LOSS_EPSILON_INSENSITIVE,
+    LOSS_SQUARED_EPSILON_INSENSITIVE, LOSS_HINGE, LOSS_PERCEPTRON, LOSS_SQUARED_HINGE,
+    LOSS_LOG, LOSS_MODIFIED_HUBER, LOSS_MULTINOMIAL)
 
 # scikit-learn clips |dloss/dz| at this value to stay finite for wild samples; so do we.
 cdef extern from *:

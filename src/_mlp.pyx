@@ -33,13 +33,8 @@ ctypedef fused csr_index:
     int32_t
     int64_t
 
-cdef enum:
-    ACT_IDENTITY = 0
-    ACT_LOGISTIC = 1
-    ACT_TANH = 2
-    ACT_RELU = 3
-    ACT_SOFTMAX = 4
-    ACT_EXP = 5         # output of the poisson loss (log link)
+from cgd._codes cimport (ACT_IDENTITY, ACT_LOGISTIC, ACT_TANH, ACT_RELU, ACT_SOFTMAX,
+                     ACT_EXP)
 
 
 cdef void activate(int act, floating* a, Py_ssize_t m, Py_ssize_t n) noexcept nogil:

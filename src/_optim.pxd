@@ -9,22 +9,8 @@
 from libc.math cimport sqrt, sqrtf, pow
 from cython cimport floating
 
-cdef enum:
-    SOLVER_SGD = 0
-    SOLVER_ADAM = 1
-    SOLVER_ADAGRAD = 2
-
-cdef enum:
-    SCHEDULE_CONSTANT = 1
-    SCHEDULE_OPTIMAL = 2
-    SCHEDULE_INVSCALING = 3
-    SCHEDULE_ADAPTIVE = 4
-
-cdef enum:
-    PENALTY_NONE = 0
-    PENALTY_L1 = 1
-    PENALTY_L2 = 2
-    PENALTY_ELASTICNET = 3
+from cgd._codes cimport (SOLVER_SGD, SOLVER_ADAM, SOLVER_ADAGRAD, SCHEDULE_CONSTANT,
+                     SCHEDULE_OPTIMAL, SCHEDULE_INVSCALING, SCHEDULE_ADAPTIVE)
 
 
 cdef struct OptimConfig:

@@ -11,7 +11,7 @@ from scipy.special import expit, log_softmax, softmax
 
 import cgd
 from cgd import _linear, _optim
-from cgd.linear_model import LOSS_CODES
+from cgd._codes import LOSS_CODES, Loss, Schedule, Solver, Target
 
 from _helpers import central_differences
 
@@ -168,10 +168,10 @@ REG_LOSSES = ["squared_error", "huber", "epsilon_insensitive", "squared_epsilon_
 
 def _config(loss, target, K, l1=0.0, l2=0.0):
     return {
-        "loss": LOSS_CODES.get(loss, 0), "target": target, "class_offset": 1 if K == 1 else 0,
-        "schedule": 1, "alpha": 1e-4, "l1": l1, "l2": l2, "epsilon": 0.3, "power_t": 0.5,
+        "loss": LOSS_CODES.get(loss, Loss.LOSS_SQUARED_ERROR), "target": target, "class_offset": 1 if K == 1 else 0,
+        "schedule": Schedule.SCHEDULE_CONSTANT, "alpha": 1e-4, "l1": l1, "l2": l2, "epsilon": 0.3, "power_t": 0.5,
         "optimal_init": 0.0, "fit_intercept": True, "batch_size": 1, "average": 0.0,
-        "n_threads": 1, "solver": 0, "momentum": 0.0, "nesterov": False, "beta_1": 0.9,
+        "n_threads": 1, "solver": Solver.SOLVER_SGD, "momentum": 0.0, "nesterov": False, "beta_1": 0.9,
         "beta_2": 0.999, "adam_epsilon": 1e-8,
     }
 
@@ -196,10 +196,10 @@ def test_native_gradient_matches_finite_differences(loss, penalty):
     l1, l2 = {"none": (0, 0), "l2": (0, 0.1), "l1": (0.1, 0), "elasticnet": (0.03, 0.07)}[penalty]
     if loss in MARGIN_LOSSES:
         y = rng.integers(0, 2, n).astype(float)  # class indices; output 0 is class 1
-        cfg = _config(loss, 1, 1, l1, l2)
+        cfg = _config(loss, Target.TARGET_OVR, 1, l1, l2)
     else:
         y = rng.standard_normal(n)
-        cfg = _config(loss, 0, 1, l1, l2)
+        cfg = _config(loss, Target.TARGET_REGRESSION, 1, l1, l2)
     params = rng.standard_normal(d + 1)  # no coefficient at 0, where |w| has a kink
     obj = _fd_check(X, y, sw, 1, cfg, params)
     # The objective itself against NumPy for the smooth, common losses.
@@ -219,7 +219,8 @@ def test_multiclass_gradient_matches_finite_differences(target):
     X = rng.standard_normal((n, d))
     y = rng.integers(0, K, n).astype(float)
     sw = np.ones(n)
-    cfg = _config("log_loss", 1 if target == "ovr" else 2, K, 0.0, 0.05)
+    cfg = _config("log_loss", Target.TARGET_OVR if target == "ovr" else Target.TARGET_MULTINOMIAL,
+                  K, 0.0, 0.05)
     _fd_check(X, y, sw, K, cfg, rng.standard_normal(K * (d + 1)))
 
 
@@ -260,24 +261,24 @@ def test_optimizer_steps_match_numpy(dtype):
     ge = gs * g.astype(float) + l2 * w0
 
     w = w0.copy()
-    _optim.step(w, g, s0.copy(), s1.copy(), {"solver": 0}, gs, lr, l2, t)
+    _optim.step(w, g, s0.copy(), s1.copy(), {"solver": Solver.SOLVER_SGD}, gs, lr, l2, t)
     np.testing.assert_allclose(w, (1 - lr * l2) * w0 - lr * gs * g, atol=tol)
 
     w, v = w0.copy(), s0.copy()
-    _optim.step(w, g, v, s1.copy(), {"solver": 0, "momentum": 0.9, "nesterov": True}, gs, lr, l2, t)
+    _optim.step(w, g, v, s1.copy(), {"solver": Solver.SOLVER_SGD, "momentum": 0.9, "nesterov": True}, gs, lr, l2, t)
     v_ref = 0.9 * s0 - lr * ge
     np.testing.assert_allclose(v, v_ref, atol=tol)
     np.testing.assert_allclose(w, w0 + 0.9 * v_ref - lr * ge, atol=tol)
 
     w, m, v = w0.copy(), s0.copy(), s1.copy()
-    _optim.step(w, g, m, v, {"solver": 1}, gs, lr, l2, t)
+    _optim.step(w, g, m, v, {"solver": Solver.SOLVER_ADAM}, gs, lr, l2, t)
     m_ref = 0.9 * s0 + 0.1 * ge
     v_ref = 0.999 * s1 + 0.001 * ge ** 2
     lr_t = lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
     np.testing.assert_allclose(w, w0 - lr_t * m_ref / (np.sqrt(v_ref) + 1e-8), atol=tol * 10)
 
     w, G = w0.copy(), s0.copy()
-    _optim.step(w, g, G, s1.copy(), {"solver": 2}, gs, lr, l2, t)
+    _optim.step(w, g, G, s1.copy(), {"solver": Solver.SOLVER_ADAGRAD}, gs, lr, l2, t)
     G_ref = s0 + ge ** 2
     np.testing.assert_allclose(w, w0 - lr * ge / (np.sqrt(G_ref) + 1e-8), atol=tol * 10)
 

@@ -5,11 +5,15 @@ import pytest
 from scipy.special import expit, softmax
 
 from cgd import _mlp
+from cgd._codes import HIDDEN_ACTIVATION_CODES, OUT_ACTIVATION_CODES
 
 from _helpers import central_differences, requires_openmp
 
-ACT = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
-OUT = {"regression": 0, "binary": 1, "multilabel": 1, "multiclass": 4, "poisson": 5}
+ACT = HIDDEN_ACTIVATION_CODES
+# The output activation of each task, as the estimators choose it.
+OUT = {task: OUT_ACTIVATION_CODES[name] for task, name in [
+    ("regression", "identity"), ("binary", "logistic"), ("multilabel", "logistic"),
+    ("multiclass", "softmax"), ("poisson", "exp")]}
 F = {"identity": lambda h: h, "logistic": expit, "tanh": np.tanh, "relu": lambda h: np.maximum(h, 0)}
 DF = {"identity": lambda a: np.ones_like(a), "logistic": lambda a: a * (1 - a),
       "tanh": lambda a: 1 - a ** 2, "relu": lambda a: (a > 0).astype(a.dtype)}

@@ -1,7 +1,7 @@
 """Check what cgd's sdist and wheel contain (used by tools/check_dist.sh).
 
 ``python tools/dist_contents.py sdist DIST.tar.gz --repo CLONE``
-    The sdist carries every kernel source and header of the clone (src/*.pyx, src/*.pxd),
+    The sdist carries every kernel source and header of the clone (src/*.pyx, src/**/*.pxd),
     every test module and helper (tests/*.py), LICENSE, README.md, pyproject.toml,
     setup.py and MANIFEST.in, and no generated or compiled file (*.c, *.so, ...): the
     build must regenerate the C from the .pyx sources.
@@ -37,7 +37,7 @@ def check_sdist(path, repo):
     root = PurePosixPath(names[0]).parts[0]
     members = {PurePosixPath(n).relative_to(root).as_posix() for n in names if n != root}
     required = (["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in"]
-                + _clone_files(repo, "src/*.pyx") + _clone_files(repo, "src/*.pxd")
+                + _clone_files(repo, "src/*.pyx") + _clone_files(repo, "src/**/*.pxd")
                 + _clone_files(repo, "tests/*.py"))
     problems = [f"sdist lacks {f}" for f in required if f not in members]
     if not _clone_files(repo, "src/*.pyx"):
