@@ -319,11 +319,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
                 return _mlp.mlp_epoch_csr(*csr, Y, sample_weight, order, sizes, params, opt,
                                           cfg, t)
         else:
-            work = _mlp.work_buffers(batch_size, sizes, X.dtype)
-
             def run_epoch(order, cfg, t):
-                return _mlp.mlp_epoch(X, Y, sample_weight, order, sizes, params, opt, *work,
-                                      cfg, t)
+                return _mlp.mlp_epoch(X, Y, sample_weight, order, sizes, params, opt, cfg, t)
         best_params = getattr(self, "_best_params", None)
         best_params = params.copy() if best_params is None else best_params
         tracker = ConvergenceTracker(
@@ -474,10 +471,8 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
             def kernel_objective(p):
                 return _mlp.mlp_objective_csr(*csr, Y, sample_weight, rows, sizes, p, grad, cfg)
         else:
-            work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
-
             def kernel_objective(p):
-                return _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, p, grad, *work, cfg)
+                return _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, p, grad, cfg)
         x_dtype = np.empty_like(params)
         last_penalty = [0.0]
 

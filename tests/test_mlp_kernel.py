@@ -149,9 +149,8 @@ def _epoch(X, Y, sw, sizes, params, *, batch_size, lr, alpha=0.0, solver=0, mome
     opt = np.zeros((2, P), X.dtype) if opt is None else opt
     order = np.arange(X.shape[0], dtype=np.intp) if order is None else order
     cfg = _cfg(batch_size, lr, alpha, solver, momentum, nesterov, n_threads, act, task)
-    work = _mlp.work_buffers(min(batch_size, order.size), sizes, X.dtype)
     with threadpool_limits(1, user_api="blas"):  # BLAS bits depend on its thread count
-        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt, *work, cfg, t)
+        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt, cfg, t)
     return status, t, loss, opt
 
 
@@ -235,11 +234,9 @@ def test_epoch_reports_divergence():
 def _objective(X, Y, sw, sizes, params, alpha, act, task, n_threads=1, rows=None):
     rows = np.arange(X.shape[0], dtype=np.intp) if rows is None else rows
     grad = np.empty(params.size)
-    work = _mlp.work_buffers(rows.size, sizes, X.dtype)
     cfg = _cfg(rows.size, 0.0, alpha, 0, 0.0, False, n_threads, act, task)
     with threadpool_limits(1, user_api="blas"):
-        status, loss, penalty = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad,
-                                                   *work, cfg)
+        status, loss, penalty = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad, cfg)
     assert penalty == pytest.approx(0.5 * alpha * np.sum(_l2_mask(sizes) * np.float64(params) ** 2)
                                     / np.float64(sw[rows]).sum(), rel=1e-12)
     return status, loss, grad

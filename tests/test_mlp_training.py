@@ -139,13 +139,12 @@ def test_objective_gradient_equals_finite_differences(task, act, hidden):
     sizes = np.array(units, dtype=np.intp)
     rows = np.arange(X.shape[0], dtype=np.intp)
     cfg = est._kernel_config(1, X.shape[0])
-    work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
     # shift pre-activations away from relu's kink for a meaningful difference quotient
     params = est._pack(np.float64) + 0.05
 
     def objective(p):
         grad = np.empty(p.size)
-        _, loss, _ = _mlp.mlp_objective(X, Y, sw, rows, sizes, p, grad, *work, cfg)
+        _, loss, _ = _mlp.mlp_objective(X, Y, sw, rows, sizes, p, grad, cfg)
         return loss, grad
 
     _, grad = objective(params)
