@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 import cgd
 from _helpers import requires_openmp
+from test_mlp_training import N_JOBS_CASES, assert_n_jobs_bit_identical
 from cgd import _mlp
 
 RTOL = 1e-9          # float64: CSR vs dense, cgd vs scikit-learn (relative to max |weight|)
@@ -319,27 +320,15 @@ def test_malformed_csr_arrays_are_refused_by_the_kernel():
 # ------------------------------------------------------------ 3. thread counts
 @requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kw", [
-    dict(solver="adam", batch_size=256),
-    dict(solver="sgd", batch_size=700, learning_rate="invscaling"),
-    dict(solver="adagrad", batch_size=100, learning_rate_init=0.01),
-    dict(solver="lbfgs", max_iter=10),
-    dict(solver="adam", batch_size=64, early_stopping=True),
-])
+@pytest.mark.parametrize("kw", N_JOBS_CASES)
 def test_n_jobs_gives_bit_identical_weights_on_csr(dtype, kw):
     """1,500 features x 24 hidden units: W_0 alone has > 32768 parameters, so its rows
     are stepped in parallel tasks, and batches hold several blocks."""
     X, y = _sparse_task("multiclass", n=800, d=1500, density=0.01, dtype=dtype)
-    fits = []
-    for n_jobs in (1, 2, 3):
-        params = {"max_iter": 3, **kw}
-        fits.append(_fit(_estimator("multiclass", hidden_layer_sizes=(24,), n_jobs=n_jobs,
-                                    **params), X, y))
-    for est in fits[1:]:
-        _assert_bit_identical(est, fits[0])
-        assert est.loss_ == fits[0].loss_
-        np.testing.assert_array_equal(est.predict_proba(X), fits[0].predict_proba(X))
-    assert fits[0].coefs_[0].dtype == dtype
+    assert_n_jobs_bit_identical(
+        lambda n_jobs: _estimator("multiclass", hidden_layer_sizes=(24,), n_jobs=n_jobs,
+                                  **{"max_iter": 3, **kw}),
+        X, y, dtype)
 
 
 # ------------------------------------------------------------ 4. predictions, streams
