@@ -5,8 +5,8 @@ for each layer its weights W_l (sizes[l] x sizes[l+1], row-major, as scikit-lear
 ``coefs_[l]``) followed by its biases b_l (sizes[l+1]); ``offsets`` gives where each
 layer's W_l starts. Layer products are row-major GEMMs (``_blas.pxd``).
 
-CSR input (the ``*_csr`` functions) changes the first layer only: see the section
-"CSR rows" below.
+The kernels take dense or CSR X (see "entry points" below); CSR input changes the first
+layer only (see "CSR rows").
 
 Back-propagation by the delta rule: at the output delta = (y_hat - y) for the canonical pairs
 (identity / squared error, logistic / binary log-loss, softmax / cross-entropy), then
@@ -675,16 +675,11 @@ cdef void finish_batch(
                     grad_out[j0 + j] = gs[j] * gscale
 
 
-# ---------------------------------------------------------------- epochs, objective, forward
-#
-# One driver each for dense and CSR X (run_epoch, run_objective, run_forward): X is a
-# pointer to the dense rows or to the CSR values, with indptr NULL for dense X. The CSR
-# paths differ only in the first layer: the blocks start at layer 1, a batch is grouped
-# by column once to take the first layer's products by feature (first_layer_by_column,
-# w0_rows_gradient), and W_0 is stepped by those feature tasks.
+# ---------------------------------------------------------------- scratch and checks
 
 cdef struct Scratch:
-    # Where a batch's scratch arrays start in one buffer of the data's dtype
+    # A batch's scratch: offsets into one buffer of the data's dtype, and two arrays of
+    # doubles (see alloc_scratch)
     Py_ssize_t act_stride     # activations of a block: BLOCK_ROWS rows of every layer
                               # (from layer 1 on for CSR X)
     Py_ssize_t grad           # (slots, P - K) block gradients
@@ -694,13 +689,15 @@ cdef struct Scratch:
     Py_ssize_t delta1         # CSR: (m, sizes[1]) its first-layer deltas
     Py_ssize_t t_val          # CSR: (max_nnz,) its values by column
     Py_ssize_t w0             # CSR: (nt, chunk * sizes[1]) W_0 gradient rows of a task
+    double* seg_sq            # (n_chunks + nseg,) finish_batch's squared weights, by task
+    double* block_loss        # (WAVE + 1,) batch_gradient's losses, by block
 
 
 cdef inline Py_ssize_t take(Py_ssize_t* end, Py_ssize_t n) noexcept:
-    """Start of the next n values of a buffer being laid out, in steps of 16 values so
-    that arrays written by different threads share no cache line."""
+    """Start of the next n values of a buffer being laid out. At least 16 values (64
+    bytes) between two arrays keep the threads writing one off the other's cache lines."""
     cdef Py_ssize_t start = end[0]
-    end[0] = start + (n + 15) // 16 * 16
+    end[0] = start + (n + 31) // 16 * 16
     return start
 
 
@@ -724,7 +721,11 @@ cdef object alloc_scratch(Scratch* sc, Tasks* tk, Layout* net, Py_ssize_t m,
     cdef intp_t[::1] ib = ibuf
     tk.colptr = &ib[0]
     tk.t_row = &ib[0] + (net.n_features + 1 if tk.sparse else 0)
-    return fbuf, ibuf
+    dbuf = np.zeros(tk.n_chunks + tk.nseg + WAVE + 1)
+    cdef double[::1] db = dbuf
+    sc.seg_sq = &db[0]
+    sc.block_loss = &db[0] + tk.n_chunks + tk.nseg
+    return fbuf, ibuf, dbuf
 
 
 cdef void check_common(Layout* net, Py_ssize_t n_rows, Y, sample_weight, rows,
@@ -738,9 +739,16 @@ cdef void check_common(Layout* net, Py_ssize_t n_rows, Y, sample_weight, rows,
         raise ValueError("rows out of range")
 
 
-cdef object check_csr(Py_ssize_t n_features, data, indices, indptr, Py_ssize_t n_rows):
-    """Reject CSR arrays that would make the kernels read out of bounds."""
+cdef object check_x(const floating[::1] data, const csr_index[::1] indices,
+                    const csr_index[::1] indptr, Py_ssize_t n_features, Py_ssize_t n_rows):
+    """Reject an X the kernels would read out of bounds (see mlp_epoch's X)."""
     import numpy as np
+    if indices is None and indptr is None:
+        if data.shape[0] != n_rows * n_features:
+            raise ValueError("dense X must hold n_rows * n_features values")
+        return
+    if indices is None or indptr is None:
+        raise ValueError("CSR X needs both indices and indptr (dense X neither)")
     if indptr.shape[0] != n_rows + 1 or indices.shape[0] != data.shape[0]:
         raise ValueError("CSR arrays do not match: indptr needs n_rows + 1 entries and "
                          "indices one per value")
@@ -752,239 +760,51 @@ cdef object check_csr(Py_ssize_t n_features, data, indices, indptr, Py_ssize_t n
         raise ValueError("CSR column indices out of range")
 
 
-cdef object run_epoch(
-    const intp_t[::1] sizes, Py_ssize_t n_features, Py_ssize_t n_rows,
-    const floating* X,                  # IN     dense rows (n_rows, n_features), or CSR values
-    const csr_index* indices,           # IN     CSR column indices, NULL for dense X
-    const csr_index* indptr,            # IN     CSR row pointers, NULL for dense X
-    const floating[:, ::1] Y, const floating[::1] sample_weight, const intp_t[::1] order,
-    floating[::1] params, floating[:, ::1] opt_state, dict config, double t,
+cdef object prepare(
+    Layout* net, Tasks* tk, Scratch* sc,                        # OUT
+    const floating[::1] data, const csr_index[::1] indices, const csr_index[::1] indptr,
+    Py_ssize_t n_features, const floating[:, ::1] Y, const floating[::1] sample_weight,
+    const intp_t[::1] rows, const intp_t[::1] sizes, params, dict config,
+    Py_ssize_t m,             # IN rows per batch: each batch is m consecutive entries of rows
 ):
-    """The epoch of mlp_epoch and mlp_epoch_csr (see mlp_epoch)."""
+    """Check a training kernel's inputs and fill net, tk and sc for its batches. Returns
+    the scratch buffer of X's dtype and the other arrays they point into: both must
+    outlive them."""
     import numpy as np
-    cdef Layout net
-    cdef Tasks tk
-    cdef Scratch sc
-    offsets = make_layout(&net, sizes, n_features, Y.shape[1], config["hidden_activation"],
+    check_x(data, indices, indptr, n_features, Y.shape[0])
+    offsets = make_layout(net, sizes, n_features, Y.shape[1], config["hidden_activation"],
                           config["out_activation"])
-    check_common(&net, n_rows, Y, sample_weight, order, params)
-    cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
-    cdef Py_ssize_t h = net.sizes[1], max_nnz = 0, nnz
-    cdef int nt = config["n_threads"], status = 0
+    check_common(net, Y.shape[0], Y, sample_weight, rows, params)
+    cdef int nt = config["n_threads"]
+    cdef Py_ssize_t n = rows.shape[0], start, i, nnz, max_nnz = 0
     if m < 1 or nt < 1:
         raise ValueError("batch_size and n_threads must be >= 1")
-    if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
-        raise ValueError("opt_state must have shape (2, P)")
-    if n_order == 0:
-        return 0, t, 0.0
-    if indptr != NULL:
-        for start in range(0, n_order, m):
+    if indptr is not None:
+        for start in range(0, n, m):
             nnz = 0
-            for i in range(start, min(start + m, n_order)):
-                nnz += indptr[order[i] + 1] - indptr[order[i]]
+            for i in range(start, min(start + m, n)):
+                nnz += indptr[rows[i] + 1] - indptr[rows[i]]
             max_nnz = max(max_nnz, nnz)
-    dtype = np.float32 if floating is float else np.float64
-    seg = make_tasks(&tk, &net, indptr != NULL)
-    bufs = alloc_scratch(&sc, &tk, &net, min(m, n_order), max_nnz, nt, dtype)
-    cdef floating[::1] fb = bufs[0]
-    cdef floating* buf = &fb[0]
-    cdef double[::1] seg_sq = np.zeros(tk.n_chunks + tk.nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
-    cdef double alpha = config["alpha"], lr = config["learning_rate"]
-    cdef double eps = np.finfo(dtype).eps
-    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
-    cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
-    cdef Py_ssize_t nslots
-    cdef OptimConfig oc = read_optim_config(config)
-    cdef floating* prm = &params[0]
-    with nogil:
-        last_check = cgd_now()
-        start = 0
-        while start < n_order:
-            mb = min(m, n_order - start)
-            sw_sum = 0.0
-            for i in range(start, start + mb):
-                sw_sum += sample_weight[order[i]]
-            if sw_sum > 0:
-                if tk.sparse:
-                    # the batch by column, and its first-layer products from it
-                    transpose_rows(X, indices, indptr, &order[start], mb, n_features,
-                                   tk.colptr, tk.t_row, buf + sc.t_val)
-                    for s in prange(nt, schedule="static", num_threads=nt):
-                        first_layer_by_column(tk.colptr, tk.t_row, buf + sc.t_val, n_features,
-                                              prm, prm + n_features * h, h, mb, s * h // nt,
-                                              (s + 1) * h // nt, buf + sc.z1)
-                batch_gradient(&net, X, indices, indptr, &Y[0, 0], &sample_weight[0],
-                               &order[start], mb, prm, eps, buf + sc.grad, buf + sc.act,
-                               buf + sc.delta, sc.act_stride, buf + sc.z1, buf + sc.delta1,
-                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
-                if not isfinite(data_loss):
-                    status = 1
-                    break
-                finish_batch(&net, &tk, prm, buf + sc.grad, nslots, buf + sc.t_val,
-                             buf + sc.delta1, buf + sc.w0, sw_sum, alpha, &oc,
-                             &opt_state[0, 0], &opt_state[1, 0], lr, t, NULL, &seg_sq[0], nt)
-                sq = 0.0
-                for s in range(tk.n_chunks + tk.nseg):
-                    sq += seg_sq[s]
-                loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
-                t += 1.0
-            start += mb
-            if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                with gil:
-                    PyErr_CheckSignals()
-                last_check = cgd_now()
-        if status == 0:
-            for i in range(net.P):
-                if not isfinite(prm[i]):
-                    status = 1
-                    break
-    return status, t, loss_acc
-
-
-cdef object run_objective(
-    const intp_t[::1] sizes, Py_ssize_t n_features, Py_ssize_t n_rows,
-    const floating* X,                  # IN  dense rows (n_rows, n_features), or CSR values
-    const csr_index* indices,           # IN  CSR column indices, NULL for dense X
-    const csr_index* indptr,            # IN  CSR row pointers, NULL for dense X
-    const floating[:, ::1] Y, const floating[::1] sample_weight, const intp_t[::1] rows,
-    const floating[::1] params, double[::1] grad, dict config,
-):
-    """The objective of mlp_objective and mlp_objective_csr (see mlp_objective)."""
-    import numpy as np
-    cdef Layout net
-    cdef Tasks tk
-    cdef Scratch sc
-    offsets = make_layout(&net, sizes, n_features, Y.shape[1], config["hidden_activation"],
-                          config["out_activation"])
-    check_common(&net, n_rows, Y, sample_weight, rows, params)
-    cdef Py_ssize_t m = rows.shape[0], i, s, nnz = 0
-    cdef int nt = config["n_threads"]
-    if m < 1 or nt < 1 or grad.shape[0] != net.P:
-        raise ValueError("rows must not be empty, n_threads >= 1, grad of P entries")
-    if indptr != NULL:
-        for i in range(m):
-            nnz += indptr[rows[i] + 1] - indptr[rows[i]]
-    dtype = np.float32 if floating is float else np.float64
-    seg = make_tasks(&tk, &net, indptr != NULL)
-    bufs = alloc_scratch(&sc, &tk, &net, m, nnz, nt, dtype)
-    cdef floating[::1] fb = bufs[0]
-    cdef floating* buf = &fb[0]
-    cdef double[::1] seg_sq = np.zeros(tk.n_chunks + tk.nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
-    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, last_check
-    cdef double eps = np.finfo(dtype).eps
-    cdef Py_ssize_t nslots
-    with nogil:
-        last_check = cgd_now()
-        for i in range(m):
-            sw_sum += sample_weight[rows[i]]
-        batch_gradient(&net, X, indices, indptr, &Y[0, 0], &sample_weight[0], &rows[0], m,
-                       &params[0], eps, buf + sc.grad, buf + sc.act, buf + sc.delta,
-                       sc.act_stride, <floating*>NULL, buf + sc.delta1, &block_loss[0], nt,
-                       &data_loss, &nslots, &last_check)
-        if tk.sparse:
-            transpose_rows(X, indices, indptr, &rows[0], m, n_features, tk.colptr, tk.t_row,
-                           buf + sc.t_val)
-        # with grad_out given, finish_batch only reads the parameters
-        finish_batch(&net, &tk, <floating*>&params[0], buf + sc.grad, nslots, buf + sc.t_val,
-                     buf + sc.delta1, buf + sc.w0, sw_sum, alpha, NULL, NULL, NULL, 0.0, 0.0,
-                     &grad[0], &seg_sq[0], nt)
-        for s in range(tk.n_chunks + tk.nseg):
-            sq += seg_sq[s]
-    loss = (data_loss + 0.5 * alpha * sq) * (1.0 / sw_sum)
-    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * (1.0 / sw_sum)
-
-
-cdef object run_forward(
-    const intp_t[::1] sizes, Py_ssize_t n_features, Py_ssize_t n_rows,
-    const floating* X,                  # IN  dense rows (n_rows, n_features), or CSR values
-    const csr_index* indices,           # IN  CSR column indices, NULL for dense X
-    const csr_index* indptr,            # IN  CSR row pointers, NULL for dense X
-    const intp_t[::1] rows, const floating[::1] params, int hidden_activation,
-    int out_activation, floating[:, ::1] out, int n_threads,
-):
-    """The prediction of mlp_forward and mlp_forward_csr (see mlp_forward)."""
-    import numpy as np
-    cdef Layout net
-    offsets = make_layout(&net, sizes, n_features, out.shape[1], hidden_activation,
-                          out_activation)
-    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, width, last
-    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1:
-        raise ValueError("out must have one row per row, params P entries")
-    if m and (np.min(rows) < 0 or np.max(rows) >= n_rows):
-        raise ValueError("rows out of range")
-    if m == 0:
-        return
-    nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
-    cdef int nt = n_threads if n_threads < nblk else <int>nblk
-    # activations of one row: every layer's, from layer 1 on for CSR X
-    width = net.act_total - (n_features if indptr != NULL else 0)
-    cdef floating[:, ::1] work = np.empty(
-        (nt, FORWARD_ROWS * width), dtype=np.float32 if floating is float else np.float64)
-    cdef floating* a
-    last = width - net.n_out   # start of the output layer, per row
-    with nogil:
-        for b in prange(nblk, schedule="static", num_threads=nt):
-            r0 = b * FORWARD_ROWS
-            r1 = min(m, r0 + FORWARD_ROWS)
-            a = &work[threadid(), 0]
-            if indptr == NULL:
-                forward_rows(X, n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
-                             net.offsets, net.L, net.hidden_act, net.out_act, a)
-            else:
-                sparse_forward_rows(X, indices, indptr, &rows[r0], r1 - r0, &net, &params[0],
-                                    <floating*>NULL, a)
-            for r in range(r1 - r0):
-                for j in range(net.n_out):
-                    out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
+    seg = make_tasks(tk, net, indptr is not None)
+    bufs = alloc_scratch(sc, tk, net, min(m, n), max_nnz, nt,
+                         np.float32 if floating is float else np.float64)
+    return bufs[0], (offsets, seg, bufs[1], bufs[2])
 
 
 # ---------------------------------------------------------------- entry points
-
-def mlp_loss_grad(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
-    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
-    const floating[::1] sample_weight,  # IN  (n_samples,)
-    const intp_t[::1] rows,             # IN  (m,) rows to use
-    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
-    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
-    int hidden_activation,
-    int out_activation,
-    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
-):
-    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``.
-
-    Single-threaded BLAS calls on the caller's thread; the estimators cut batches into
-    fixed chunks around it for thread-count-independent results.
-    """
-    import numpy as np
-    cdef Layout net
-    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1], hidden_activation,
-                          out_activation)
-    check_common(&net, X.shape[0], Y, sample_weight, rows, params)
-    if grad.shape[0] != net.P:
-        raise ValueError(f"grad must have {net.P} entries")
-    cdef Py_ssize_t m = rows.shape[0], total = m * net.act_total
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
-    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
-    cdef double eps = np.finfo(dtype).eps
-    cdef double loss
-    grad[:] = 0
-    if m == 0:
-        return 0.0
-    with nogil:
-        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
-                              &params[0], net.sizes, net.offsets, net.L, net.hidden_act,
-                              net.out_act, eps, &grad[0], &acts[0], &deltas[0])
-    return loss
-
-
-
+#
+# One kernel each for dense and CSR X. X comes as (data, indices, indptr, n_features):
+# a CSR matrix's arrays (canonical or not: duplicates add; int32 or int64 indices used
+# as they are), or, with indices and indptr None, the dense rows row-major in data.
+# The CSR paths differ only in the first layer: blocks start at layer 1, a batch is
+# grouped by column once to take the first layer's products by feature
+# (first_layer_by_column, w0_rows_gradient), and W_0 is stepped by those feature tasks.
 
 def mlp_epoch(
-    const floating[:, ::1] X,           # IN     (n_samples, n_features)
+    const floating[::1] data,           # IN     X (see the section comment)
+    const csr_index[::1] indices,       # IN     CSR column indices, or None
+    const csr_index[::1] indptr,        # IN     (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
     const floating[::1] sample_weight,  # IN     (n_samples,)
     const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
@@ -1004,33 +824,81 @@ def mlp_epoch(
     alpha/2 ||W||^2) at the weights before each update (scikit-learn's accumulated
     loss; the squared error is averaged over the outputs as scikit-learn's).
     """
-    return run_epoch(sizes, X.shape[1], X.shape[0], &X[0, 0], <const int32_t*>NULL,
-                     <const int32_t*>NULL, Y, sample_weight, order, params, opt_state, config, t)
-
-
-def mlp_epoch_csr(
-    const floating[::1] data,           # IN     CSR values (canonical or not: duplicates add)
-    const csr_index[::1] indices,       # IN     CSR column indices
-    const csr_index[::1] indptr,        # IN     (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
-    const floating[::1] sample_weight,  # IN     (n_samples,)
-    const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
-    const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
-    floating[::1] params,               # IN/OUT (P,) flat parameters
-    floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
-    dict config,
-    double t,                           # IN     number of the first update (adam), from 1
-):
-    """``mlp_epoch`` over CSR X: the same updates, losses and return value, with the
-    first layer's products taken over the rows' non-zeros (see "CSR rows")."""
-    check_csr(n_features, data, indices, indptr, Y.shape[0])
-    return run_epoch(sizes, n_features, Y.shape[0], &data[0], &indices[0], &indptr[0], Y,
-                     sample_weight, order, params, opt_state, config, t)
+    import numpy as np
+    cdef Layout net
+    cdef Tasks tk
+    cdef Scratch sc
+    cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
+    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
+                         sample_weight, order, sizes, params, config, m)
+    if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
+        raise ValueError("opt_state must have shape (2, P)")
+    if n_order == 0:
+        return 0, t, 0.0
+    cdef floating[::1] fb = fbuf
+    cdef floating* buf = &fb[0]
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
+    cdef Py_ssize_t h = net.sizes[1]
+    cdef int nt = config["n_threads"], status = 0
+    cdef double alpha = config["alpha"], lr = config["learning_rate"]
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
+    cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
+    cdef Py_ssize_t nslots
+    cdef OptimConfig oc = read_optim_config(config)
+    cdef floating* prm = &params[0]
+    with nogil:
+        last_check = cgd_now()
+        start = 0
+        while start < n_order:
+            mb = min(m, n_order - start)
+            sw_sum = 0.0
+            for i in range(start, start + mb):
+                sw_sum += sample_weight[order[i]]
+            if sw_sum > 0:
+                if tk.sparse:
+                    # the batch by column, and its first-layer products from it
+                    transpose_rows(X, ix, ip, &order[start], mb, n_features, tk.colptr,
+                                   tk.t_row, buf + sc.t_val)
+                    for s in prange(nt, schedule="static", num_threads=nt):
+                        first_layer_by_column(tk.colptr, tk.t_row, buf + sc.t_val, n_features,
+                                              prm, prm + n_features * h, h, mb, s * h // nt,
+                                              (s + 1) * h // nt, buf + sc.z1)
+                batch_gradient(&net, X, ix, ip, &Y[0, 0], &sample_weight[0], &order[start], mb,
+                               prm, eps, buf + sc.grad, buf + sc.act, buf + sc.delta,
+                               sc.act_stride, buf + sc.z1, buf + sc.delta1, sc.block_loss, nt,
+                               &data_loss, &nslots, &last_check)
+                if not isfinite(data_loss):
+                    status = 1
+                    break
+                finish_batch(&net, &tk, prm, buf + sc.grad, nslots, buf + sc.t_val,
+                             buf + sc.delta1, buf + sc.w0, sw_sum, alpha, &oc,
+                             &opt_state[0, 0], &opt_state[1, 0], lr, t, NULL, sc.seg_sq, nt)
+                sq = 0.0
+                for s in range(tk.n_chunks + tk.nseg):
+                    sq += sc.seg_sq[s]
+                loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
+                t += 1.0
+            start += mb
+            if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
+                with gil:
+                    PyErr_CheckSignals()
+                last_check = cgd_now()
+        if status == 0:
+            for i in range(net.P):
+                if not isfinite(prm[i]):
+                    status = 1
+                    break
+    return status, t, loss_acc
 
 
 def mlp_objective(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[::1] data,           # IN  X (see the section comment)
+    const csr_index[::1] indices,       # IN  CSR column indices, or None
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
     const floating[::1] sample_weight,  # IN  (n_samples,)
     const intp_t[::1] rows,             # IN  (m,) the training rows
@@ -1048,31 +916,52 @@ def mlp_objective(
     the L2 part of loss. ``grad`` is float64 whatever the data's dtype, as
     scipy.optimize expects.
     """
-    return run_objective(sizes, X.shape[1], X.shape[0], &X[0, 0], <const int32_t*>NULL,
-                         <const int32_t*>NULL, Y, sample_weight, rows, params, grad, config)
-
-
-def mlp_objective_csr(
-    const floating[::1] data,           # IN  CSR values
-    const csr_index[::1] indices,       # IN  CSR column indices
-    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
-    const floating[::1] sample_weight,  # IN  (n_samples,)
-    const intp_t[::1] rows,             # IN  (m,) the training rows
-    const intp_t[::1] sizes,            # IN  (L + 1,)
-    const floating[::1] params,         # IN  (P,)
-    double[::1] grad,                   # OUT (P,) gradient of the objective
-    dict config,
-):
-    """``mlp_objective`` over CSR X (same objective, gradient and return value)."""
-    check_csr(n_features, data, indices, indptr, Y.shape[0])
-    return run_objective(sizes, n_features, Y.shape[0], &data[0], &indices[0], &indptr[0], Y,
-                         sample_weight, rows, params, grad, config)
+    import numpy as np
+    cdef Layout net
+    cdef Tasks tk
+    cdef Scratch sc
+    cdef Py_ssize_t m = rows.shape[0], i, s
+    if m < 1:
+        raise ValueError("rows must not be empty")
+    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
+                         sample_weight, rows, sizes, params, config, m)   # one batch: all rows
+    if grad.shape[0] != net.P:
+        raise ValueError(f"grad must have {net.P} entries")
+    cdef floating[::1] fb = fbuf
+    cdef floating* buf = &fb[0]
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
+    cdef int nt = config["n_threads"]
+    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, last_check
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef Py_ssize_t nslots
+    with nogil:
+        last_check = cgd_now()
+        for i in range(m):
+            sw_sum += sample_weight[rows[i]]
+        batch_gradient(&net, X, ix, ip, &Y[0, 0], &sample_weight[0], &rows[0], m, &params[0],
+                       eps, buf + sc.grad, buf + sc.act, buf + sc.delta, sc.act_stride,
+                       <floating*>NULL, buf + sc.delta1, sc.block_loss, nt, &data_loss,
+                       &nslots, &last_check)
+        if tk.sparse:
+            transpose_rows(X, ix, ip, &rows[0], m, n_features, tk.colptr, tk.t_row,
+                           buf + sc.t_val)
+        # with grad_out given, finish_batch only reads the parameters
+        finish_batch(&net, &tk, <floating*>&params[0], buf + sc.grad, nslots, buf + sc.t_val,
+                     buf + sc.delta1, buf + sc.w0, sw_sum, alpha, NULL, NULL, NULL, 0.0, 0.0,
+                     &grad[0], sc.seg_sq, nt)
+        for s in range(tk.n_chunks + tk.nseg):
+            sq += sc.seg_sq[s]
+    loss = (data_loss + 0.5 * alpha * sq) * (1.0 / sw_sum)
+    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * (1.0 / sw_sum)
 
 
 def mlp_forward(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[::1] data,           # IN  X (see the section comment)
+    const csr_index[::1] indices,       # IN  CSR column indices, or None
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const intp_t[::1] rows,             # IN  (m,) rows to predict
     const intp_t[::1] sizes,            # IN  (L + 1,)
     const floating[::1] params,         # IN  (P,)
@@ -1083,27 +972,86 @@ def mlp_forward(
 ):
     """Output-layer activations of ``rows``, in blocks of FORWARD_ROWS rows spread over
     threads (each block's result does not depend on which thread computes it)."""
-    run_forward(sizes, X.shape[1], X.shape[0], &X[0, 0], <const int32_t*>NULL,
-                <const int32_t*>NULL, rows, params, hidden_activation, out_activation, out,
-                n_threads)
+    import numpy as np
+    cdef Layout net
+    cdef Py_ssize_t n_rows
+    if indptr is None:
+        n_rows = data.shape[0] // n_features if n_features > 0 else 0
+    else:
+        n_rows = indptr.shape[0] - 1
+        if n_rows < 0:
+            raise ValueError("CSR indptr needs n_rows + 1 entries")
+    check_x(data, indices, indptr, n_features, n_rows)
+    offsets = make_layout(&net, sizes, n_features, out.shape[1], hidden_activation,
+                          out_activation)
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
+    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, width, last
+    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1:
+        raise ValueError("out must have one row per row, params P entries")
+    if m and (np.min(rows) < 0 or np.max(rows) >= n_rows):
+        raise ValueError("rows out of range")
+    if m == 0:
+        return
+    nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
+    cdef int nt = n_threads if n_threads < nblk else <int>nblk
+    # activations of one row: every layer's, from layer 1 on for CSR X
+    width = net.act_total - (n_features if ip != NULL else 0)
+    cdef floating[:, ::1] work = np.empty(
+        (nt, FORWARD_ROWS * width), dtype=np.float32 if floating is float else np.float64)
+    cdef floating* a
+    last = width - net.n_out   # start of the output layer, per row
+    with nogil:
+        for b in prange(nblk, schedule="static", num_threads=nt):
+            r0 = b * FORWARD_ROWS
+            r1 = min(m, r0 + FORWARD_ROWS)
+            a = &work[threadid(), 0]
+            if ip == NULL:
+                forward_rows(X, n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
+                             net.offsets, net.L, net.hidden_act, net.out_act, a)
+            else:
+                sparse_forward_rows(X, ix, ip, &rows[r0], r1 - r0, &net, &params[0],
+                                    <floating*>NULL, a)
+            for r in range(r1 - r0):
+                for j in range(net.n_out):
+                    out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
 
 
-def mlp_forward_csr(
-    const floating[::1] data,           # IN  CSR values
-    const csr_index[::1] indices,       # IN  CSR column indices
-    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const intp_t[::1] rows,             # IN  (m,) rows to predict
-    const intp_t[::1] sizes,            # IN  (L + 1,)
-    const floating[::1] params,         # IN  (P,)
+def mlp_loss_grad(
+    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
+    const floating[::1] sample_weight,  # IN  (n_samples,)
+    const intp_t[::1] rows,             # IN  (m,) rows to use
+    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
+    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
     int hidden_activation,
     int out_activation,
-    floating[:, ::1] out,               # OUT (m, n_outputs) output activations
-    int n_threads,
+    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
 ):
-    """``mlp_forward`` over CSR X."""
-    if indptr.shape[0] < 1:
-        raise ValueError("CSR indptr needs n_rows + 1 entries")
-    check_csr(n_features, data, indices, indptr, indptr.shape[0] - 1)
-    run_forward(sizes, n_features, indptr.shape[0] - 1, &data[0], &indices[0], &indptr[0],
-                rows, params, hidden_activation, out_activation, out, n_threads)
+    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``:
+    one block's forward and backward pass over dense X, on the caller's thread (the
+    estimators run it through mlp_epoch / mlp_objective, which cut batches into fixed
+    blocks for thread-count-independent results).
+    """
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1], hidden_activation,
+                          out_activation)
+    check_common(&net, X.shape[0], Y, sample_weight, rows, params)
+    if grad.shape[0] != net.P:
+        raise ValueError(f"grad must have {net.P} entries")
+    cdef Py_ssize_t m = rows.shape[0], total = m * net.act_total
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
+    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef double loss
+    grad[:] = 0
+    if m == 0:
+        return 0.0
+    with nogil:
+        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
+                              &params[0], net.sizes, net.offsets, net.L, net.hidden_act,
+                              net.out_act, eps, &grad[0], &acts[0], &deltas[0])
+    return loss

@@ -144,7 +144,8 @@ def test_objective_gradient_equals_finite_differences(task, act, hidden):
 
     def objective(p):
         grad = np.empty(p.size)
-        _, loss, _ = _mlp.mlp_objective(X, Y, sw, rows, sizes, p, grad, cfg)
+        _, loss, _ = _mlp.mlp_objective(X.ravel(), None, None, X.shape[1], Y, sw, rows, sizes, p,
+                                        grad, cfg)
         return loss, grad
 
     _, grad = objective(params)

@@ -264,13 +264,13 @@ def test_int64_indices_used_as_they_are(monkeypatch):
     """int64 (and int32) index arrays reach the kernels without a cast."""
     X, y = _sparse_task("binary")
     seen = []
-    real = _mlp.mlp_epoch_csr
+    real = _mlp.mlp_epoch
 
     def spy(data, indices, indptr, *args):
         seen.append((indices.dtype, indptr.dtype))
         return real(data, indices, indptr, *args)
 
-    monkeypatch.setattr(_mlp, "mlp_epoch_csr", spy)
+    monkeypatch.setattr(_mlp, "mlp_epoch", spy)
     for kind in ("csr_matrix", "csr_int64"):
         _fit(_estimator("binary", max_iter=1), _as(X, kind), y)
     assert seen == [(np.int32, np.int32), (np.int64, np.int64)]
@@ -310,11 +310,18 @@ def test_malformed_csr_arrays_are_refused_by_the_kernel():
     bad = X.indices.copy()
     bad[3] = X.shape[1]
     with pytest.raises(ValueError, match="out of range"):
-        _mlp.mlp_forward_csr(X.data, bad, X.indptr, X.shape[1], rows, sizes, params, 3, 1,
-                             out, 1)
+        _mlp.mlp_forward(X.data, bad, X.indptr, X.shape[1], rows, sizes, params, 3, 1, out, 1)
     with pytest.raises(ValueError, match="indptr"):
-        _mlp.mlp_forward_csr(X.data, X.indices, X.indptr[::-1].copy(), X.shape[1], rows,
-                             sizes, params, 3, 1, out, 1)
+        _mlp.mlp_forward(X.data, X.indices, X.indptr[::-1].copy(), X.shape[1], rows, sizes,
+                         params, 3, 1, out, 1)
+    with pytest.raises(ValueError, match="both indices and indptr"):
+        _mlp.mlp_forward(X.data, X.indices, None, X.shape[1], rows, sizes, params, 3, 1, out,
+                         1)
+    # dense X (indices and indptr None) must hold n_rows * n_features values
+    with pytest.raises(ValueError, match="n_rows \\* n_features"):
+        _mlp.mlp_objective(X.toarray().ravel()[:-1], None, None, X.shape[1],
+                           np.zeros((X.shape[0], 1)), np.ones(X.shape[0]), rows, sizes,
+                           params, np.empty(params.size), est._kernel_config(1, X.shape[0]))
 
 
 # ------------------------------------------------------------ 3. thread counts
