@@ -666,6 +666,7 @@ cdef void finish_batch(
             optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
                            l2 if pen else 0.0, t)
         else:
+            # the objective's penalty in double whatever the dtype: lbfgs compares values
             seg_sq[s] = 0.0
             for j in range(n):
                 if pen:
