@@ -387,18 +387,10 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         n_threads = effective_n_threads(self.n_jobs)
         cfg = self._kernel_config(n_threads, batch_size)
         sizes = np.array(layer_units, dtype=np.intp)
-        if is_sparse(X):
-            csr = self._csr_input(X)
+        x_parts = self._kernel_input(X)
 
-            def run_epoch(order, cfg, t):
-                return _mlp.mlp_epoch_csr(*csr, Y, sample_weight, order, sizes, params, opt,
-                                          cfg, t)
-        else:
-            work = _mlp.work_buffers(batch_size, sizes, X.dtype)
-
-            def run_epoch(order, cfg, t):
-                return _mlp.mlp_epoch(X, Y, sample_weight, order, sizes, params, opt, *work,
-                                      cfg, t)
+        def run_epoch(order, cfg, t):
+            return _mlp.mlp_epoch(*x_parts, Y, sample_weight, order, sizes, params, opt, cfg, t)
         best_params = getattr(self, "_best_params", None)
         best_params = params.copy() if best_params is None else best_params
         tracker = ConvergenceTracker(
@@ -498,16 +490,10 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         sizes = np.array(layer_units, dtype=np.intp)
         cfg = self._kernel_config(n_threads, X.shape[0])
         grad = np.empty(params.shape[0])
-        if is_sparse(X):
-            csr = self._csr_input(X)
+        x_parts = self._kernel_input(X)
 
-            def kernel_objective(p):
-                return _mlp.mlp_objective_csr(*csr, Y, sample_weight, rows, sizes, p, grad, cfg)
-        else:
-            work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
-
-            def kernel_objective(p):
-                return _mlp.mlp_objective(X, Y, sample_weight, rows, sizes, p, grad, *work, cfg)
+        def kernel_objective(p):
+            return _mlp.mlp_objective(*x_parts, Y, sample_weight, rows, sizes, p, grad, cfg)
         x_dtype = np.empty_like(params)
         last_penalty = [0.0]
 
@@ -570,20 +556,20 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         sizes = np.array(layer_units, dtype=np.intp)
         codes = HIDDEN_ACTIVATION_CODES[self.activation], OUT_ACTIVATION_CODES[self.out_activation_]
         with blas_limited(1):
-            if is_sparse(X):
-                _mlp.mlp_forward_csr(*self._csr_input(X, params.dtype), rows, sizes, params,
-                                     *codes, out, n_threads)
-            else:
-                _mlp.mlp_forward(np.ascontiguousarray(X, dtype=params.dtype), rows, sizes,
-                                 params, *codes, out, n_threads)
+            _mlp.mlp_forward(*self._kernel_input(X, params.dtype), rows, sizes, params, *codes,
+                             out, n_threads)
         return out
 
     @staticmethod
-    def _csr_input(X, dtype=None):
-        """The kernels' view of a canonical CSR X: (data, indices, indptr, n_features),
-        data cast to ``dtype`` when given (a float32 matrix predicted by a float64
-        model); the index arrays as they are."""
-        data, indices, indptr = csr_arrays(X)
+    def _kernel_input(X, dtype=None):
+        """The kernels' view of X, (data, indices, indptr, n_features): a canonical CSR
+        X's arrays, the index arrays as they are, or dense X's rows row-major (a view of
+        a C-contiguous X) with indices and indptr None. data is cast to ``dtype`` when
+        given (a float32 X predicted by a float64 model)."""
+        if is_sparse(X):
+            data, indices, indptr = csr_arrays(X)
+        else:
+            data, indices, indptr = np.reshape(np.ascontiguousarray(X), -1), None, None
         if dtype is not None:
             data = np.ascontiguousarray(data, dtype=dtype)
         return data, indices, indptr, X.shape[1]

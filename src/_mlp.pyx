@@ -5,8 +5,8 @@ for each layer its weights W_l (sizes[l] x sizes[l+1], row-major, as scikit-lear
 ``coefs_[l]``) followed by its biases b_l (sizes[l+1]); ``offsets`` gives where each
 layer's W_l starts. Layer products are row-major GEMMs (``_blas.pxd``).
 
-CSR input (the ``*_csr`` functions) changes the first layer only: see the section
-"CSR rows" below.
+The kernels take dense or CSR X (see "entry points" below); CSR input changes the first
+layer only (see "CSR rows").
 
 Back-propagation by the delta rule: at the output delta = (y_hat - y) for the canonical pairs
 (identity / squared error, logistic / binary log-loss, softmax / cross-entropy), then
@@ -424,22 +424,10 @@ cdef struct Layout:
     int out_act
 
 
-def work_slots(Py_ssize_t m):
-    """Rows of ``work_grad`` a batch of m rows needs."""
+cdef inline Py_ssize_t work_slots(Py_ssize_t m) noexcept nogil:
+    """Gradient slots a batch of m rows needs."""
     cdef Py_ssize_t nblk = (m + BLOCK_ROWS - 1) // BLOCK_ROWS
     return max(1, min(nblk, WAVE) + (1 if nblk > WAVE else 0))
-
-
-def work_buffers(Py_ssize_t batch_size, sizes, dtype):
-    """Scratch for batches of up to ``batch_size`` rows: (work_grad, work_act, work_delta),
-    allocated once per fit."""
-    import numpy as np
-    sizes = np.asarray(sizes)
-    P = int(sum((sizes[l] + 1) * sizes[l + 1] for l in range(len(sizes) - 1)))
-    slots = work_slots(batch_size)
-    stride = BLOCK_ROWS * int(sizes.sum())
-    return (np.zeros((slots, P), dtype=dtype), np.zeros((slots, stride), dtype=dtype),
-            np.zeros((slots, stride), dtype=dtype))
 
 
 cdef object make_layout(Layout* net, const intp_t[::1] sizes, Py_ssize_t n_features,
@@ -574,97 +562,251 @@ cdef int batch_gradient(
     return 0
 
 
-cdef void step_segments(
-    OptimConfig* oc, floating* prm,
-    floating* g,              # IN (nslots, P) block gradients, summed here into row 0
-    Py_ssize_t nslots, double gscale,
-    floating* s0, floating* s1,
-    const intp_t* seg_start, const intp_t* seg_len, const unsigned char* seg_pen,
-    Py_ssize_t nseg, Py_ssize_t P, double lr, double l2, double t,
-    double* seg_sq,           # OUT (nseg,) sum of squared penalised weights before the step
+
+
+# ---------------------------------------------------------------- finishing a batch
+#
+# After batch_gradient, one parallel loop over tasks sums the block gradients and takes
+# the optimizer step (or, for the objective, writes the gradient). Each task owns a fixed
+# range of parameters and the step is elementwise, so which thread takes which task
+# changes no bits. Segment tasks each sum the block buffers over <= SEGMENT parameters
+# that never straddle a weight/bias boundary (L2 applies to weights only).
+#
+# With CSR X the block buffers hold no W_0: tasks 0 .. n_chunks-1 each own a fixed range
+# of W_0's rows (features), computing their gradient rows by feature from the batch's
+# entries grouped by column (transpose_rows) and delta_1 (w0_rows_gradient) into the
+# thread's scratch, and stepping them at once. No buffer of W_0's size is ever cleared
+# or summed: per batch, W_0 costs its entries times sizes[1] for the gradient plus the
+# dense optimizer step (the same dense step as for dense X, which the equality of the
+# two fits needs). For dense X there are no such tasks (n_chunks = 0, K = 0).
+
+cdef inline Py_ssize_t w0_chunk_rows(Py_ssize_t h) noexcept nogil:
+    """Features per task of W_0's step: about SEGMENT parameters, fixed by h alone."""
+    return max(1, SEGMENT // h)
+
+
+cdef struct Tasks:
+    bint sparse               # CSR X: W_0's gradient comes by feature, not from the blocks
+    Py_ssize_t K              # parameters before those in the block buffers: W_0's for CSR X
+    Py_ssize_t chunk          # features per W_0 task
+    Py_ssize_t n_chunks       # W_0 tasks, 0 for dense X
+    Py_ssize_t nseg           # segment tasks, after them
+    const intp_t* seg_start
+    const intp_t* seg_len
+    const unsigned char* seg_pen
+    intp_t* colptr            # CSR: (n_features + 1,) the batch's entries by column ...
+    intp_t* t_row             # ... and the position in the batch of each (transpose_rows)
+
+
+cdef object make_tasks(Tasks* tk, Layout* net, bint sparse):
+    """Fill ``tk`` but for colptr / t_row; returns the arrays it points to, which must
+    outlive it."""
+    seg = segments(net, sparse)
+    cdef const intp_t[::1] ss = seg[0]
+    cdef const intp_t[::1] sl = seg[1]
+    cdef const unsigned char[::1] sp = seg[2]
+    tk.sparse = sparse
+    tk.K = net.n_features * net.sizes[1] if sparse else 0
+    tk.chunk = w0_chunk_rows(net.sizes[1])
+    tk.n_chunks = (net.n_features + tk.chunk - 1) // tk.chunk if sparse else 0
+    tk.nseg = ss.shape[0]
+    tk.seg_start = &ss[0]
+    tk.seg_len = &sl[0]
+    tk.seg_pen = &sp[0]
+    return seg
+
+
+cdef void finish_batch(
+    Layout* net, Tasks* tk,
+    floating* prm,            # IN/OUT (P,) parameters (only read when grad_out is given)
+    floating* g,              # IN     (nslots, P - K) block gradients, summed here into row 0
+    Py_ssize_t nslots,
+    const floating* t_val,    # IN     CSR: the batch's values by column (transpose_rows)
+    const floating* delta1,   # IN     CSR: (m, sizes[1]) the batch's first-layer deltas
+    floating* w0_scratch,     # scratch CSR: (nt, chunk * sizes[1])
+    double sw_sum,            # IN     the batch's sum of sample weights
+    double alpha,             # IN     L2 coefficient, of the weights only
+    OptimConfig* oc, floating* s0, floating* s1, double lr, double t,   # the step's
+    double* grad_out,         # OUT    (P,) when not NULL: (gradient + alpha W) / sw_sum,
+                              #        and no step is taken
+    double* seg_sq,           # OUT    (n_chunks + nseg,) squared penalised weights before
+                              #        the step, by task
     int nt,
 ) noexcept nogil:
-    """Sum the block gradients and take one optimizer step over all parameters, L2 on
-    the weights only (elementwise: the same bits whichever thread takes which segment)."""
-    cdef Py_ssize_t s, j0, n
-    for s in prange(nseg, schedule="static", num_threads=threads_for(nseg, P * nslots, nt)):
-        j0 = seg_start[s]
-        n = seg_len[s]
-        reduce_chunks(g, P, nslots, j0, j0 + n)
-        seg_sq[s] = dot(prm + j0, prm + j0, n) if seg_pen[s] else 0.0
-        optimizer_step(oc, prm + j0, g + j0, gscale, s0 + j0, s1 + j0, n, lr,
-                       l2 if seg_pen[s] else 0.0, t)
+    """Sum the block gradients and take one optimizer step over all parameters, or write
+    the objective's gradient (see the section comment)."""
+    cdef Py_ssize_t h = net.sizes[1], K = tk.K, Pb = net.P - tk.K
+    cdef Py_ssize_t s, j, j0, n, f0, f1
+    cdef bint pen
+    cdef floating* gs
+    cdef double gscale = 1.0 / sw_sum, l2 = alpha / sw_sum
+    for s in prange(tk.n_chunks + tk.nseg, schedule="static",
+                    num_threads=threads_for(tk.n_chunks + tk.nseg, K + Pb * nslots, nt)):
+        if s < tk.n_chunks:
+            f0 = s * tk.chunk
+            f1 = min(net.n_features, f0 + tk.chunk)
+            gs = w0_scratch + threadid() * tk.chunk * h
+            w0_rows_gradient(tk.colptr, tk.t_row, t_val, delta1, h, f0, f1, gs)
+            j0 = f0 * h
+            n = (f1 - f0) * h
+            pen = True
+        else:
+            j0 = tk.seg_start[s - tk.n_chunks]
+            n = tk.seg_len[s - tk.n_chunks]
+            pen = tk.seg_pen[s - tk.n_chunks]
+            reduce_chunks(g, Pb, nslots, j0 - K, j0 - K + n)
+            gs = g + (j0 - K)
+        if grad_out == NULL:
+            seg_sq[s] = dot(prm + j0, prm + j0, n) if pen else 0.0
+            optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
+                           l2 if pen else 0.0, t)
+        else:
+            # the objective's penalty in double whatever the dtype: lbfgs compares values
+            seg_sq[s] = 0.0
+            for j in range(n):
+                if pen:
+                    seg_sq[s] += (<double>prm[j0 + j]) * prm[j0 + j]
+                    grad_out[j0 + j] = (gs[j] + alpha * prm[j0 + j]) * gscale
+                else:
+                    grad_out[j0 + j] = gs[j] * gscale
 
 
-cdef void check_common(Layout* net, X, Y, sample_weight, rows, params) except *:
-    if Y.shape[0] != X.shape[0] or sample_weight.shape[0] != X.shape[0]:
+# ---------------------------------------------------------------- scratch and checks
+
+cdef struct Scratch:
+    # A batch's scratch: offsets into one buffer of the data's dtype, and two arrays of
+    # doubles (see alloc_scratch)
+    Py_ssize_t act_stride     # activations of a block: BLOCK_ROWS rows of every layer
+                              # (from layer 1 on for CSR X)
+    Py_ssize_t grad           # (slots, P - K) block gradients
+    Py_ssize_t act            # (slots, act_stride) block activations
+    Py_ssize_t delta          # (slots, act_stride) block deltas
+    Py_ssize_t z1             # CSR: (m, sizes[1]) the batch's first-layer pre-activations
+    Py_ssize_t delta1         # CSR: (m, sizes[1]) its first-layer deltas
+    Py_ssize_t t_val          # CSR: (max_nnz,) its values by column
+    Py_ssize_t w0             # CSR: (nt, chunk * sizes[1]) W_0 gradient rows of a task
+    double* seg_sq            # (n_chunks + nseg,) finish_batch's squared weights, by task
+    double* block_loss        # (WAVE + 1,) batch_gradient's losses, by block
+
+
+cdef inline Py_ssize_t take(Py_ssize_t* end, Py_ssize_t n) noexcept:
+    """Start of the next n values of a buffer being laid out. At least 16 values (64
+    bytes) between two arrays keep the threads writing one off the other's cache lines."""
+    cdef Py_ssize_t start = end[0]
+    end[0] = start + (n + 31) // 16 * 16
+    return start
+
+
+cdef object alloc_scratch(Scratch* sc, Tasks* tk, Layout* net, Py_ssize_t m,
+                          Py_ssize_t max_nnz, int nt, dtype):
+    """Scratch for batches of up to m rows (and max_nnz entries for CSR X); points
+    tk.colptr / tk.t_row into it. Returns the buffers, which must outlive sc and tk."""
+    import numpy as np
+    cdef Py_ssize_t h = net.sizes[1], slots = work_slots(m), end = 0
+    # dense blocks gather their rows of X as layer 0's activations
+    sc.act_stride = BLOCK_ROWS * (net.act_total - (net.n_features if tk.sparse else 0))
+    sc.grad = take(&end, slots * (net.P - tk.K))
+    sc.act = take(&end, slots * sc.act_stride)
+    sc.delta = take(&end, slots * sc.act_stride)
+    sc.z1 = take(&end, m * h if tk.sparse else 0)
+    sc.delta1 = take(&end, m * h if tk.sparse else 0)
+    sc.t_val = take(&end, max_nnz if tk.sparse else 0)
+    sc.w0 = take(&end, nt * tk.chunk * h if tk.sparse else 0)
+    fbuf = np.zeros(max(end, 1), dtype=dtype)
+    ibuf = np.zeros(net.n_features + 1 + max_nnz if tk.sparse else 1, dtype=np.intp)
+    cdef intp_t[::1] ib = ibuf
+    tk.colptr = &ib[0]
+    tk.t_row = &ib[0] + (net.n_features + 1 if tk.sparse else 0)
+    dbuf = np.zeros(tk.n_chunks + tk.nseg + WAVE + 1)
+    cdef double[::1] db = dbuf
+    sc.seg_sq = &db[0]
+    sc.block_loss = &db[0] + tk.n_chunks + tk.nseg
+    return fbuf, ibuf, dbuf
+
+
+cdef void check_common(Layout* net, Py_ssize_t n_rows, Y, sample_weight, rows,
+                       params) except *:
+    if Y.shape[0] != n_rows or sample_weight.shape[0] != n_rows:
         raise ValueError("X, Y and sample_weight must have the same number of rows")
     if params.shape[0] != net.P:
         raise ValueError(f"params must have {net.P} entries")
     import numpy as np
-    if rows.shape[0] and (np.min(rows) < 0 or np.max(rows) >= X.shape[0]):
+    if rows.shape[0] and (np.min(rows) < 0 or np.max(rows) >= n_rows):
         raise ValueError("rows out of range")
 
 
-cdef void check_work(Layout* net, Py_ssize_t m, work_grad, work_act, work_delta) except *:
-    if work_grad.shape[0] < work_slots(m) or work_grad.shape[1] != net.P \
-            or work_act.shape[0] < work_grad.shape[0] \
-            or work_act.shape[1] < BLOCK_ROWS * net.act_total \
-            or work_delta.shape[0] < work_act.shape[0] or work_delta.shape[1] != work_act.shape[1]:
-        raise ValueError("work buffers do not match the layers and batch size "
-                         "(see work_buffers)")
-
-
-def mlp_loss_grad(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
-    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
-    const floating[::1] sample_weight,  # IN  (n_samples,)
-    const intp_t[::1] rows,             # IN  (m,) rows to use
-    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
-    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
-    int hidden_activation,
-    int out_activation,
-    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
-):
-    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``.
-
-    Single-threaded BLAS calls on the caller's thread; the estimators cut batches into
-    fixed chunks around it for thread-count-independent results.
-    """
+cdef object check_x(const floating[::1] data, const csr_index[::1] indices,
+                    const csr_index[::1] indptr, Py_ssize_t n_features, Py_ssize_t n_rows):
+    """Reject an X the kernels would read out of bounds (see mlp_epoch's X)."""
     import numpy as np
-    cdef Layout net
-    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1], hidden_activation,
-                          out_activation)
-    check_common(&net, X, Y, sample_weight, rows, params)
-    if grad.shape[0] != net.P:
-        raise ValueError(f"grad must have {net.P} entries")
-    cdef Py_ssize_t m = rows.shape[0], total = m * net.act_total
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
-    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
-    cdef double eps = np.finfo(dtype).eps
-    cdef double loss
-    grad[:] = 0
-    if m == 0:
-        return 0.0
-    with nogil:
-        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
-                              &params[0], net.sizes, net.offsets, net.L, net.hidden_act,
-                              net.out_act, eps, &grad[0], &acts[0], &deltas[0])
-    return loss
+    if indices is None and indptr is None:
+        if data.shape[0] != n_rows * n_features:
+            raise ValueError("dense X must hold n_rows * n_features values")
+        return
+    if indices is None or indptr is None:
+        raise ValueError("CSR X needs both indices and indptr (dense X neither)")
+    if indptr.shape[0] != n_rows + 1 or indices.shape[0] != data.shape[0]:
+        raise ValueError("CSR arrays do not match: indptr needs n_rows + 1 entries and "
+                         "indices one per value")
+    ip = np.asarray(indptr)
+    if ip[0] != 0 or ip[n_rows] > data.shape[0] or np.any(np.diff(ip) < 0):
+        raise ValueError("CSR indptr must start at 0, not decrease, and end within data")
+    ix = np.asarray(indices)[:ip[n_rows]]
+    if ix.shape[0] and (ix.min() < 0 or ix.max() >= n_features):
+        raise ValueError("CSR column indices out of range")
 
+
+cdef object prepare(
+    Layout* net, Tasks* tk, Scratch* sc,                        # OUT
+    const floating[::1] data, const csr_index[::1] indices, const csr_index[::1] indptr,
+    Py_ssize_t n_features, const floating[:, ::1] Y, const floating[::1] sample_weight,
+    const intp_t[::1] rows, const intp_t[::1] sizes, params, dict config,
+    Py_ssize_t m,             # IN rows per batch: each batch is m consecutive entries of rows
+):
+    """Check a training kernel's inputs and fill net, tk and sc for its batches. Returns
+    the scratch buffer of X's dtype and the other arrays they point into: both must
+    outlive them."""
+    import numpy as np
+    check_x(data, indices, indptr, n_features, Y.shape[0])
+    offsets = make_layout(net, sizes, n_features, Y.shape[1], config["hidden_activation"],
+                          config["out_activation"])
+    check_common(net, Y.shape[0], Y, sample_weight, rows, params)
+    cdef int nt = config["n_threads"]
+    cdef Py_ssize_t n = rows.shape[0], start, i, nnz, max_nnz = 0
+    if m < 1 or nt < 1:
+        raise ValueError("batch_size and n_threads must be >= 1")
+    if indptr is not None:
+        for start in range(0, n, m):
+            nnz = 0
+            for i in range(start, min(start + m, n)):
+                nnz += indptr[rows[i] + 1] - indptr[rows[i]]
+            max_nnz = max(max_nnz, nnz)
+    seg = make_tasks(tk, net, indptr is not None)
+    bufs = alloc_scratch(sc, tk, net, min(m, n), max_nnz, nt,
+                         np.float32 if floating is float else np.float64)
+    return bufs[0], (offsets, seg, bufs[1], bufs[2])
+
+
+# ---------------------------------------------------------------- entry points
+#
+# One kernel each for dense and CSR X. X comes as (data, indices, indptr, n_features):
+# a CSR matrix's arrays (canonical or not: duplicates add; int32 or int64 indices used
+# as they are), or, with indices and indptr None, the dense rows row-major in data.
+# The CSR paths differ only in the first layer: blocks start at layer 1, a batch is
+# grouped by column once to take the first layer's products by feature
+# (first_layer_by_column, w0_rows_gradient), and W_0 is stepped by those feature tasks.
 
 def mlp_epoch(
-    const floating[:, ::1] X,           # IN     (n_samples, n_features)
+    const floating[::1] data,           # IN     X (see the section comment)
+    const csr_index[::1] indices,       # IN     CSR column indices, or None
+    const csr_index[::1] indptr,        # IN     (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
     const floating[::1] sample_weight,  # IN     (n_samples,)
     const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
     const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
     floating[::1] params,               # IN/OUT (P,) flat parameters
     floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
-    floating[:, ::1] work_grad,         # scratch, from work_buffers
-    floating[:, ::1] work_act,          # scratch
-    floating[:, ::1] work_delta,        # scratch
     dict config,
     double t,                           # IN     number of the first update (adam), from 1
 ):
@@ -680,25 +822,22 @@ def mlp_epoch(
     """
     import numpy as np
     cdef Layout net
-    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1],
-                          config["hidden_activation"], config["out_activation"])
-    check_common(&net, X, Y, sample_weight, order, params)
+    cdef Tasks tk
+    cdef Scratch sc
     cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
-    cdef int nt = config["n_threads"], status = 0
-    if m < 1 or nt < 1:
-        raise ValueError("batch_size and n_threads must be >= 1")
-    check_work(&net, min(m, n_order), work_grad, work_act, work_delta)
+    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
+                         sample_weight, order, sizes, params, config, m)
     if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
         raise ValueError("opt_state must have shape (2, P)")
     if n_order == 0:
         return 0, t, 0.0
-    seg_start, seg_len, seg_pen = segments(&net)
-    cdef const intp_t[::1] ss = seg_start
-    cdef const intp_t[::1] sl = seg_len
-    cdef const unsigned char[::1] sp = seg_pen
-    cdef Py_ssize_t nseg = ss.shape[0]
-    cdef double[::1] seg_sq = np.zeros(nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
+    cdef floating[::1] fb = fbuf
+    cdef floating* buf = &fb[0]
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
+    cdef Py_ssize_t h = net.sizes[1]
+    cdef int nt = config["n_threads"], status = 0
     cdef double alpha = config["alpha"], lr = config["learning_rate"]
     cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
     cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
@@ -715,20 +854,27 @@ def mlp_epoch(
             for i in range(start, start + mb):
                 sw_sum += sample_weight[order[i]]
             if sw_sum > 0:
-                batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
-                               &Y[0, 0], &sample_weight[0], &order[start], mb,
-                               prm, eps, &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                               work_act.shape[1], <floating*>NULL, <floating*>NULL,
-                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
+                if tk.sparse:
+                    # the batch by column, and its first-layer products from it
+                    transpose_rows(X, ix, ip, &order[start], mb, n_features, tk.colptr,
+                                   tk.t_row, buf + sc.t_val)
+                    for s in prange(nt, schedule="static", num_threads=nt):
+                        first_layer_by_column(tk.colptr, tk.t_row, buf + sc.t_val, n_features,
+                                              prm, prm + n_features * h, h, mb, s * h // nt,
+                                              (s + 1) * h // nt, buf + sc.z1)
+                batch_gradient(&net, X, ix, ip, &Y[0, 0], &sample_weight[0], &order[start], mb,
+                               prm, eps, buf + sc.grad, buf + sc.act, buf + sc.delta,
+                               sc.act_stride, buf + sc.z1, buf + sc.delta1, sc.block_loss, nt,
+                               &data_loss, &nslots, &last_check)
                 if not isfinite(data_loss):
                     status = 1
                     break
-                step_segments(&oc, prm, &work_grad[0, 0], nslots, 1.0 / sw_sum, &opt_state[0, 0],
-                              &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, net.P, lr,
-                              alpha / sw_sum, t, &seg_sq[0], nt)
+                finish_batch(&net, &tk, prm, buf + sc.grad, nslots, buf + sc.t_val,
+                             buf + sc.delta1, buf + sc.w0, sw_sum, alpha, &oc,
+                             &opt_state[0, 0], &opt_state[1, 0], lr, t, NULL, sc.seg_sq, nt)
                 sq = 0.0
-                for s in range(nseg):
-                    sq += seg_sq[s]
+                for s in range(tk.n_chunks + tk.nseg):
+                    sq += sc.seg_sq[s]
                 loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
                 t += 1.0
             start += mb
@@ -745,16 +891,16 @@ def mlp_epoch(
 
 
 def mlp_objective(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[::1] data,           # IN  X (see the section comment)
+    const csr_index[::1] indices,       # IN  CSR column indices, or None
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
     const floating[::1] sample_weight,  # IN  (n_samples,)
     const intp_t[::1] rows,             # IN  (m,) the training rows
     const intp_t[::1] sizes,            # IN  (L + 1,)
     const floating[::1] params,         # IN  (P,)
     double[::1] grad,                   # OUT (P,) gradient of the objective
-    floating[:, ::1] work_grad,         # scratch, from work_buffers(len(rows), ...)
-    floating[:, ::1] work_act,          # scratch
-    floating[:, ::1] work_delta,        # scratch
     dict config,
 ):
     """The full-batch objective of scikit-learn's lbfgs solver and its gradient:
@@ -768,55 +914,50 @@ def mlp_objective(
     """
     import numpy as np
     cdef Layout net
-    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1],
-                          config["hidden_activation"], config["out_activation"])
-    check_common(&net, X, Y, sample_weight, rows, params)
-    cdef Py_ssize_t m = rows.shape[0], i, s, j, j0
+    cdef Tasks tk
+    cdef Scratch sc
+    cdef Py_ssize_t m = rows.shape[0], i, s
+    if m < 1:
+        raise ValueError("rows must not be empty")
+    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
+                         sample_weight, rows, sizes, params, config, m)   # one batch: all rows
+    if grad.shape[0] != net.P:
+        raise ValueError(f"grad must have {net.P} entries")
+    cdef floating[::1] fb = fbuf
+    cdef floating* buf = &fb[0]
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
     cdef int nt = config["n_threads"]
-    if m < 1 or nt < 1 or grad.shape[0] != net.P:
-        raise ValueError("rows must not be empty, n_threads >= 1, grad of P entries")
-    check_work(&net, m, work_grad, work_act, work_delta)
-    seg_start, seg_len, seg_pen = segments(&net)
-    cdef const intp_t[::1] ss = seg_start
-    cdef const intp_t[::1] sl = seg_len
-    cdef const unsigned char[::1] sp = seg_pen
-    cdef Py_ssize_t nseg = ss.shape[0]
-    cdef double[::1] seg_sq = np.zeros(nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
-    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, inv, last_check
+    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, last_check
     cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
-    cdef const floating* prm = &params[0]
-    cdef floating* g = &work_grad[0, 0]
     cdef Py_ssize_t nslots
     with nogil:
         last_check = cgd_now()
         for i in range(m):
             sw_sum += sample_weight[rows[i]]
-        batch_gradient(&net, &X[0, 0], <const int32_t*>NULL, <const int32_t*>NULL,
-                       &Y[0, 0], &sample_weight[0], &rows[0], m, prm, eps,
-                       &work_grad[0, 0], &work_act[0, 0], &work_delta[0, 0],
-                       work_act.shape[1], <floating*>NULL, <floating*>NULL, &block_loss[0],
-                       nt, &data_loss, &nslots, &last_check)
-        inv = 1.0 / sw_sum
-        for s in prange(nseg, schedule="static",
-                        num_threads=threads_for(nseg, net.P * nslots, nt)):
-            j0 = ss[s]
-            reduce_chunks(g, net.P, nslots, j0, j0 + sl[s])
-            seg_sq[s] = 0.0
-            for j in range(j0, j0 + sl[s]):
-                if sp[s]:
-                    seg_sq[s] += (<double>prm[j]) * prm[j]
-                    grad[j] = (g[j] + alpha * prm[j]) * inv
-                else:
-                    grad[j] = g[j] * inv
-        for s in range(nseg):
-            sq += seg_sq[s]
-    loss = (data_loss + 0.5 * alpha * sq) * inv
-    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * inv
+        batch_gradient(&net, X, ix, ip, &Y[0, 0], &sample_weight[0], &rows[0], m, &params[0],
+                       eps, buf + sc.grad, buf + sc.act, buf + sc.delta, sc.act_stride,
+                       <floating*>NULL, buf + sc.delta1, sc.block_loss, nt, &data_loss,
+                       &nslots, &last_check)
+        if tk.sparse:
+            transpose_rows(X, ix, ip, &rows[0], m, n_features, tk.colptr, tk.t_row,
+                           buf + sc.t_val)
+        # with grad_out given, finish_batch only reads the parameters
+        finish_batch(&net, &tk, <floating*>&params[0], buf + sc.grad, nslots, buf + sc.t_val,
+                     buf + sc.delta1, buf + sc.w0, sw_sum, alpha, NULL, NULL, NULL, 0.0, 0.0,
+                     &grad[0], sc.seg_sq, nt)
+        for s in range(tk.n_chunks + tk.nseg):
+            sq += sc.seg_sq[s]
+    loss = (data_loss + 0.5 * alpha * sq) * (1.0 / sw_sum)
+    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * (1.0 / sw_sum)
 
 
 def mlp_forward(
-    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[::1] data,           # IN  X (see the section comment)
+    const csr_index[::1] indices,       # IN  CSR column indices, or None
+    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers, or None
+    Py_ssize_t n_features,
     const intp_t[::1] rows,             # IN  (m,) rows to predict
     const intp_t[::1] sizes,            # IN  (L + 1,)
     const floating[::1] params,         # IN  (P,)
@@ -829,361 +970,84 @@ def mlp_forward(
     threads (each block's result does not depend on which thread computes it)."""
     import numpy as np
     cdef Layout net
-    offsets = make_layout(&net, sizes, X.shape[1], out.shape[1], hidden_activation,
-                          out_activation)
-    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, last
-    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1:
-        raise ValueError("out must have one row per row, params P entries")
-    if m and (np.min(rows) < 0 or np.max(rows) >= X.shape[0]):
-        raise ValueError("rows out of range")
-    if m == 0:
-        return
-    nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
-    cdef int nt = n_threads if n_threads < nblk else <int>nblk
-    cdef floating[:, ::1] work = np.empty(
-        (nt, FORWARD_ROWS * net.act_total), dtype=np.float32 if floating is float else np.float64)
-    cdef floating* a
-    last = net.act_total - net.n_out   # start of the output layer, per row
-    with nogil:
-        for b in prange(nblk, schedule="static", num_threads=nt):
-            r0 = b * FORWARD_ROWS
-            r1 = min(m, r0 + FORWARD_ROWS)
-            a = &work[threadid(), 0]
-            forward_rows(&X[0, 0], net.n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
-                         net.offsets, net.L, net.hidden_act, net.out_act, a)
-            for r in range(r1 - r0):
-                for j in range(net.n_out):
-                    out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
-
-
-# ---------------------------------------------------------------- CSR epochs and objective
-#
-# A batch over CSR rows: the blocks run as for dense X (batch_gradient), each leaving
-# its rows' delta_1 in the batch's delta_1 buffer; the batch's entries are then grouped
-# by column (transpose_rows), and one parallel loop over tasks takes the steps: tasks
-# 0 .. n_chunks-1 each own a fixed range of W_0's rows (features), computing their
-# gradient rows by feature (w0_rows_gradient) into the thread's scratch and stepping
-# them at once; the other tasks sum the block buffers of the remaining parameters and
-# step those, as step_segments does. No buffer of W_0's size is ever cleared or summed:
-# per batch, W_0 costs its entries times sizes[1] for the gradient plus the dense
-# optimizer step (the same dense step as for dense X, which the equality of the two
-# fits needs).
-
-cdef inline Py_ssize_t w0_chunk_rows(Py_ssize_t h) noexcept nogil:
-    """Features per task of W_0's step: about SEGMENT parameters, fixed by h alone."""
-    return max(1, SEGMENT // h)
-
-
-cdef void step_sparse(
-    OptimConfig* oc, floating* prm,
-    floating* g,              # IN (nslots, P - K) block gradients of the parameters after W_0
-    Py_ssize_t nslots, double gscale,
-    floating* s0, floating* s1,
-    const intp_t* seg_start, const intp_t* seg_len, const unsigned char* seg_pen,
-    Py_ssize_t nseg, Layout* net,
-    const intp_t* colptr, const intp_t* t_row, const floating* t_val, const floating* delta1,
-    floating* w0_scratch,     # scratch (nt, w0_chunk_rows(h) * h)
-    double lr, double l2, double t,
-    double* seg_sq,           # OUT (n_chunks + nseg,) squared penalised weights before the step
-    int nt,
-) noexcept nogil:
-    cdef Py_ssize_t h = net.sizes[1], K = net.n_features * h, P = net.P - K
-    cdef Py_ssize_t chunk = w0_chunk_rows(h)
-    cdef Py_ssize_t n_chunks = (net.n_features + chunk - 1) // chunk
-    cdef Py_ssize_t s, j0, n, f0, f1
-    cdef floating* gw
-    for s in prange(n_chunks + nseg, schedule="static",
-                    num_threads=threads_for(n_chunks + nseg, net.P, nt)):
-        if s < n_chunks:
-            f0 = s * chunk
-            f1 = min(net.n_features, f0 + chunk)
-            gw = w0_scratch + threadid() * chunk * h
-            w0_rows_gradient(colptr, t_row, t_val, delta1, h, f0, f1, gw)
-            j0 = f0 * h
-            n = (f1 - f0) * h
-            seg_sq[s] = dot(prm + j0, prm + j0, n)
-            optimizer_step(oc, prm + j0, gw, gscale, s0 + j0, s1 + j0, n, lr, l2, t)
-        else:
-            j0 = seg_start[s - n_chunks]
-            n = seg_len[s - n_chunks]
-            reduce_chunks(g, P, nslots, j0 - K, j0 - K + n)
-            seg_sq[s] = dot(prm + j0, prm + j0, n) if seg_pen[s - n_chunks] else 0.0
-            optimizer_step(oc, prm + j0, g + (j0 - K), gscale, s0 + j0, s1 + j0, n, lr,
-                           l2 if seg_pen[s - n_chunks] else 0.0, t)
-
-
-cdef object check_csr(Layout* net, data, indices, indptr, Py_ssize_t n_rows):
-    """Reject CSR arrays that would make the kernels read out of bounds."""
-    import numpy as np
-    if indptr.shape[0] != n_rows + 1 or indices.shape[0] != data.shape[0]:
-        raise ValueError("CSR arrays do not match: indptr needs n_rows + 1 entries and "
-                         "indices one per value")
-    ip = np.asarray(indptr)
-    if ip[0] != 0 or ip[n_rows] > data.shape[0] or np.any(np.diff(ip) < 0):
-        raise ValueError("CSR indptr must start at 0, not decrease, and end within data")
-    ix = np.asarray(indices)[:ip[n_rows]]
-    if ix.shape[0] and (ix.min() < 0 or ix.max() >= net.n_features):
-        raise ValueError("CSR column indices out of range")
-
-
-cdef object csr_scratch(Layout* net, Py_ssize_t m, Py_ssize_t max_nnz, int nt, dtype):
-    """Buffers of CSR batches of up to m rows and max_nnz entries."""
-    import numpy as np
-    cdef Py_ssize_t h = net.sizes[1], slots = work_slots(m)
-    cdef Py_ssize_t stride = BLOCK_ROWS * (net.act_total - net.n_features)
-    cdef Py_ssize_t chunk = w0_chunk_rows(h)
-    return {
-        "grad": np.zeros((slots, net.P - net.n_features * h), dtype=dtype),
-        "act": np.zeros((slots, stride), dtype=dtype),
-        "delta": np.zeros((slots, stride), dtype=dtype),
-        "delta1": np.zeros(max(1, m * h), dtype=dtype),
-        "colptr": np.zeros(net.n_features + 1, dtype=np.intp),
-        "t_row": np.zeros(max(1, max_nnz), dtype=np.intp),
-        "t_val": np.zeros(max(1, max_nnz), dtype=dtype),
-        "w0": np.zeros((nt, chunk * h), dtype=dtype),
-    }
-
-
-def mlp_epoch_csr(
-    const floating[::1] data,           # IN     CSR values (canonical or not: duplicates add)
-    const csr_index[::1] indices,       # IN     CSR column indices
-    const csr_index[::1] indptr,        # IN     (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const floating[:, ::1] Y,           # IN     (n_samples, n_outputs)
-    const floating[::1] sample_weight,  # IN     (n_samples,)
-    const intp_t[::1] order,            # IN     (n_train,) rows in visiting order
-    const intp_t[::1] sizes,            # IN     (L + 1,) layer sizes
-    floating[::1] params,               # IN/OUT (P,) flat parameters
-    floating[:, ::1] opt_state,         # IN/OUT (2, P) velocity / adam moments / adagrad sums
-    dict config,
-    double t,                           # IN     number of the first update (adam), from 1
-):
-    """``mlp_epoch`` over CSR X: the same updates, losses and return value, with the
-    first layer's products taken over the rows' non-zeros (see the section comment)."""
-    import numpy as np
-    cdef Layout net
-    offsets = make_layout(&net, sizes, n_features, Y.shape[1],
-                          config["hidden_activation"], config["out_activation"])
-    check_common(&net, Y, Y, sample_weight, order, params)
-    check_csr(&net, data, indices, indptr, Y.shape[0])
-    cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s, k
-    cdef int nt = config["n_threads"], status = 0
-    if m < 1 or nt < 1:
-        raise ValueError("batch_size and n_threads must be >= 1")
-    if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
-        raise ValueError("opt_state must have shape (2, P)")
-    if n_order == 0:
-        return 0, t, 0.0
-    cdef Py_ssize_t max_nnz = 0, nnz
-    start = 0
-    while start < n_order:
-        nnz = 0
-        for i in range(start, min(start + m, n_order)):
-            nnz += indptr[order[i] + 1] - indptr[order[i]]
-        max_nnz = max(max_nnz, nnz)
-        start += m
-    dtype = np.float32 if floating is float else np.float64
-    work = csr_scratch(&net, min(m, n_order), max_nnz, nt, dtype)
-    cdef floating[:, ::1] wg = work["grad"]
-    cdef floating[:, ::1] wa = work["act"]
-    cdef floating[:, ::1] wd = work["delta"]
-    cdef floating[::1] delta1 = work["delta1"]
-    cdef intp_t[::1] colptr = work["colptr"]
-    cdef intp_t[::1] t_row = work["t_row"]
-    cdef floating[::1] t_val = work["t_val"]
-    cdef floating[:, ::1] w0s = work["w0"]
-    cdef floating[::1] z1 = np.zeros(delta1.shape[0], dtype=dtype)
-    cdef Py_ssize_t h = net.sizes[1]
-    seg_start, seg_len, seg_pen = segments(&net, True)
-    cdef const intp_t[::1] ss = seg_start
-    cdef const intp_t[::1] sl = seg_len
-    cdef const unsigned char[::1] sp = seg_pen
-    cdef Py_ssize_t nseg = ss.shape[0], chunk = w0_chunk_rows(net.sizes[1])
-    cdef Py_ssize_t n_chunks = (n_features + chunk - 1) // chunk
-    cdef double[::1] seg_sq = np.zeros(n_chunks + nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
-    cdef double alpha = config["alpha"], lr = config["learning_rate"]
-    cdef double eps = np.finfo(dtype).eps
-    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
-    cdef double loss_acc = 0.0, data_loss, sq, sw_sum, last_check
-    cdef Py_ssize_t nslots
-    cdef OptimConfig oc = read_optim_config(config)
-    cdef floating* prm = &params[0]
-    with nogil:
-        last_check = cgd_now()
-        start = 0
-        while start < n_order:
-            mb = min(m, n_order - start)
-            sw_sum = 0.0
-            for i in range(start, start + mb):
-                sw_sum += sample_weight[order[i]]
-            if sw_sum > 0:
-                transpose_rows(&data[0], &indices[0], &indptr[0], &order[start], mb,
-                               n_features, &colptr[0], &t_row[0], &t_val[0])
-                for s in prange(nt, schedule="static", num_threads=nt):
-                    first_layer_by_column(&colptr[0], &t_row[0], &t_val[0], n_features, prm,
-                                          prm + n_features * h, h, mb, s * h // nt,
-                                          (s + 1) * h // nt, &z1[0])
-                batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0],
-                               &sample_weight[0], &order[start], mb, prm, eps, &wg[0, 0],
-                               &wa[0, 0], &wd[0, 0], wa.shape[1], &z1[0], &delta1[0],
-                               &block_loss[0], nt, &data_loss, &nslots, &last_check)
-                if not isfinite(data_loss):
-                    status = 1
-                    break
-                step_sparse(&oc, prm, &wg[0, 0], nslots, 1.0 / sw_sum, &opt_state[0, 0],
-                            &opt_state[1, 0], &ss[0], &sl[0], &sp[0], nseg, &net,
-                            &colptr[0], &t_row[0], &t_val[0], &delta1[0], &w0s[0, 0],
-                            lr, alpha / sw_sum, t, &seg_sq[0], nt)
-                sq = 0.0
-                for s in range(n_chunks + nseg):
-                    sq += seg_sq[s]
-                loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
-                t += 1.0
-            start += mb
-            if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
-                with gil:
-                    PyErr_CheckSignals()
-                last_check = cgd_now()
-        if status == 0:
-            for i in range(net.P):
-                if not isfinite(prm[i]):
-                    status = 1
-                    break
-    return status, t, loss_acc
-
-
-def mlp_objective_csr(
-    const floating[::1] data,           # IN  CSR values
-    const csr_index[::1] indices,       # IN  CSR column indices
-    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs)
-    const floating[::1] sample_weight,  # IN  (n_samples,)
-    const intp_t[::1] rows,             # IN  (m,) the training rows
-    const intp_t[::1] sizes,            # IN  (L + 1,)
-    const floating[::1] params,         # IN  (P,)
-    double[::1] grad,                   # OUT (P,) gradient of the objective
-    dict config,
-):
-    """``mlp_objective`` over CSR X (same objective, gradient and return value)."""
-    import numpy as np
-    cdef Layout net
-    offsets = make_layout(&net, sizes, n_features, Y.shape[1],
-                          config["hidden_activation"], config["out_activation"])
-    check_common(&net, Y, Y, sample_weight, rows, params)
-    check_csr(&net, data, indices, indptr, Y.shape[0])
-    cdef Py_ssize_t m = rows.shape[0], i, s, j, j0, n, f0, f1, nnz = 0
-    cdef int nt = config["n_threads"]
-    if m < 1 or nt < 1 or grad.shape[0] != net.P:
-        raise ValueError("rows must not be empty, n_threads >= 1, grad of P entries")
-    for i in range(m):
-        nnz += indptr[rows[i] + 1] - indptr[rows[i]]
-    dtype = np.float32 if floating is float else np.float64
-    work = csr_scratch(&net, m, nnz, nt, dtype)
-    cdef floating[:, ::1] wg = work["grad"]
-    cdef floating[:, ::1] wa = work["act"]
-    cdef floating[:, ::1] wd = work["delta"]
-    cdef floating[::1] delta1 = work["delta1"]
-    cdef intp_t[::1] colptr = work["colptr"]
-    cdef intp_t[::1] t_row = work["t_row"]
-    cdef floating[::1] t_val = work["t_val"]
-    cdef floating[:, ::1] w0s = work["w0"]
-    seg_start, seg_len, seg_pen = segments(&net, True)
-    cdef const intp_t[::1] ss = seg_start
-    cdef const intp_t[::1] sl = seg_len
-    cdef const unsigned char[::1] sp = seg_pen
-    cdef Py_ssize_t h = net.sizes[1], K = n_features * net.sizes[1], Pr = net.P - K
-    cdef Py_ssize_t nseg = ss.shape[0], chunk = w0_chunk_rows(h)
-    cdef Py_ssize_t n_chunks = (n_features + chunk - 1) // chunk
-    cdef double[::1] seg_sq = np.zeros(n_chunks + nseg)
-    cdef double[::1] block_loss = np.zeros(WAVE + 1)
-    cdef double alpha = config["alpha"], data_loss, sq = 0.0, sw_sum = 0.0, inv, last_check
-    cdef double eps = np.finfo(dtype).eps
-    cdef const floating* prm = &params[0]
-    cdef floating* g = &wg[0, 0]
-    cdef floating* gw
-    cdef Py_ssize_t nslots
-    with nogil:
-        last_check = cgd_now()
-        for i in range(m):
-            sw_sum += sample_weight[rows[i]]
-        batch_gradient(&net, &data[0], &indices[0], &indptr[0], &Y[0, 0], &sample_weight[0],
-                       &rows[0], m, prm, eps, g, &wa[0, 0], &wd[0, 0], wa.shape[1],
-                       <floating*>NULL, &delta1[0], &block_loss[0], nt, &data_loss, &nslots,
-                       &last_check)
-        transpose_rows(&data[0], &indices[0], &indptr[0], &rows[0], m, n_features,
-                       &colptr[0], &t_row[0], &t_val[0])
-        inv = 1.0 / sw_sum
-        for s in prange(n_chunks + nseg, schedule="static",
-                        num_threads=threads_for(n_chunks + nseg, net.P, nt)):
-            seg_sq[s] = 0.0
-            if s < n_chunks:
-                f0 = s * chunk
-                f1 = min(n_features, f0 + chunk)
-                gw = &w0s[threadid(), 0]
-                w0_rows_gradient(&colptr[0], &t_row[0], &t_val[0], &delta1[0], h, f0, f1, gw)
-                j0 = f0 * h
-                for j in range(j0, f1 * h):
-                    seg_sq[s] += (<double>prm[j]) * prm[j]
-                    grad[j] = (gw[j - j0] + alpha * prm[j]) * inv
-            else:
-                j0 = ss[s - n_chunks]
-                n = sl[s - n_chunks]
-                reduce_chunks(g, Pr, nslots, j0 - K, j0 - K + n)
-                for j in range(j0, j0 + n):
-                    if sp[s - n_chunks]:
-                        seg_sq[s] += (<double>prm[j]) * prm[j]
-                        grad[j] = (g[j - K] + alpha * prm[j]) * inv
-                    else:
-                        grad[j] = g[j - K] * inv
-        for s in range(n_chunks + nseg):
-            sq += seg_sq[s]
-    loss = (data_loss + 0.5 * alpha * sq) * inv
-    return (0 if np.isfinite(loss) else 1), loss, 0.5 * alpha * sq * inv
-
-
-def mlp_forward_csr(
-    const floating[::1] data,           # IN  CSR values
-    const csr_index[::1] indices,       # IN  CSR column indices
-    const csr_index[::1] indptr,        # IN  (n_samples + 1,) CSR row pointers
-    Py_ssize_t n_features,
-    const intp_t[::1] rows,             # IN  (m,) rows to predict
-    const intp_t[::1] sizes,            # IN  (L + 1,)
-    const floating[::1] params,         # IN  (P,)
-    int hidden_activation,
-    int out_activation,
-    floating[:, ::1] out,               # OUT (m, n_outputs) output activations
-    int n_threads,
-):
-    """``mlp_forward`` over CSR X: blocks of FORWARD_ROWS rows spread over threads."""
-    import numpy as np
-    cdef Layout net
+    cdef Py_ssize_t n_rows
+    if indptr is None:
+        n_rows = data.shape[0] // n_features if n_features > 0 else 0
+    else:
+        n_rows = indptr.shape[0] - 1
+        if n_rows < 0:
+            raise ValueError("CSR indptr needs n_rows + 1 entries")
+    check_x(data, indices, indptr, n_features, n_rows)
     offsets = make_layout(&net, sizes, n_features, out.shape[1], hidden_activation,
                           out_activation)
-    cdef Py_ssize_t n_rows = indptr.shape[0] - 1
-    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, last
-    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1 or n_rows < 0:
+    cdef const floating* X = &data[0]
+    cdef const csr_index* ix = NULL if indptr is None else &indices[0]
+    cdef const csr_index* ip = NULL if indptr is None else &indptr[0]
+    cdef Py_ssize_t m = rows.shape[0], nblk, b, r0, r1, r, j, width, last
+    if out.shape[0] != m or params.shape[0] != net.P or n_threads < 1:
         raise ValueError("out must have one row per row, params P entries")
-    check_csr(&net, data, indices, indptr, n_rows)
     if m and (np.min(rows) < 0 or np.max(rows) >= n_rows):
         raise ValueError("rows out of range")
     if m == 0:
         return
     nblk = (m + FORWARD_ROWS - 1) // FORWARD_ROWS
     cdef int nt = n_threads if n_threads < nblk else <int>nblk
+    # activations of one row: every layer's, from layer 1 on for CSR X
+    width = net.act_total - (n_features if ip != NULL else 0)
     cdef floating[:, ::1] work = np.empty(
-        (nt, FORWARD_ROWS * (net.act_total - n_features)),
-        dtype=np.float32 if floating is float else np.float64)
+        (nt, FORWARD_ROWS * width), dtype=np.float32 if floating is float else np.float64)
     cdef floating* a
-    last = net.act_total - n_features - net.n_out   # start of the output layer, per row
+    last = width - net.n_out   # start of the output layer, per row
     with nogil:
         for b in prange(nblk, schedule="static", num_threads=nt):
             r0 = b * FORWARD_ROWS
             r1 = min(m, r0 + FORWARD_ROWS)
             a = &work[threadid(), 0]
-            sparse_forward_rows(&data[0], &indices[0], &indptr[0], &rows[r0], r1 - r0, &net,
-                                &params[0], <floating*>NULL, a)
+            if ip == NULL:
+                forward_rows(X, n_features, &rows[r0], r1 - r0, &params[0], net.sizes,
+                             net.offsets, net.L, net.hidden_act, net.out_act, a)
+            else:
+                sparse_forward_rows(X, ix, ip, &rows[r0], r1 - r0, &net, &params[0],
+                                    <floating*>NULL, a)
             for r in range(r1 - r0):
                 for j in range(net.n_out):
                     out[r0 + r, j] = a[(r1 - r0) * last + r * net.n_out + j]
+
+
+def mlp_loss_grad(
+    const floating[:, ::1] X,           # IN  (n_samples, n_features)
+    const floating[:, ::1] Y,           # IN  (n_samples, n_outputs) targets / one-hot labels
+    const floating[::1] sample_weight,  # IN  (n_samples,)
+    const intp_t[::1] rows,             # IN  (m,) rows to use
+    const floating[::1] params,         # IN  (P,) flat parameters (see module docstring)
+    const intp_t[::1] sizes,            # IN  (L + 1,) layer sizes, input first
+    int hidden_activation,
+    int out_activation,
+    floating[::1] grad,                 # OUT (P,) sum over rows of s_i dl_i/dparams (overwritten)
+):
+    """Sum over ``rows`` of the weighted per-sample loss, and its gradient in ``grad``:
+    one block's forward and backward pass over dense X, on the caller's thread (the
+    estimators run it through mlp_epoch / mlp_objective, which cut batches into fixed
+    blocks for thread-count-independent results).
+    """
+    import numpy as np
+    cdef Layout net
+    offsets = make_layout(&net, sizes, X.shape[1], Y.shape[1], hidden_activation,
+                          out_activation)
+    check_common(&net, X.shape[0], Y, sample_weight, rows, params)
+    if grad.shape[0] != net.P:
+        raise ValueError(f"grad must have {net.P} entries")
+    cdef Py_ssize_t m = rows.shape[0], total = m * net.act_total
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] acts = np.empty(max(total, 1), dtype=dtype)
+    cdef floating[::1] deltas = np.empty(max(total, 1), dtype=dtype)
+    cdef double eps = np.finfo(np.float32 if floating is float else np.float64).eps
+    cdef double loss
+    grad[:] = 0
+    if m == 0:
+        return 0.0
+    with nogil:
+        loss = loss_grad_rows(&X[0, 0], X.shape[1], &Y[0, 0], &sample_weight[0], &rows[0], m,
+                              &params[0], net.sizes, net.offsets, net.L, net.hidden_act,
+                              net.out_act, eps, &grad[0], &acts[0], &deltas[0])
+    return loss

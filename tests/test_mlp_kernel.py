@@ -153,9 +153,9 @@ def _epoch(X, Y, sw, sizes, params, *, batch_size, lr, alpha=0.0, solver=0, mome
     opt = np.zeros((2, P), X.dtype) if opt is None else opt
     order = np.arange(X.shape[0], dtype=np.intp) if order is None else order
     cfg = _cfg(batch_size, lr, alpha, solver, momentum, nesterov, n_threads, act, task)
-    work = _mlp.work_buffers(min(batch_size, order.size), sizes, X.dtype)
     with threadpool_limits(1, user_api="blas"):  # BLAS bits depend on its thread count
-        status, t, loss = _mlp.mlp_epoch(X, Y, sw, order, sizes, params, opt, *work, cfg, t)
+        status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw, order, sizes,
+                                         params, opt, cfg, t)
     return status, t, loss, opt
 
 
@@ -239,11 +239,10 @@ def test_epoch_reports_divergence():
 def _objective(X, Y, sw, sizes, params, alpha, act, task, n_threads=1, rows=None):
     rows = np.arange(X.shape[0], dtype=np.intp) if rows is None else rows
     grad = np.empty(params.size)
-    work = _mlp.work_buffers(rows.size, sizes, X.dtype)
     cfg = _cfg(rows.size, 0.0, alpha, 0, 0.0, False, n_threads, act, task)
     with threadpool_limits(1, user_api="blas"):
-        status, loss, penalty = _mlp.mlp_objective(X, Y, sw, rows, sizes, params, grad,
-                                                   *work, cfg)
+        status, loss, penalty = _mlp.mlp_objective(X.ravel(), None, None, X.shape[1], Y, sw, rows,
+                                                   sizes, params, grad, cfg)
     assert penalty == pytest.approx(0.5 * alpha * np.sum(_l2_mask(sizes) * np.float64(params) ** 2)
                                     / np.float64(sw[rows]).sum(), rel=1e-12)
     return status, loss, grad
@@ -282,7 +281,8 @@ def test_forward_matches_numpy(task, n_threads):
     X, Y, sw, sizes, params = _problem(task, (7, 3), seed=10, n=700)
     rows = np.random.default_rng(1).permutation(700)[:600].astype(np.intp)
     out = np.empty((600, sizes[-1]))
-    _mlp.mlp_forward(X, rows, sizes, params, ACT["relu"], OUT[task], out, n_threads)
+    _mlp.mlp_forward(X.ravel(), None, None, X.shape[1], rows, sizes, params, ACT["relu"],
+                     OUT[task], out, n_threads)
     Ws, bs = _unpack(params, sizes)
     a = X[rows]
     for l, (W, b) in enumerate(zip(Ws, bs)):

@@ -139,13 +139,13 @@ def test_objective_gradient_equals_finite_differences(task, act, hidden):
     sizes = np.array(units, dtype=np.intp)
     rows = np.arange(X.shape[0], dtype=np.intp)
     cfg = est._kernel_config(1, X.shape[0])
-    work = _mlp.work_buffers(X.shape[0], sizes, X.dtype)
     # shift pre-activations away from relu's kink for a meaningful difference quotient
     params = est._pack(np.float64) + 0.05
 
     def objective(p):
         grad = np.empty(p.size)
-        _, loss, _ = _mlp.mlp_objective(X, Y, sw, rows, sizes, p, grad, *work, cfg)
+        _, loss, _ = _mlp.mlp_objective(X.ravel(), None, None, X.shape[1], Y, sw, rows, sizes, p,
+                                        grad, cfg)
         return loss, grad
 
     _, grad = objective(params)
@@ -161,33 +161,43 @@ def _thread_data(n=700, d=60, seed=5):
     return X, y
 
 
-@requires_openmp
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kw", [
+# Every solver, batches of one and of several 64-row blocks, early stopping's validation
+# split; lbfgs sets its own max_iter. Also used by the CSR test (test_sparse_mlp.py).
+N_JOBS_CASES = [
     dict(solver="adam", batch_size=256),
     dict(solver="sgd", batch_size=700, learning_rate="invscaling"),
     dict(solver="adagrad", batch_size=100, learning_rate_init=0.01),
     dict(solver="lbfgs", max_iter=15),
     dict(solver="adam", batch_size=64, early_stopping=True),
-])
-def test_n_jobs_gives_bit_identical_weights(dtype, kw):
-    """Blocks of 64 rows and parameter segments large enough to run in parallel
-    (hidden (300,) gives > 32768 parameters)."""
-    X, y = _thread_data()
-    X = X.astype(dtype)
+]
+
+
+def assert_n_jobs_bit_identical(make, X, y, dtype):
+    """Fit ``make(n_jobs)`` for n_jobs 1, 2 and 3: weights (of ``dtype``), loss and
+    probabilities must be the same bits."""
     fits = []
     for n_jobs in (1, 2, 3):
-        est = cgd.MLPClassifier(hidden_layer_sizes=(300,), max_iter=kw.pop("max_iter", 4),
-                                random_state=0, n_jobs=n_jobs, **kw)
-        kw["max_iter"] = est.max_iter
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(est.fit(X, y))
+            fits.append(make(n_jobs).fit(X, y))
     for est in fits[1:]:
         for a, b in zip(est.coefs_ + est.intercepts_, fits[0].coefs_ + fits[0].intercepts_):
             assert a.dtype == dtype and np.array_equal(a, b)
         assert est.loss_ == fits[0].loss_
         np.testing.assert_array_equal(est.predict_proba(X), fits[0].predict_proba(X))
+
+
+@requires_openmp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", N_JOBS_CASES)
+def test_n_jobs_gives_bit_identical_weights(dtype, kw):
+    """Blocks of 64 rows and parameter segments large enough to run in parallel
+    (hidden (300,) gives > 32768 parameters)."""
+    X, y = _thread_data()
+    assert_n_jobs_bit_identical(
+        lambda n_jobs: cgd.MLPClassifier(hidden_layer_sizes=(300,), random_state=0,
+                                         n_jobs=n_jobs, **{"max_iter": 4, **kw}),
+        X.astype(dtype), y, dtype)
 
 
 # ------------------------------------------------------------- 3. dtypes

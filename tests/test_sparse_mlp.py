@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 import cgd
 from _helpers import requires_openmp
+from test_mlp_training import N_JOBS_CASES, assert_n_jobs_bit_identical
 from cgd import _mlp
 
 RTOL = 1e-9          # float64: CSR vs dense, cgd vs scikit-learn (relative to max |weight|)
@@ -263,13 +264,13 @@ def test_int64_indices_used_as_they_are(monkeypatch):
     """int64 (and int32) index arrays reach the kernels without a cast."""
     X, y = _sparse_task("binary")
     seen = []
-    real = _mlp.mlp_epoch_csr
+    real = _mlp.mlp_epoch
 
     def spy(data, indices, indptr, *args):
         seen.append((indices.dtype, indptr.dtype))
         return real(data, indices, indptr, *args)
 
-    monkeypatch.setattr(_mlp, "mlp_epoch_csr", spy)
+    monkeypatch.setattr(_mlp, "mlp_epoch", spy)
     for kind in ("csr_matrix", "csr_int64"):
         _fit(_estimator("binary", max_iter=1), _as(X, kind), y)
     assert seen == [(np.int32, np.int32), (np.int64, np.int64)]
@@ -309,37 +310,32 @@ def test_malformed_csr_arrays_are_refused_by_the_kernel():
     bad = X.indices.copy()
     bad[3] = X.shape[1]
     with pytest.raises(ValueError, match="out of range"):
-        _mlp.mlp_forward_csr(X.data, bad, X.indptr, X.shape[1], rows, sizes, params, 3, 1,
-                             out, 1)
+        _mlp.mlp_forward(X.data, bad, X.indptr, X.shape[1], rows, sizes, params, 3, 1, out, 1)
     with pytest.raises(ValueError, match="indptr"):
-        _mlp.mlp_forward_csr(X.data, X.indices, X.indptr[::-1].copy(), X.shape[1], rows,
-                             sizes, params, 3, 1, out, 1)
+        _mlp.mlp_forward(X.data, X.indices, X.indptr[::-1].copy(), X.shape[1], rows, sizes,
+                         params, 3, 1, out, 1)
+    with pytest.raises(ValueError, match="both indices and indptr"):
+        _mlp.mlp_forward(X.data, X.indices, None, X.shape[1], rows, sizes, params, 3, 1, out,
+                         1)
+    # dense X (indices and indptr None) must hold n_rows * n_features values
+    with pytest.raises(ValueError, match="n_rows \\* n_features"):
+        _mlp.mlp_objective(X.toarray().ravel()[:-1], None, None, X.shape[1],
+                           np.zeros((X.shape[0], 1)), np.ones(X.shape[0]), rows, sizes,
+                           params, np.empty(params.size), est._kernel_config(1, X.shape[0]))
 
 
 # ------------------------------------------------------------ 3. thread counts
 @requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kw", [
-    dict(solver="adam", batch_size=256),
-    dict(solver="sgd", batch_size=700, learning_rate="invscaling"),
-    dict(solver="adagrad", batch_size=100, learning_rate_init=0.01),
-    dict(solver="lbfgs", max_iter=10),
-    dict(solver="adam", batch_size=64, early_stopping=True),
-])
+@pytest.mark.parametrize("kw", N_JOBS_CASES)
 def test_n_jobs_gives_bit_identical_weights_on_csr(dtype, kw):
     """1,500 features x 24 hidden units: W_0 alone has > 32768 parameters, so its rows
     are stepped in parallel tasks, and batches hold several blocks."""
     X, y = _sparse_task("multiclass", n=800, d=1500, density=0.01, dtype=dtype)
-    fits = []
-    for n_jobs in (1, 2, 3):
-        params = {"max_iter": 3, **kw}
-        fits.append(_fit(_estimator("multiclass", hidden_layer_sizes=(24,), n_jobs=n_jobs,
-                                    **params), X, y))
-    for est in fits[1:]:
-        _assert_bit_identical(est, fits[0])
-        assert est.loss_ == fits[0].loss_
-        np.testing.assert_array_equal(est.predict_proba(X), fits[0].predict_proba(X))
-    assert fits[0].coefs_[0].dtype == dtype
+    assert_n_jobs_bit_identical(
+        lambda n_jobs: _estimator("multiclass", hidden_layer_sizes=(24,), n_jobs=n_jobs,
+                                  **{"max_iter": 3, **kw}),
+        X, y, dtype)
 
 
 # ------------------------------------------------------------ 4. predictions, streams
