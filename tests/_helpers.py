@@ -3,9 +3,11 @@
 import os
 import signal
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from cgd import _openmp_helpers
 
@@ -100,3 +102,29 @@ def assert_sgd_fits_match(cases):
     failures = [f for name, X, y, sw, params in cases
                 if (f := sgd_mismatch(name, X, y, sample_weight=sw, **params)) is not None]
     assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)
+
+
+# Every solver, batches of one and of several 64-row blocks, early stopping's validation
+# split; lbfgs sets its own max_iter. Used by the dense and the CSR MLP tests.
+N_JOBS_CASES = [
+    dict(solver="adam", batch_size=256),
+    dict(solver="sgd", batch_size=700, learning_rate="invscaling"),
+    dict(solver="adagrad", batch_size=100, learning_rate_init=0.01),
+    dict(solver="lbfgs", max_iter=15),
+    dict(solver="adam", batch_size=64, early_stopping=True),
+]
+
+
+def assert_n_jobs_bit_identical(make, X, y, dtype):
+    """Fit ``make(n_jobs)`` for n_jobs 1, 2 and 3: weights (of ``dtype``), loss and
+    probabilities must be the same bits."""
+    fits = []
+    for n_jobs in (1, 2, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(make(n_jobs).fit(X, y))
+    for est in fits[1:]:
+        for a, b in zip(est.coefs_ + est.intercepts_, fits[0].coefs_ + fits[0].intercepts_):
+            assert a.dtype == dtype and np.array_equal(a, b)
+        assert est.loss_ == fits[0].loss_
+        np.testing.assert_array_equal(est.predict_proba(X), fits[0].predict_proba(X))

@@ -29,7 +29,8 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import cgd
-from _helpers import central_differences, requires_openmp
+from _helpers import (N_JOBS_CASES, assert_n_jobs_bit_identical, central_differences,
+                      requires_openmp)
 from cgd import _mlp
 from cgd._compat import InvalidParameterError
 
@@ -159,32 +160,6 @@ def _thread_data(n=700, d=60, seed=5):
     X = rng.standard_normal((n, d))
     y = np.argmax(X @ rng.standard_normal((d, 4)), axis=1)
     return X, y
-
-
-# Every solver, batches of one and of several 64-row blocks, early stopping's validation
-# split; lbfgs sets its own max_iter. Also used by the CSR test (test_sparse_mlp.py).
-N_JOBS_CASES = [
-    dict(solver="adam", batch_size=256),
-    dict(solver="sgd", batch_size=700, learning_rate="invscaling"),
-    dict(solver="adagrad", batch_size=100, learning_rate_init=0.01),
-    dict(solver="lbfgs", max_iter=15),
-    dict(solver="adam", batch_size=64, early_stopping=True),
-]
-
-
-def assert_n_jobs_bit_identical(make, X, y, dtype):
-    """Fit ``make(n_jobs)`` for n_jobs 1, 2 and 3: weights (of ``dtype``), loss and
-    probabilities must be the same bits."""
-    fits = []
-    for n_jobs in (1, 2, 3):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(make(n_jobs).fit(X, y))
-    for est in fits[1:]:
-        for a, b in zip(est.coefs_ + est.intercepts_, fits[0].coefs_ + fits[0].intercepts_):
-            assert a.dtype == dtype and np.array_equal(a, b)
-        assert est.loss_ == fits[0].loss_
-        np.testing.assert_array_equal(est.predict_proba(X), fits[0].predict_proba(X))
 
 
 @requires_openmp

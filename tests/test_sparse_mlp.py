@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 import cgd
 from _helpers import requires_openmp
-from test_mlp_training import N_JOBS_CASES, assert_n_jobs_bit_identical
+from _helpers import N_JOBS_CASES, assert_n_jobs_bit_identical
 from cgd import _mlp
 
 RTOL = 1e-9          # float64: CSR vs dense, cgd vs scikit-learn (relative to max |weight|)
