@@ -50,7 +50,7 @@ so that loading torch cannot affect the other workloads.
 Time per epoch is the best of ``--repeats`` fits divided by the number of epochs
 (``max_iter=5, tol=None``, so every fit runs exactly 5 epochs, W3 ``max_iter=2, tol=0``;
 checked via ``n_iter_``).
-"speedup vs sklearn" is sklearn's time per epoch divided by cgd's: > 1 means cgd is
+"speedup vs sklearn" is scikit-learn's time per epoch (its faster row where there are two: the MLPs on their default BLAS threads and on one) divided by cgd's: > 1 means cgd is
 faster ("vs torch" likewise, against the faster torch row). "X GB/s" is n * d * itemsize
 bytes per epoch divided by the time per epoch, and "of BW" that as a fraction of the read
 bandwidth measured with as many threads as the fit uses; for W3, "GFLOP/s" is the training
@@ -716,7 +716,13 @@ def run_workload(wid, title, configs, data, repeats, bw, score_name, log, epochs
                             gemm=None if gemm is None else gemm.get(n_jobs),
                             dtype=X.dtype.name, coef_dtype=coef_dtype.name))
         del est
-    peer = [r for r in results if r["lib"] == "sklearn"]
+    # The peer is scikit-learn's faster configuration in this run (MLPs: its default
+    # BLAS threads or BLAS held to one thread, whichever was faster).
+    peer = sorted((r for r in results if r["lib"] in ("sklearn", "sklearn-blas1")),
+                  key=lambda r: r["sec"])[:1]
+    if peer:
+        peer[0]["label"] += " [the peer: scikit-learn's faster row]" if len(
+            [r for r in results if r["lib"].startswith("sklearn")]) > 1 else ""
     peer_sec = peer[0]["sec"] if peer else None
     torch_rows = [r for r in results if r["lib"] == "torch"]
     torch_sec = min(r["sec"] for r in torch_rows) if torch_rows else None
