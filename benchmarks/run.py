@@ -50,7 +50,8 @@ so that loading torch cannot affect the other workloads.
 Time per epoch is the best of ``--repeats`` fits divided by the number of epochs
 (``max_iter=5, tol=None``, so every fit runs exactly 5 epochs, W3 ``max_iter=2, tol=0``;
 checked via ``n_iter_``).
-"speedup vs sklearn" is scikit-learn's time per epoch (its faster row where there are two: the MLPs on their default BLAS threads and on one) divided by cgd's: > 1 means cgd is
+"speedup vs sklearn" is scikit-learn's time per epoch (its faster row where there are
+two: the MLPs on their default BLAS threads and on one) divided by cgd's: > 1 means cgd is
 faster ("vs torch" likewise, against the faster torch row). "X GB/s" is n * d * itemsize
 bytes per epoch divided by the time per epoch, and "of BW" that as a fraction of the read
 bandwidth measured with as many threads as the fit uses; for W3, "GFLOP/s" is the training
@@ -498,7 +499,9 @@ def small_mlp_configs():
     return [(f"cgd MLPClassifier n_jobs={nj} ((128, 64), adam, batch 64)", "cgd", nj,
              lambda nj=nj: cgd.MLPClassifier(n_jobs=nj, **p)) for nj in (1, 2)] + [
         (f"sklearn MLPClassifier (same; default {nb} BLAS threads)", "sklearn", nb,
-         lambda: SkMLPClassifier(**p))]
+         lambda: SkMLPClassifier(**p)),
+        ("sklearn MLPClassifier, same, BLAS limited to 1 thread", "sklearn-blas1", 1,
+         lambda: BlasLimited(SkMLPClassifier(**p), 1))]
 
 
 class BlasLimited:
