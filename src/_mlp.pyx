@@ -70,20 +70,53 @@ cdef void activate(int act, floating* a, Py_ssize_t m, Py_ssize_t n) noexcept no
                 row[j] = <floating>(row[j] / s)
 
 
-cdef void times_derivative(int act, floating* delta, const floating* a,
-                           Py_ssize_t size) noexcept nogil:
-    """delta *= f'(h), with f' written in terms of the activation a = f(h)."""
-    cdef Py_ssize_t i
-    if act == ACT_LOGISTIC:
-        for i in range(size):
-            delta[i] = delta[i] * a[i] * (1 - a[i])
-    elif act == ACT_TANH:
-        for i in range(size):
-            delta[i] = delta[i] * (1 - a[i] * a[i])
-    elif act == ACT_RELU:
-        for i in range(size):
-            if a[i] <= 0:
-                delta[i] = 0
+cdef void bias_activate(int act, floating* a, const floating* b, Py_ssize_t m,
+                        Py_ssize_t n) noexcept nogil:
+    """a <- f(a + b) row by row on an m x n block of products (b added to every row):
+    one pass while each row is in cache. The ReLU is written without a branch so
+    that it vectorises (v < 0 is false for NaN, which passes on as in np.maximum)."""
+    cdef Py_ssize_t r, j
+    cdef floating v
+    cdef floating* row
+    for r in range(m):
+        row = a + r * n
+        if act == ACT_RELU:
+            for j in range(n):
+                v = row[j] + b[j]
+                row[j] = 0 if v < 0 else v
+        else:
+            for j in range(n):
+                row[j] = row[j] + b[j]
+            if act != ACT_IDENTITY:
+                activate(act, row, 1, n)
+
+
+cdef void times_derivative_bias_grad(int act, floating* delta, const floating* a,
+                                     Py_ssize_t m, Py_ssize_t n,
+                                     floating* gb) noexcept nogil:
+    """delta *= f'(h) on an m x n block, f' written in terms of the activation a = f(h),
+    and gb <- the column sums of the result, in row order (the bias gradient of the
+    layer below), in the same pass. Branch-free so that it vectorises."""
+    cdef Py_ssize_t r, j
+    cdef floating* d
+    cdef const floating* x
+    for r in range(m):
+        d = delta + r * n
+        x = a + r * n
+        if act == ACT_LOGISTIC:
+            for j in range(n):
+                d[j] = d[j] * x[j] * (1 - x[j])
+        elif act == ACT_TANH:
+            for j in range(n):
+                d[j] = d[j] * (1 - x[j] * x[j])
+        elif act == ACT_RELU:
+            for j in range(n):
+                d[j] = 0 if x[j] <= 0 else d[j]
+        if r == 0:
+            memcpy(gb, d, n * sizeof(floating))
+        else:
+            for j in range(n):
+                gb[j] = gb[j] + d[j]
 
 
 cdef double output_loss_and_delta(
@@ -130,12 +163,9 @@ cdef void forward_layers(
         a_next = a + m * sizes[l]
         W = params + offsets[l]
         b = W + sizes[l] * sizes[l + 1]
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                a_next[r * sizes[l + 1] + j] = b[j]
         gemm(False, False, <int>m, <int>sizes[l + 1], <int>sizes[l], 1.0,
-             a, <int>sizes[l], W, <int>sizes[l + 1], 1.0, a_next, <int>sizes[l + 1])
-        activate(out_act if l == L - 1 else hidden_act, a_next, m, sizes[l + 1])
+             a, <int>sizes[l], W, <int>sizes[l + 1], 0.0, a_next, <int>sizes[l + 1])
+        bias_activate(out_act if l == L - 1 else hidden_act, a_next, b, m, sizes[l + 1])
         a = a_next
 
 
@@ -161,12 +191,15 @@ cdef void backward_layers(
     Py_ssize_t m, Py_ssize_t l_lo,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
     int hidden_act,
-    floating* grad,           # OUT += weight and bias gradients of layers l_lo .. L-1
+    floating* grad,           # OUT weight and bias gradients of layers l_lo .. L-1
+                              #     (overwritten: no clearing pass is needed), and for
+                              #     l_lo > 0 layer l_lo - 1's bias gradient too
     Py_ssize_t grad_shift,    # IN   grad holds the parameters from this offset on
 ) noexcept nogil:
     """Back-propagation from the output down to layer l_lo (delta_l_lo computed when
-    l_lo > 0): dL/dW_l += A_l^T delta_{l+1}, dL/db_l += column sums of delta_{l+1},
-    delta_l = (delta_{l+1} W_l^T) * f'(h_l)."""
+    l_lo > 0): dL/dW_l = A_l^T delta_{l+1}, dL/db_l = column sums of delta_{l+1},
+    delta_l = (delta_{l+1} W_l^T) * f'(h_l). A layer's bias gradient is summed in the
+    pass that makes its delta (the output layer's in a pass of its own)."""
     cdef Py_ssize_t l, r, j, a_off = 0
     cdef Py_ssize_t a_start[64]
     cdef const floating* a
@@ -185,15 +218,19 @@ cdef void backward_layers(
         gW = grad + (offsets[l] - grad_shift)
         gb = gW + sizes[l] * sizes[l + 1]
         gemm(True, False, <int>sizes[l], <int>sizes[l + 1], <int>m, 1.0,
-             a, <int>sizes[l], d, <int>sizes[l + 1], 1.0, gW, <int>sizes[l + 1])
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                gb[j] += d[r * sizes[l + 1] + j]
+             a, <int>sizes[l], d, <int>sizes[l + 1], 0.0, gW, <int>sizes[l + 1])
+        if l == L - 1:
+            memcpy(gb, d, sizes[l + 1] * sizeof(floating))
+            for r in range(1, m):
+                for j in range(sizes[l + 1]):
+                    gb[j] = gb[j] + d[r * sizes[l + 1] + j]
         if l > 0:
             d_prev = deltas + a_start[l]
             gemm(False, True, <int>m, <int>sizes[l], <int>sizes[l + 1], 1.0,
                  d, <int>sizes[l + 1], W, <int>sizes[l + 1], 0.0, d_prev, <int>sizes[l])
-            times_derivative(hidden_act, d_prev, a, m * sizes[l])
+            # ... and layer l-1's bias gradient: its biases follow W_{l-1}
+            times_derivative_bias_grad(hidden_act, d_prev, a, m, sizes[l],
+                                       grad + (offsets[l] - sizes[l] - grad_shift))
 
 
 cdef double output_deltas(
@@ -218,7 +255,7 @@ cdef double loss_grad_rows(
     const intp_t* rows, Py_ssize_t m,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
     int hidden_act, int out_act, double eps,
-    floating* grad,           # OUT (P,) += sum over rows of sw_i * dl_i/dparams
+    floating* grad,           # OUT (P,) sum over rows of sw_i * dl_i/dparams (overwritten)
     floating* acts,           # scratch: sum_l m * sizes[l] values
     floating* deltas,         # scratch: as acts
 ) noexcept nogil:
@@ -286,7 +323,7 @@ cdef double sparse_loss_grad_rows(
     const floating* Y, const floating* sw,
     const intp_t* rows, Py_ssize_t m,
     const floating* params, Layout* net, double eps,
-    floating* grad,           # OUT (P - n_features*sizes[1],) += gradient of every
+    floating* grad,           # OUT (P - n_features*sizes[1],) = gradient of every
                               #     parameter after W_0, summed over the rows
     floating* acts,           # scratch: m * (act_total - n_features) values
     floating* deltas,         # scratch: as acts
@@ -301,12 +338,15 @@ cdef double sparse_loss_grad_rows(
     sparse_forward_rows(data, indices, indptr, rows, m, net, params, z1, acts)
     loss = output_deltas(acts + a_out, Y, sw, rows, m, net.n_out, net.out_act, eps,
                          deltas + a_out)
+    # also writes b_0's gradient (it opens the block's buffer) when there is a layer
+    # above; W_0's comes later
     backward_layers(acts, deltas, m, 1, params, net.sizes, net.offsets, net.L,
                     net.hidden_act, grad, net.n_features * h)
-    # layer 0: the bias gradient here (b_0 opens the block's buffer), W_0's later
-    for r in range(m):
-        for j in range(h):
-            grad[j] += deltas[r * h + j]
+    if net.L == 1:
+        memcpy(grad, deltas, h * sizeof(floating))
+        for r in range(1, m):
+            for j in range(h):
+                grad[j] = grad[j] + deltas[r * h + j]
     memcpy(delta1, deltas, m * h * sizeof(floating))
     return loss
 
@@ -530,7 +570,6 @@ cdef int batch_gradient(
             b = first + c
             r0 = (b * m) // nblk
             r1 = ((b + 1) * m) // nblk
-            memset(work_grad + (base + c) * P, 0, P * sizeof(floating))
             if indptr == NULL:
                 block_loss[base + c] = loss_grad_rows(
                     X, net.n_features, Y, sw, rows + r0, r1 - r0, params, net.sizes,

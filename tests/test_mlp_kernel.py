@@ -292,3 +292,31 @@ def test_forward_matches_numpy(task, n_threads):
     a = {"regression": a, "binary": expit(a), "multiclass": softmax(a, axis=1),
          "poisson": np.exp(a)}[task]
     np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("csr", [False, True])
+@pytest.mark.parametrize("hidden", [(), (5,), (6, 4)])
+@pytest.mark.parametrize("act", ["logistic", "tanh", "relu"])
+def test_bias_gradients_of_every_layer_match_numpy(csr, hidden, act):
+    """Each layer's bias gradient is summed in the pass that applies f' to its deltas
+    (the output layer's, and b_0's for CSR X without a hidden layer, on their own):
+    every path against the delta rule written out in NumPy, over several blocks."""
+    import scipy.sparse
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=11, n=150, d=8)
+    X[np.abs(X) < 0.7] = 0.0
+    rows = np.arange(150, dtype=np.intp)
+    alpha = 0.3
+    grad = np.empty(params.size)
+    cfg = _cfg(150, 0.0, alpha, 0, 0.0, False, 2, act, "multiclass")
+    x_parts = ((lambda c: (c.data, c.indices, c.indptr))(scipy.sparse.csr_matrix(X)) if csr
+               else (X.ravel(), None, None))
+    with threadpool_limits(1, user_api="blas"):
+        status, loss, _ = _mlp.mlp_objective(*x_parts, X.shape[1], Y, sw, rows, sizes, params,
+                                             grad, cfg)
+    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, act, "multiclass")
+    mask = _l2_mask(sizes)
+    S = sw.sum()
+    assert status == 0
+    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
+                                 rel=1e-12)
+    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
