@@ -624,11 +624,27 @@ cdef inline Py_ssize_t w0_chunk_rows(Py_ssize_t h) noexcept nogil:
     return max(1, SEGMENT // h)
 
 
+cdef inline void sum_slots(floating* out, const floating* g, Py_ssize_t stride,
+                           Py_ssize_t nslots, Py_ssize_t n) noexcept nogil:
+    """out[j] = (((g_0 + g_1) + g_2) + ...)[j], rows of g `stride` apart: reduce_chunks'
+    order, written elsewhere."""
+    cdef Py_ssize_t c, j
+    cdef const floating* src = g + stride
+    for j in range(n):
+        out[j] = g[j] + src[j]
+    for c in range(2, nslots):
+        src = g + c * stride
+        for j in range(n):
+            out[j] = out[j] + src[j]
+
+
 cdef struct Tasks:
     bint sparse               # CSR X: W_0's gradient comes by feature, not from the blocks
     Py_ssize_t K              # parameters before those in the block buffers: W_0's for CSR X
     Py_ssize_t chunk          # features per W_0 task
     Py_ssize_t n_chunks       # W_0 tasks, 0 for dense X
+    Py_ssize_t scratch        # values of a thread's scratch in finish_batch: a W_0 task's
+                              # gradient rows or a segment's sum of the block gradients
     Py_ssize_t nseg           # segment tasks, after them
     const intp_t* seg_start
     const intp_t* seg_len
@@ -648,6 +664,7 @@ cdef object make_tasks(Tasks* tk, Layout* net, bint sparse):
     tk.K = net.n_features * net.sizes[1] if sparse else 0
     tk.chunk = w0_chunk_rows(net.sizes[1])
     tk.n_chunks = (net.n_features + tk.chunk - 1) // tk.chunk if sparse else 0
+    tk.scratch = max(<Py_ssize_t>SEGMENT, tk.chunk * net.sizes[1] if sparse else 0)
     tk.nseg = ss.shape[0]
     tk.seg_start = &ss[0]
     tk.seg_len = &sl[0]
@@ -658,11 +675,11 @@ cdef object make_tasks(Tasks* tk, Layout* net, bint sparse):
 cdef void finish_batch(
     Layout* net, Tasks* tk,
     floating* prm,            # IN/OUT (P,) parameters (only read when grad_out is given)
-    floating* g,              # IN     (nslots, P - K) block gradients, summed here into row 0
+    floating* g,              # IN     (nslots, P - K) block gradients, summed here
     Py_ssize_t nslots,
     const floating* t_val,    # IN     CSR: the batch's values by column (transpose_rows)
     const floating* delta1,   # IN     CSR: (m, sizes[1]) the batch's first-layer deltas
-    floating* w0_scratch,     # scratch CSR: (nt, chunk * sizes[1])
+    floating* task_scratch,   # scratch (nt, tk.scratch)
     double sw_sum,            # IN     the batch's sum of sample weights
     double alpha,             # IN     L2 coefficient, of the weights only
     OptimConfig* oc, floating* s0, floating* s1, double lr, double t,   # the step's
@@ -684,7 +701,7 @@ cdef void finish_batch(
         if s < tk.n_chunks:
             f0 = s * tk.chunk
             f1 = min(net.n_features, f0 + tk.chunk)
-            gs = w0_scratch + threadid() * tk.chunk * h
+            gs = task_scratch + threadid() * tk.scratch
             w0_rows_gradient(tk.colptr, tk.t_row, t_val, delta1, h, f0, f1, gs)
             j0 = f0 * h
             n = (f1 - f0) * h
@@ -693,8 +710,12 @@ cdef void finish_batch(
             j0 = tk.seg_start[s - tk.n_chunks]
             n = tk.seg_len[s - tk.n_chunks]
             pen = tk.seg_pen[s - tk.n_chunks]
-            reduce_chunks(g, Pb, nslots, j0 - K, j0 - K + n)
             gs = g + (j0 - K)
+            if nslots > 1:
+                # summed into the thread's scratch, which stays in cache for the step,
+                # rather than back into slot 0: one store pass over the gradient less
+                sum_slots(task_scratch + threadid() * tk.scratch, gs, Pb, nslots, n)
+                gs = task_scratch + threadid() * tk.scratch
         if grad_out == NULL:
             seg_sq[s] = dot(prm + j0, prm + j0, n) if pen else 0.0
             optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
@@ -723,7 +744,7 @@ cdef struct Scratch:
     Py_ssize_t z1             # CSR: (m, sizes[1]) the batch's first-layer pre-activations
     Py_ssize_t delta1         # CSR: (m, sizes[1]) its first-layer deltas
     Py_ssize_t t_val          # CSR: (max_nnz,) its values by column
-    Py_ssize_t w0             # CSR: (nt, chunk * sizes[1]) W_0 gradient rows of a task
+    Py_ssize_t w0             # (nt, tk.scratch) finish_batch's scratch, by thread
     double* seg_sq            # (n_chunks + nseg,) finish_batch's squared weights, by task
     double* block_loss        # (WAVE + 1,) batch_gradient's losses, by block
 
@@ -750,7 +771,7 @@ cdef object alloc_scratch(Scratch* sc, Tasks* tk, Layout* net, Py_ssize_t m,
     sc.z1 = take(&end, m * h if tk.sparse else 0)
     sc.delta1 = take(&end, m * h if tk.sparse else 0)
     sc.t_val = take(&end, max_nnz if tk.sparse else 0)
-    sc.w0 = take(&end, nt * tk.chunk * h if tk.sparse else 0)
+    sc.w0 = take(&end, nt * tk.scratch)
     fbuf = np.zeros(max(end, 1), dtype=dtype)
     ibuf = np.zeros(net.n_features + 1 + max_nnz if tk.sparse else 1, dtype=np.intp)
     cdef intp_t[::1] ib = ibuf
