@@ -70,20 +70,53 @@ cdef void activate(int act, floating* a, Py_ssize_t m, Py_ssize_t n) noexcept no
                 row[j] = <floating>(row[j] / s)
 
 
-cdef void times_derivative(int act, floating* delta, const floating* a,
-                           Py_ssize_t size) noexcept nogil:
-    """delta *= f'(h), with f' written in terms of the activation a = f(h)."""
-    cdef Py_ssize_t i
-    if act == ACT_LOGISTIC:
-        for i in range(size):
-            delta[i] = delta[i] * a[i] * (1 - a[i])
-    elif act == ACT_TANH:
-        for i in range(size):
-            delta[i] = delta[i] * (1 - a[i] * a[i])
-    elif act == ACT_RELU:
-        for i in range(size):
-            if a[i] <= 0:
-                delta[i] = 0
+cdef void bias_activate(int act, floating* a, const floating* b, Py_ssize_t m,
+                        Py_ssize_t n) noexcept nogil:
+    """a <- f(a + b) row by row on an m x n block of products (b added to every row):
+    one pass while each row is in cache. The ReLU is written without a branch so
+    that it vectorises (v < 0 is false for NaN, which passes on as in np.maximum)."""
+    cdef Py_ssize_t r, j
+    cdef floating v
+    cdef floating* row
+    for r in range(m):
+        row = a + r * n
+        if act == ACT_RELU:
+            for j in range(n):
+                v = row[j] + b[j]
+                row[j] = 0 if v < 0 else v
+        else:
+            for j in range(n):
+                row[j] = row[j] + b[j]
+            if act != ACT_IDENTITY:
+                activate(act, row, 1, n)
+
+
+cdef void times_derivative_bias_grad(int act, floating* delta, const floating* a,
+                                     Py_ssize_t m, Py_ssize_t n,
+                                     floating* gb) noexcept nogil:
+    """delta *= f'(h) on an m x n block, f' written in terms of the activation a = f(h),
+    and gb <- the column sums of the result, in row order (the bias gradient of the
+    layer below), in the same pass. Branch-free so that it vectorises."""
+    cdef Py_ssize_t r, j
+    cdef floating* d
+    cdef const floating* x
+    for r in range(m):
+        d = delta + r * n
+        x = a + r * n
+        if act == ACT_LOGISTIC:
+            for j in range(n):
+                d[j] = d[j] * x[j] * (1 - x[j])
+        elif act == ACT_TANH:
+            for j in range(n):
+                d[j] = d[j] * (1 - x[j] * x[j])
+        elif act == ACT_RELU:
+            for j in range(n):
+                d[j] = 0 if x[j] <= 0 else d[j]
+        if r == 0:
+            memcpy(gb, d, n * sizeof(floating))
+        else:
+            for j in range(n):
+                gb[j] = gb[j] + d[j]
 
 
 cdef double output_loss_and_delta(
@@ -130,12 +163,9 @@ cdef void forward_layers(
         a_next = a + m * sizes[l]
         W = params + offsets[l]
         b = W + sizes[l] * sizes[l + 1]
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                a_next[r * sizes[l + 1] + j] = b[j]
         gemm(False, False, <int>m, <int>sizes[l + 1], <int>sizes[l], 1.0,
-             a, <int>sizes[l], W, <int>sizes[l + 1], 1.0, a_next, <int>sizes[l + 1])
-        activate(out_act if l == L - 1 else hidden_act, a_next, m, sizes[l + 1])
+             a, <int>sizes[l], W, <int>sizes[l + 1], 0.0, a_next, <int>sizes[l + 1])
+        bias_activate(out_act if l == L - 1 else hidden_act, a_next, b, m, sizes[l + 1])
         a = a_next
 
 
@@ -161,12 +191,15 @@ cdef void backward_layers(
     Py_ssize_t m, Py_ssize_t l_lo,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
     int hidden_act,
-    floating* grad,           # OUT += weight and bias gradients of layers l_lo .. L-1
+    floating* grad,           # OUT weight and bias gradients of layers l_lo .. L-1
+                              #     (overwritten: no clearing pass is needed), and for
+                              #     l_lo > 0 layer l_lo - 1's bias gradient too
     Py_ssize_t grad_shift,    # IN   grad holds the parameters from this offset on
 ) noexcept nogil:
     """Back-propagation from the output down to layer l_lo (delta_l_lo computed when
-    l_lo > 0): dL/dW_l += A_l^T delta_{l+1}, dL/db_l += column sums of delta_{l+1},
-    delta_l = (delta_{l+1} W_l^T) * f'(h_l)."""
+    l_lo > 0): dL/dW_l = A_l^T delta_{l+1}, dL/db_l = column sums of delta_{l+1},
+    delta_l = (delta_{l+1} W_l^T) * f'(h_l). A layer's bias gradient is summed in the
+    pass that makes its delta (the output layer's in a pass of its own)."""
     cdef Py_ssize_t l, r, j, a_off = 0
     cdef Py_ssize_t a_start[64]
     cdef const floating* a
@@ -185,15 +218,19 @@ cdef void backward_layers(
         gW = grad + (offsets[l] - grad_shift)
         gb = gW + sizes[l] * sizes[l + 1]
         gemm(True, False, <int>sizes[l], <int>sizes[l + 1], <int>m, 1.0,
-             a, <int>sizes[l], d, <int>sizes[l + 1], 1.0, gW, <int>sizes[l + 1])
-        for r in range(m):
-            for j in range(sizes[l + 1]):
-                gb[j] += d[r * sizes[l + 1] + j]
+             a, <int>sizes[l], d, <int>sizes[l + 1], 0.0, gW, <int>sizes[l + 1])
+        if l == L - 1:
+            memcpy(gb, d, sizes[l + 1] * sizeof(floating))
+            for r in range(1, m):
+                for j in range(sizes[l + 1]):
+                    gb[j] = gb[j] + d[r * sizes[l + 1] + j]
         if l > 0:
             d_prev = deltas + a_start[l]
             gemm(False, True, <int>m, <int>sizes[l], <int>sizes[l + 1], 1.0,
                  d, <int>sizes[l + 1], W, <int>sizes[l + 1], 0.0, d_prev, <int>sizes[l])
-            times_derivative(hidden_act, d_prev, a, m * sizes[l])
+            # ... and layer l-1's bias gradient: its biases follow W_{l-1}
+            times_derivative_bias_grad(hidden_act, d_prev, a, m, sizes[l],
+                                       grad + (offsets[l] - sizes[l] - grad_shift))
 
 
 cdef double output_deltas(
@@ -218,7 +255,7 @@ cdef double loss_grad_rows(
     const intp_t* rows, Py_ssize_t m,
     const floating* params, const intp_t* sizes, const intp_t* offsets, Py_ssize_t L,
     int hidden_act, int out_act, double eps,
-    floating* grad,           # OUT (P,) += sum over rows of sw_i * dl_i/dparams
+    floating* grad,           # OUT (P,) sum over rows of sw_i * dl_i/dparams (overwritten)
     floating* acts,           # scratch: sum_l m * sizes[l] values
     floating* deltas,         # scratch: as acts
 ) noexcept nogil:
@@ -286,7 +323,7 @@ cdef double sparse_loss_grad_rows(
     const floating* Y, const floating* sw,
     const intp_t* rows, Py_ssize_t m,
     const floating* params, Layout* net, double eps,
-    floating* grad,           # OUT (P - n_features*sizes[1],) += gradient of every
+    floating* grad,           # OUT (P - n_features*sizes[1],) = gradient of every
                               #     parameter after W_0, summed over the rows
     floating* acts,           # scratch: m * (act_total - n_features) values
     floating* deltas,         # scratch: as acts
@@ -301,12 +338,15 @@ cdef double sparse_loss_grad_rows(
     sparse_forward_rows(data, indices, indptr, rows, m, net, params, z1, acts)
     loss = output_deltas(acts + a_out, Y, sw, rows, m, net.n_out, net.out_act, eps,
                          deltas + a_out)
+    # also writes b_0's gradient (it opens the block's buffer) when there is a layer
+    # above; W_0's comes later
     backward_layers(acts, deltas, m, 1, params, net.sizes, net.offsets, net.L,
                     net.hidden_act, grad, net.n_features * h)
-    # layer 0: the bias gradient here (b_0 opens the block's buffer), W_0's later
-    for r in range(m):
-        for j in range(h):
-            grad[j] += deltas[r * h + j]
+    if net.L == 1:
+        memcpy(grad, deltas, h * sizeof(floating))
+        for r in range(1, m):
+            for j in range(h):
+                grad[j] = grad[j] + deltas[r * h + j]
     memcpy(delta1, deltas, m * h * sizeof(floating))
     return loss
 
@@ -530,7 +570,6 @@ cdef int batch_gradient(
             b = first + c
             r0 = (b * m) // nblk
             r1 = ((b + 1) * m) // nblk
-            memset(work_grad + (base + c) * P, 0, P * sizeof(floating))
             if indptr == NULL:
                 block_loss[base + c] = loss_grad_rows(
                     X, net.n_features, Y, sw, rows + r0, r1 - r0, params, net.sizes,
@@ -585,11 +624,27 @@ cdef inline Py_ssize_t w0_chunk_rows(Py_ssize_t h) noexcept nogil:
     return max(1, SEGMENT // h)
 
 
+cdef inline void sum_slots(floating* out, const floating* g, Py_ssize_t stride,
+                           Py_ssize_t nslots, Py_ssize_t n) noexcept nogil:
+    """out[j] = (((g_0 + g_1) + g_2) + ...)[j], rows of g `stride` apart: reduce_chunks'
+    order, written elsewhere."""
+    cdef Py_ssize_t c, j
+    cdef const floating* src = g + stride
+    for j in range(n):
+        out[j] = g[j] + src[j]
+    for c in range(2, nslots):
+        src = g + c * stride
+        for j in range(n):
+            out[j] = out[j] + src[j]
+
+
 cdef struct Tasks:
     bint sparse               # CSR X: W_0's gradient comes by feature, not from the blocks
     Py_ssize_t K              # parameters before those in the block buffers: W_0's for CSR X
     Py_ssize_t chunk          # features per W_0 task
     Py_ssize_t n_chunks       # W_0 tasks, 0 for dense X
+    Py_ssize_t scratch        # values of a thread's scratch in finish_batch: a W_0 task's
+                              # gradient rows or a segment's sum of the block gradients
     Py_ssize_t nseg           # segment tasks, after them
     const intp_t* seg_start
     const intp_t* seg_len
@@ -609,6 +664,7 @@ cdef object make_tasks(Tasks* tk, Layout* net, bint sparse):
     tk.K = net.n_features * net.sizes[1] if sparse else 0
     tk.chunk = w0_chunk_rows(net.sizes[1])
     tk.n_chunks = (net.n_features + tk.chunk - 1) // tk.chunk if sparse else 0
+    tk.scratch = max(<Py_ssize_t>SEGMENT, tk.chunk * net.sizes[1] if sparse else 0)
     tk.nseg = ss.shape[0]
     tk.seg_start = &ss[0]
     tk.seg_len = &sl[0]
@@ -619,11 +675,11 @@ cdef object make_tasks(Tasks* tk, Layout* net, bint sparse):
 cdef void finish_batch(
     Layout* net, Tasks* tk,
     floating* prm,            # IN/OUT (P,) parameters (only read when grad_out is given)
-    floating* g,              # IN     (nslots, P - K) block gradients, summed here into row 0
+    floating* g,              # IN     (nslots, P - K) block gradients, summed here
     Py_ssize_t nslots,
     const floating* t_val,    # IN     CSR: the batch's values by column (transpose_rows)
     const floating* delta1,   # IN     CSR: (m, sizes[1]) the batch's first-layer deltas
-    floating* w0_scratch,     # scratch CSR: (nt, chunk * sizes[1])
+    floating* task_scratch,   # scratch (nt, tk.scratch)
     double sw_sum,            # IN     the batch's sum of sample weights
     double alpha,             # IN     L2 coefficient, of the weights only
     OptimConfig* oc, floating* s0, floating* s1, double lr, double t,   # the step's
@@ -645,7 +701,7 @@ cdef void finish_batch(
         if s < tk.n_chunks:
             f0 = s * tk.chunk
             f1 = min(net.n_features, f0 + tk.chunk)
-            gs = w0_scratch + threadid() * tk.chunk * h
+            gs = task_scratch + threadid() * tk.scratch
             w0_rows_gradient(tk.colptr, tk.t_row, t_val, delta1, h, f0, f1, gs)
             j0 = f0 * h
             n = (f1 - f0) * h
@@ -654,8 +710,12 @@ cdef void finish_batch(
             j0 = tk.seg_start[s - tk.n_chunks]
             n = tk.seg_len[s - tk.n_chunks]
             pen = tk.seg_pen[s - tk.n_chunks]
-            reduce_chunks(g, Pb, nslots, j0 - K, j0 - K + n)
             gs = g + (j0 - K)
+            if nslots > 1:
+                # summed into the thread's scratch, which stays in cache for the step,
+                # rather than back into slot 0: one store pass over the gradient less
+                sum_slots(task_scratch + threadid() * tk.scratch, gs, Pb, nslots, n)
+                gs = task_scratch + threadid() * tk.scratch
         if grad_out == NULL:
             seg_sq[s] = dot(prm + j0, prm + j0, n) if pen else 0.0
             optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
@@ -684,7 +744,7 @@ cdef struct Scratch:
     Py_ssize_t z1             # CSR: (m, sizes[1]) the batch's first-layer pre-activations
     Py_ssize_t delta1         # CSR: (m, sizes[1]) its first-layer deltas
     Py_ssize_t t_val          # CSR: (max_nnz,) its values by column
-    Py_ssize_t w0             # CSR: (nt, chunk * sizes[1]) W_0 gradient rows of a task
+    Py_ssize_t w0             # (nt, tk.scratch) finish_batch's scratch, by thread
     double* seg_sq            # (n_chunks + nseg,) finish_batch's squared weights, by task
     double* block_loss        # (WAVE + 1,) batch_gradient's losses, by block
 
@@ -711,7 +771,7 @@ cdef object alloc_scratch(Scratch* sc, Tasks* tk, Layout* net, Py_ssize_t m,
     sc.z1 = take(&end, m * h if tk.sparse else 0)
     sc.delta1 = take(&end, m * h if tk.sparse else 0)
     sc.t_val = take(&end, max_nnz if tk.sparse else 0)
-    sc.w0 = take(&end, nt * tk.chunk * h if tk.sparse else 0)
+    sc.w0 = take(&end, nt * tk.scratch)
     fbuf = np.zeros(max(end, 1), dtype=dtype)
     ibuf = np.zeros(net.n_features + 1 + max_nnz if tk.sparse else 1, dtype=np.intp)
     cdef intp_t[::1] ib = ibuf

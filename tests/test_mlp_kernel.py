@@ -1,5 +1,8 @@
 """The MLP kernel (src/_mlp.pyx): back-propagation against NumPy and finite differences."""
 
+import math
+import platform
+
 import numpy as np
 import pytest
 from scipy.special import expit, softmax
@@ -292,3 +295,58 @@ def test_forward_matches_numpy(task, n_threads):
     a = {"regression": a, "binary": expit(a), "multiclass": softmax(a, axis=1),
          "poisson": np.exp(a)}[task]
     np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("csr", [False, True])
+@pytest.mark.parametrize("hidden", [(), (5,), (6, 4)])
+@pytest.mark.parametrize("act", ["logistic", "tanh", "relu"])
+def test_bias_gradients_of_every_layer_match_numpy(csr, hidden, act):
+    """Each layer's bias gradient is summed in the pass that applies f' to its deltas
+    (the output layer's, and b_0's for CSR X without a hidden layer, on their own):
+    every path against the delta rule written out in NumPy, over several blocks."""
+    import scipy.sparse
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=11, n=150, d=8)
+    X[np.abs(X) < 0.7] = 0.0
+    rows = np.arange(150, dtype=np.intp)
+    alpha = 0.3
+    grad = np.empty(params.size)
+    cfg = _cfg(150, 0.0, alpha, 0, 0.0, False, 2, act, "multiclass")
+    x_parts = ((lambda c: (c.data, c.indices, c.indptr))(scipy.sparse.csr_matrix(X)) if csr
+               else (X.ravel(), None, None))
+    with threadpool_limits(1, user_api="blas"):
+        status, loss, _ = _mlp.mlp_objective(*x_parts, X.shape[1], Y, sw, rows, sizes, params,
+                                             grad, cfg)
+    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, act, "multiclass")
+    mask = _l2_mask(sizes)
+    S = sw.sum()
+    assert status == 0
+    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
+                                 rel=1e-12)
+    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
+                    reason="the exact-bits claim is made for x86's SSE2 and AVX builds")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_step_gives_the_bits_of_its_formula(dtype):
+    """Adam's step runs as an AVX build when the CPU has AVX: every element must still
+    take exactly the IEEE operations of the formula, in order (vector body and tail)."""
+    from cgd import _optim
+    rng = np.random.default_rng(12)
+    n = 1003
+    w0, g = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    m0, v0 = (0.1 * rng.standard_normal(n)).astype(dtype), rng.random(n).astype(dtype)
+    gs, lr, l2, t, b1, b2, eps = 0.25, 0.01, 3e-4, 7.0, 0.9, 0.999, 1e-8
+    w, m, v = w0.copy(), m0.copy(), v0.copy()
+    _optim.step(w, g, m, v, {"solver": 1}, gs, lr, l2, t)
+    lr_t = lr * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    c = {k: dtype(val) for k, val in dict(gs=gs, l2=l2, b1=b1, b2=b2, c1=1.0 - b1,
+                                            c2=1.0 - b2, lr_t=lr_t, eps=eps).items()}
+    gj = c["gs"] * g + c["l2"] * w0
+    m_ref = c["b1"] * m0 + c["c1"] * gj
+    v_ref = c["b2"] * v0 + c["c2"] * gj * gj
+    w_ref = w0 - c["lr_t"] * m_ref / (np.sqrt(v_ref) + c["eps"])
+    assert w.dtype == w_ref.dtype == dtype
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(w, w_ref)
