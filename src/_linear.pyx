@@ -20,15 +20,24 @@ hardware prefetcher.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport isfinite
 from libc.string cimport memset, memcpy
+from libc.stdlib cimport malloc, free
 
 from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, read_optim_config, SOLVER_SGD)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
+
+cdef extern from "Python.h":
+    # PyErr_CheckSignals declared without exception propagation: the epoch's master
+    # calls it inside a parallel region, which it must leave normally (the helpers
+    # are told to go first); the pending exception is raised after the region.
+    int check_signals "PyErr_CheckSignals"() noexcept
 from _reduce cimport reduce_chunks
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add,
+                      cgd_cpu_relax, cgd_thread_yield)
 
 ctypedef Py_ssize_t intp_t
 
@@ -47,6 +56,15 @@ cdef enum:
 cdef enum:
     STATUS_OK = 0
     STATUS_DIVERGED = 1
+    STATUS_INTERRUPTED = 3   # a signal handler raised (Ctrl-C): its exception is pending
+
+cdef Py_ssize_t DENSE_PREFETCH = 8
+
+
+def _set_prefetch(Py_ssize_t k):
+    global DENSE_PREFETCH
+    DENSE_PREFETCH = k
+
 
 # Python-visible copies of the constants the estimators need.
 MAX_CHUNKS_ = MAX_CHUNKS
@@ -178,7 +196,10 @@ cdef void chunk_gradient(
     const intp_t* order,        # IN  (n_order,) visiting order
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
-    Py_ssize_t n_order,
+    Py_ssize_t n_order,         # IN  rows up to here are prefetched (the visiting order's
+                                #     length, or p1 when the next rows go to another
+                                #     thread: the chunk's first rows are then asked for
+                                #     first)
     const floating* params,     # IN  (P,)
     Py_ssize_t K,
     const floating* pos_w,      # IN  (K,)
@@ -195,9 +216,12 @@ cdef void chunk_gradient(
     cdef double dl
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
+    if n_order == p1:
+        for p in range(p0, min(p0 + DENSE_PREFETCH, p1)):
+            prefetch_sample(X, y, sw, d, order[p])
     for p in range(p0, p1):
-        if p + PREFETCH_ROWS < n_order:
-            prefetch_sample(X, y, sw, d, order[p + PREFETCH_ROWS])
+        if p + DENSE_PREFETCH < n_order:
+            prefetch_sample(X, y, sw, d, order[p + DENSE_PREFETCH])
         i = order[p]
         x = X + i * d
         if cfg.target == TARGET_MULTINOMIAL:
@@ -364,12 +388,470 @@ cdef void batch_gradient(
                 work_obj[0, k] += work_obj[c, k]
 
 
+# ---------------------------------------------------------------- the epoch's team
+# A dense epoch with n_jobs > 1 runs in ONE parallel region: thread 0 (the master) runs
+# the epoch loop; the others (helpers) wait for work. For each batch the master
+# publishes its chunks as tasks; every thread, the master included, claims the next
+# unclaimed chunk until none is left (so a thread that another process slows down does
+# less of the batch instead of holding it up); the master waits until the claimed ones
+# are finished, then reduces in chunk order and steps alone while the helpers spin. No
+# fork / join per batch, so small batches (2 chunks and up) go parallel too. Which
+# thread computes a chunk never changes its bits: chunk boundaries and the summation
+# order depend on the batch size only.
+#
+# One atomic word hands out the tasks: generation << 40 | number of tasks << 20 | next
+# task. A claim is one fetch-and-add, whose old value says which generation and task it
+# got, so a helper late by a whole batch can never run a task of the wrong one; a task
+# description is read only after a valid claim, which the master waits for before it
+# writes the next one.
+#
+# Two threads are not always faster (a loaded machine, a slow second core): the master
+# measures rows per second in windows of TEAM_WINDOW seconds, first with the team, then
+# alone, and keeps the team only while it is faster by TEAM_GAIN; otherwise the helpers
+# leave and the rest of the epoch runs on one thread. The results are the same either way.
+
+cdef enum:
+    TASK_CHUNK = 0
+    TASK_REDUCE = 1
+
+cdef enum:
+    MODE_SOLO = 0        # one thread for the rest of the epoch
+    MODE_PROBE_TEAM = 1  # measuring the team
+    MODE_PROBE_SOLO = 2  # measuring the master alone (helpers idle)
+    MODE_TEAM = 3        # the team, measured faster
+    MODE_WARM_UP = 4     # the team's first window (threads waking up): not measured
+
+cdef extern from *:
+    """
+    #define CGD_TASK_BITS 20
+    #define CGD_TASK_MASK ((1LL << 20) - 1)
+    #define CGD_GEN_MASK ((1LL << 23) - 1)
+    #define CGD_TASKS_EXIT CGD_TASK_MASK
+    /* Busy-wait iterations (a pause each) before a waiting helper starts yielding its core. */
+    #define CGD_SPIN_LIMIT 4000
+    #define CGD_TOUCH_PAUSE (-2LL)
+    #define CGD_TOUCH_EXIT (-1LL)
+    """
+    long long TASK_BITS "CGD_TASK_BITS"
+    long long TASK_MASK "CGD_TASK_MASK"
+    long long GEN_MASK "CGD_GEN_MASK"
+    long long TASKS_EXIT "CGD_TASKS_EXIT"
+    int SPIN_LIMIT "CGD_SPIN_LIMIT"
+    long long TOUCH_PAUSE "CGD_TOUCH_PAUSE"
+    long long TOUCH_EXIT "CGD_TOUCH_EXIT"
+
+# Seconds per measuring window, and the speed-up the team must show to be kept.
+cdef double TEAM_WINDOW = 1e-3
+cdef double TEAM_GAIN = 1.05
+
+
+def set_team_window(double seconds):
+    """Set the team's measuring window (seconds); returns the previous one. For tests:
+    0 switches between the team and one thread every two batches."""
+    global TEAM_WINDOW
+    old = TEAM_WINDOW
+    TEAM_WINDOW = seconds
+    return old
+
+
+cdef struct Team:
+    long long claim       # the task word (see above)
+    char pad0[120]
+    long long done        # tasks of the current generation finished
+    char pad1[120]
+    long long progress    # per-sample SGD: the master's position (or TOUCH_PAUSE / _EXIT)
+    char pad3[120]
+    int toucher           # the helpers touch rows ahead instead of taking tasks
+    # written by the master only, before it publishes a generation
+    long long gen
+    int kind
+    Py_ssize_t start, mb, nch
+    int status            # the epoch's (set by the master)
+    int team_at_end       # the team was still on when the epoch ended
+    # the master's bookkeeping of the adaptive thread count
+    int mode
+    int n_threads
+    Py_ssize_t win_batches
+    double win_t0, win_rows, rate_solo, rate_team
+    char pad2[120]
+
+
+cdef inline void team_init(Team* tm, int n_threads, bint toucher) noexcept nogil:
+    tm.claim = 0            # generation 0, no task: a helper waits for the next one
+    tm.done = 0
+    tm.progress = 0
+    tm.toucher = toucher
+    tm.status = STATUS_OK
+    tm.team_at_end = 0
+    tm.gen = 0
+    tm.n_threads = n_threads
+    tm.mode = MODE_WARM_UP if n_threads > 1 else MODE_SOLO
+    tm.win_batches = 0
+    tm.win_rows = 0.0
+    tm.win_t0 = cgd_now()
+    tm.rate_solo = 0.0
+    tm.rate_team = 0.0
+
+
+cdef inline void team_publish(Team* tm, long long ntasks) noexcept nogil:
+    tm.gen = (tm.gen + 1) & GEN_MASK
+    cgd_atomic_store(&tm.done, 0)
+    cgd_atomic_store(&tm.claim, (tm.gen << (2 * TASK_BITS)) | (ntasks << TASK_BITS))
+
+
+cdef inline void team_dismiss(Team* tm) noexcept nogil:
+    """Tell the helpers to leave the parallel region."""
+    if tm.n_threads > 1 and tm.toucher:
+        cgd_atomic_store(&tm.progress, TOUCH_EXIT)
+        tm.n_threads = 1
+    elif tm.n_threads > 1:
+        team_publish(tm, TASKS_EXIT)
+        tm.n_threads = 1
+    tm.mode = MODE_SOLO
+
+
+cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
+    """Count a finished batch of mb rows; at the end of a window, choose who does the next."""
+    cdef double now, rate
+    if tm.mode == MODE_SOLO:
+        return
+    tm.win_rows += mb
+    tm.win_batches += 1
+    if tm.win_batches < 2:
+        return
+    now = cgd_now()
+    if now - tm.win_t0 < TEAM_WINDOW:
+        return
+    rate = tm.win_rows / (now - tm.win_t0) if now > tm.win_t0 else 1e300
+    if tm.mode == MODE_WARM_UP:
+        tm.mode = MODE_PROBE_TEAM
+    elif tm.mode == MODE_PROBE_TEAM:
+        tm.rate_team = rate
+        tm.mode = MODE_PROBE_SOLO
+    elif tm.mode == MODE_PROBE_SOLO:
+        tm.rate_solo = rate
+        if tm.rate_team > TEAM_GAIN * tm.rate_solo:
+            tm.mode = MODE_TEAM
+        else:
+            team_dismiss(tm)
+    elif rate * TEAM_GAIN < tm.rate_team and rate < TEAM_GAIN * tm.rate_solo:
+        # The team slowed down (another process took a core?): measure one thread again.
+        tm.rate_team = rate
+        tm.mode = MODE_PROBE_SOLO
+    tm.win_rows = 0.0
+    tm.win_batches = 0
+    tm.win_t0 = cgd_now()
+
+
+cdef inline bint team_active(Team* tm) noexcept nogil:
+    return tm.mode == MODE_PROBE_TEAM or tm.mode == MODE_TEAM or tm.mode == MODE_WARM_UP
+
+
+cdef inline Py_ssize_t own_bytes(Py_ssize_t P, Py_ssize_t K, Py_ssize_t itemsize) noexcept nogil:
+    """Bytes of a thread's own scratch (gradient, losses, decision values), with a cache
+    line free on both sides."""
+    return ((P * itemsize + 63) // 64) * 64 + K * (8 + itemsize) + 192
+
+
+cdef void run_task(
+    Team* tm, Py_ssize_t i, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Chunk i of the published batch, or block i of its reduction. A chunk is summed in
+    the thread's own scratch (own, from malloc) and then copied to its row: chunks next
+    to each other share cache lines at their edges (and the loss sums, one line for all),
+    and two threads adding to one line at every row would pass it back and forth."""
+    cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
+    cdef char* base
+    cdef floating* g
+    cdef double* o
+    if tm.kind == TASK_CHUNK and own == NULL:
+        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch,
+                       start + ((i + 1) * mb) // nch, n_order, params, K, pos_w, neg_w,
+                       active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
+    elif tm.kind == TASK_CHUNK:
+        base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
+        g = <floating*>base
+        o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
+        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch,
+                       start + ((i + 1) * mb) // nch, start + ((i + 1) * mb) // nch,
+                       params, K, pos_w, neg_w,
+                       active, cfg, g, o, <floating*>(o + K))
+        memcpy(work_grad + i * P, g, P * sizeof(floating))
+        memcpy(work_obj + i * K, o, K * sizeof(double))
+    else:
+        reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
+
+
+cdef void team_run(
+    Team* tm, int kind, Py_ssize_t ntasks, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Master: publish ntasks tasks, take its share, return when all are finished."""
+    cdef long long old, i
+    tm.kind = kind
+    team_publish(tm, ntasks)
+    while True:
+        old = cgd_atomic_fetch_add(&tm.claim, 1)
+        i = old & TASK_MASK
+        if i >= ntasks:
+            break
+        run_task(tm, i, own, X, d, y, sw, order, n_order, params, K, pos_w, neg_w, active,
+                 cfg, work_grad, work_obj, work_z)
+        cgd_atomic_fetch_add(&tm.done, 1)
+    while cgd_atomic_load(&tm.done) < ntasks:
+        cgd_cpu_relax()
+
+
+cdef void team_helper(
+    Team* tm,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Helper: claim tasks of each generation until told to leave."""
+    cdef long long old, gen, ntasks, i
+    cdef int spins
+    cdef char* own = <char*>malloc(own_bytes(K * (d + 1), K, sizeof(floating)))
+    while True:
+        old = cgd_atomic_fetch_add(&tm.claim, 1)
+        ntasks = (old >> TASK_BITS) & TASK_MASK
+        if ntasks == TASKS_EXIT:
+            break
+        i = old & TASK_MASK
+        if i < ntasks:
+            # (own is NULL only if malloc failed: the chunk is then summed in place)
+            run_task(tm, i, own, X, d, y, sw, order, n_order, params, K, pos_w, neg_w,
+                     active, cfg, work_grad, work_obj, work_z)
+            cgd_atomic_fetch_add(&tm.done, 1)
+            continue
+        # This generation has no task left: wait for the next one.
+        gen = old >> (2 * TASK_BITS)
+        spins = 0
+        while (cgd_atomic_load(&tm.claim) >> (2 * TASK_BITS)) == gen:
+            if spins < SPIN_LIMIT:
+                spins += 1
+                cgd_cpu_relax()
+            else:
+                cgd_thread_yield()
+    free(own)
+
+
+cdef enum:
+    # Per-sample SGD on a team: the helper keeps the rows from TOUCH_FROM to TOUCH_AHEAD
+    # places ahead of the master asked for (the master itself asks DENSE_PREFETCH ahead);
+    # the master says where it is every PROGRESS_EVERY rows.
+    TOUCH_FROM = 8
+    TOUCH_AHEAD = 64
+    PROGRESS_EVERY = 8
+    # Rows between two looks at the clock (adaptive thread count) in per-sample SGD.
+    ADAPT_EVERY = 64
+
+
+cdef void row_toucher(
+    Team* tm, const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order,
+) noexcept nogil:
+    """Helper of per-sample SGD: ask for the rows the master visits soon, so that two
+    cores' worth of cache misses are in flight (one core's outstanding misses bound a
+    shuffled pass). It only reads: the master's results do not depend on it."""
+    cdef long long pos
+    cdef Py_ssize_t h = 0, lim
+    cdef int spins = 0
+    while True:
+        pos = cgd_atomic_load(&tm.progress)
+        if pos == TOUCH_EXIT:
+            return
+        if pos == TOUCH_PAUSE:
+            if spins < SPIN_LIMIT:
+                spins += 1
+                cgd_cpu_relax()
+            else:
+                cgd_thread_yield()
+            continue
+        if h < pos + TOUCH_FROM:
+            h = pos + TOUCH_FROM
+        lim = min(pos + TOUCH_AHEAD, n_order)
+        if h >= lim:
+            if h >= n_order:
+                spins += 1
+                if spins > SPIN_LIMIT:
+                    cgd_thread_yield()
+            cgd_cpu_relax()
+            continue
+        spins = 0
+        while h < lim:
+            prefetch_sample(X, y, sw, d, order[h])
+            h += 1
+
+
+cdef void team_batch_gradient(
+    Team* tm, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
+    const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """batch_gradient's result (work_grad row 0, work_obj row 0), by the team when it is
+    on, else by the master alone: the same chunks, summed in the same order."""
+    cdef Py_ssize_t P = K * (d + 1), nch = n_chunks_for(mb), c, k, nblk
+    cdef bint team = team_active(tm) and tm.n_threads > 1 and nch > 1
+    tm.start = start
+    tm.mb = mb
+    tm.nch = nch
+    if team:
+        team_run(tm, TASK_CHUNK, nch, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                 neg_w, active, cfg, work_grad, work_obj, work_z)
+    else:
+        for c in range(nch):
+            chunk_gradient(X, d, y, sw, order, start + (c * mb) // nch,
+                           start + ((c + 1) * mb) // nch, n_order, params, K, pos_w, neg_w,
+                           active, cfg, work_grad + c * P, work_obj + c * K, work_z + c * K)
+    if nch > 1:
+        nblk = (P + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+        if team and nblk > 1 and P * nch >= 65536:
+            team_run(tm, TASK_REDUCE, nblk, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                     neg_w, active, cfg, work_grad, work_obj, work_z)
+        else:
+            reduce_chunks(work_grad, P, nch, 0, P)
+        for c in range(1, nch):
+            for k in range(K):
+                work_obj[k] += work_obj[c * K + k]
+
+
 def grad_rows_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_plain):
     """Rows of ``work_grad`` an epoch needs: one per chunk of its largest batch, none
     for plain per-sample SGD (which never builds a batch gradient)."""
     if per_sample_plain and min(batch_size, n_train) == 1:
         return 0
     return n_chunks_for(min(batch_size, n_train))
+
+
+cdef void dense_epoch(
+    Team* tm,
+    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
+    const intp_t[::1] order, const floating[::1] pos_weight,
+    const floating[::1] neg_weight, const unsigned char[::1] active,
+    const double[::1] eta_base, floating[::1] params, floating[:, ::1] opt_state,
+    floating[::1] l1_q, double[::1] l1_u, double[::1] avg_params, double[::1] avg_n,
+    floating[:, ::1] work_grad, double[:, ::1] work_obj, floating[:, ::1] work_z,
+    double[:, ::1] work_k, double[::1] obj_out, EpochConfig* cfg, double* t_io,
+) noexcept nogil:
+    """The epoch loop of linear_epoch (run by the team's master). Sets tm.status; t_io
+    is the number of the next update."""
+    cdef Py_ssize_t n_order = order.shape[0], d = X.shape[1], K = eta_base.shape[0]
+    cdef Py_ssize_t P = K * (d + 1)
+    cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j
+    cdef int status = STATUS_OK
+    cdef double* eta = &work_k[0, 0]
+    cdef double* reg = &work_k[1, 0]
+    cdef double obj_batch, gscale, t = t_io[0]
+    cdef double work = 0.0, next_clock = 0.0, last_check
+    cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
+    cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
+    cdef floating* prm = &params[0]
+    cdef floating* g
+    cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
+    cdef char* own = NULL
+    if tm.n_threads > 1:
+        own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
+
+    for k in range(K):
+        reg[k] = penalty_value(cfg, prm + k * d, d)
+    last_check = cgd_now()
+    tm.win_t0 = last_check
+    start = 0
+    while start < n_order:
+        mb = min(m, n_order - start)
+        batch_rates(cfg, eta_base, eta, K, t)
+        if mb == 1 and plain:
+            for k in range(K):
+                work_obj[0, k] = 0.0
+            if tm.toucher and tm.n_threads > 1 and start % PROGRESS_EVERY == 0:
+                cgd_atomic_store(&tm.progress, start if team_active(tm) else TOUCH_PAUSE)
+            if start + DENSE_PREFETCH < n_order:
+                prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
+                                order[start + DENSE_PREFETCH])
+            j = order[start]
+            sgd_single_row(&X[j, 0], y[j], sample_weight[j], prm, K, d,
+                           &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
+                           &work_obj[0, 0], &work_z[0, 0])
+        else:
+            team_batch_gradient(tm, own, &X[0, 0], d, &y[0], &sample_weight[0], &order[0],
+                                start, mb, n_order, prm, K, &pos_weight[0],
+                                &neg_weight[0], &active[0], cfg, wg, &work_obj[0, 0],
+                                &work_z[0, 0])
+            g = wg
+            gscale = 1.0 / mb
+            for k in range(K):
+                if not (multinomial or active[k]):
+                    continue
+                optimizer_step(&cfg.optim, prm + k * d, g + k * d, gscale,
+                               &opt_state[0, k * d], &opt_state[1, k * d], d,
+                               eta[k], cfg.l2, t)
+                if cfg.fit_intercept:
+                    optimizer_step(&cfg.optim, prm + K * d + k, g + K * d + k, gscale,
+                                   &opt_state[0, K * d + k], &opt_state[1, K * d + k],
+                                   1, eta[k], 0.0, t)
+
+        obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
+                                     obj_out)
+
+        if cfg.average > 0.0 and cfg.average <= t:
+            # Each output counts its own averaged updates: a one-vs-rest problem
+            # that stopped early keeps the mean of the iterates it had.
+            for k in range(K):
+                if multinomial or active[k]:
+                    avg_n[k] += 1.0
+                    running_average(&avg_params[k * d], prm + k * d, d, avg_n[k])
+                    running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_n[k])
+        for k in range(K):
+            if not (multinomial or active[k]):
+                continue
+            if cfg.l1 != 0.0:
+                l1_u[k] += cfg.l1 * eta[k]
+                l1_cumulative(prm + k * d, &l1_q[k * d], d, l1_u[k])
+            if cfg.l1 != 0.0 or cfg.l2 != 0.0:
+                reg[k] = penalty_value(cfg, prm + k * d, d)
+
+        t += 1.0
+        start += mb
+        if not tm.toucher:
+            team_adapt(tm, mb)
+        elif start % ADAPT_EVERY == 0:
+            team_adapt(tm, ADAPT_EVERY)
+        if not isfinite(obj_batch):
+            status = STATUS_DIVERGED
+            break
+        if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
+            with gil:
+                if check_signals() != 0:
+                    status = STATUS_INTERRUPTED
+            if status != STATUS_OK:
+                break
+    tm.team_at_end = team_active(tm) and tm.n_threads > 1
+    team_dismiss(tm)
+    free(own)
+    if status == STATUS_OK:
+        for j in range(P):
+            if not isfinite(prm[j]):
+                status = STATUS_DIVERGED
+                break
+    t_io[0] = t
+    tm.status = status
+
+
+cdef int raise_pending() except -1:
+    """Propagate the exception already set (by a signal handler)."""
+    return -1
 
 
 def linear_epoch(
@@ -401,16 +883,12 @@ def linear_epoch(
     cdef EpochConfig cfg = read_config(config)
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = eta_base.shape[0]
     cdef Py_ssize_t P = K * (d + 1), n_order = order.shape[0]
-    cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j
+    cdef Py_ssize_t m = cfg.batch_size
     cdef int status = STATUS_OK
-    cdef double* eta
-    cdef double* reg
-    cdef double obj_batch, gscale
-    cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
-    cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
-    cdef floating* prm = &params[0]
-    cdef floating* g
+    cdef Team tm
+    cdef int nt = cfg.n_threads
+    cdef bint toucher
 
     if y.shape[0] != n or sample_weight.shape[0] != n or params.shape[0] != P:
         raise ValueError("inconsistent shapes passed to linear_epoch")
@@ -429,77 +907,37 @@ def linear_epoch(
     obj_out[:] = 0.0
     if n_order == 0:
         return STATUS_OK, t
-    eta = &work_k[0, 0]
-    reg = &work_k[1, 0]
-
-    with nogil:
-        for k in range(K):
-            reg[k] = penalty_value(&cfg, prm + k * d, d)
-        last_check = cgd_now()
-        start = 0
-        while start < n_order:
-            mb = min(m, n_order - start)
-            batch_rates(&cfg, eta_base, eta, K, t)
-            if mb == 1 and plain:
-                for k in range(K):
-                    work_obj[0, k] = 0.0
-                if start + PREFETCH_ROWS < n_order:
-                    prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
-                                    order[start + PREFETCH_ROWS])
-                j = order[start]
-                sgd_single_row(&X[j, 0], y[j], sample_weight[j], prm, K, d,
-                               &pos_weight[0], &neg_weight[0], &active[0], eta, &cfg,
-                               &work_obj[0, 0], &work_z[0, 0])
+    # A team when a batch has chunks to share, or for per-sample SGD a helper that asks
+    # for the coming rows.
+    toucher = plain and m == 1
+    if n_chunks_for(min(m, n_order)) < 2 and not toucher:
+        nt = 1
+    if toucher and nt > 2:
+        nt = 2
+    team_init(&tm, nt, toucher)
+    if nt > 1:
+        with nogil, parallel(num_threads=nt):
+            if threadid() == 0:
+                dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
+                            eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
+                            work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+            elif toucher:
+                row_toucher(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order)
             else:
-                batch_gradient(X, y, sample_weight, &order[0], start, mb, n_order, prm, K,
-                               &pos_weight[0], &neg_weight[0], &active[0], &cfg,
-                               work_grad, work_obj, work_z)
-                g = &work_grad[0, 0]
-                gscale = 1.0 / mb
-                for k in range(K):
-                    if not (multinomial or active[k]):
-                        continue
-                    optimizer_step(&cfg.optim, prm + k * d, g + k * d, gscale,
-                                   &opt_state[0, k * d], &opt_state[1, k * d], d,
-                                   eta[k], cfg.l2, t)
-                    if cfg.fit_intercept:
-                        optimizer_step(&cfg.optim, prm + K * d + k, g + K * d + k, gscale,
-                                       &opt_state[0, K * d + k], &opt_state[1, K * d + k],
-                                       1, eta[k], 0.0, t)
-
-            obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
-                                         obj_out)
-
-            if cfg.average > 0.0 and cfg.average <= t:
-                # Each output counts its own averaged updates: a one-vs-rest problem
-                # that stopped early keeps the mean of the iterates it had.
-                for k in range(K):
-                    if multinomial or active[k]:
-                        avg_n[k] += 1.0
-                        running_average(&avg_params[k * d], prm + k * d, d, avg_n[k])
-                        running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_n[k])
-            for k in range(K):
-                if not (multinomial or active[k]):
-                    continue
-                if cfg.l1 != 0.0:
-                    l1_u[k] += cfg.l1 * eta[k]
-                    l1_cumulative(prm + k * d, &l1_q[k * d], d, l1_u[k])
-                if cfg.l1 != 0.0 or cfg.l2 != 0.0:
-                    reg[k] = penalty_value(&cfg, prm + k * d, d)
-
-            t += 1.0
-            start += mb
-            if not isfinite(obj_batch):
-                status = STATUS_DIVERGED
-                break
-            if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
-                with gil:
-                    PyErr_CheckSignals()
-        if status == STATUS_OK:
-            for j in range(P):
-                if not isfinite(prm[j]):
-                    status = STATUS_DIVERGED
-                    break
+                team_helper(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order,
+                            &params[0], K, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
+                            &work_grad[0, 0], &work_obj[0, 0], &work_z[0, 0])
+    else:
+        with nogil:
+            dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
+                        eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
+                        work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+    status = tm.status
+    # What the adaptive thread count measured (rows per second), for the next epoch
+    # and for benchmarks: (team, one thread, ended on the team).
+    config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end))
+    if status == STATUS_INTERRUPTED:
+        raise_pending()
     return status, t
 
 
@@ -632,7 +1070,6 @@ def sample_loss(int loss, double z, double y, double epsilon):
 # update count.
 
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport malloc, free
 from libc.math cimport fabs, isnan
 
 ctypedef fused index_t:

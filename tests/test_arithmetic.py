@@ -161,6 +161,32 @@ def test_minibatch_sequence_matches_numpy_loop(opts, m):
     assert est.t_ == t  # t counts updates: ceil(100 / m) per epoch, from 1
 
 
+@pytest.mark.parametrize("window", [0.0, 1e9])
+@pytest.mark.parametrize("n_jobs", [2, 3])
+@pytest.mark.parametrize("opts", [dict(), dict(solver="adam")])
+@pytest.mark.parametrize("m", [1, 33, 100])
+def test_minibatch_sequence_on_a_team_matches_numpy_loop(opts, m, n_jobs, window):
+    """The same NumPy loop when the batches' chunks are spread over a team of threads
+    (n_jobs > 1), which the kernel may drop to one thread between batches (window 0:
+    it measures and switches every two batches; 1e9: the team throughout)."""
+    X, y, rng = _data(n=300)
+    w0, b0 = rng.standard_normal(X.shape[1]), 0.1
+    eta0, alpha, epochs = 0.02, 0.01, 3
+    w, b, t = _reference_minibatch(X, y, w0, b0, m=m, epochs=epochs, eta0=eta0, alpha=alpha,
+                                   **opts)
+    saved = _linear.set_team_window(window)
+    try:
+        est = cgd.SGDRegressor(
+            batch_size=m, shuffle=False, max_iter=epochs, tol=None, eta0=eta0, alpha=alpha,
+            learning_rate="constant", solver=opts.get("solver", "sgd"), n_jobs=n_jobs,
+        ).fit(X, y, coef_init=w0, intercept_init=[b0])
+    finally:
+        _linear.set_team_window(saved)
+    np.testing.assert_allclose(est.coef_, w, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(est.intercept_, [b], rtol=0, atol=1e-10)
+    assert est.t_ == t
+
+
 # ---------------------------------------------------------------- finite differences
 MARGIN_LOSSES = ["hinge", "perceptron", "squared_hinge", "log_loss", "modified_huber"]
 REG_LOSSES = ["squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"]
