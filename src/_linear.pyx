@@ -25,7 +25,8 @@ from libc.math cimport isfinite
 from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 
-from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
+from _math cimport (loss_and_dloss, log_loss_and_dloss, softmax_inplace, dot, abs_sum,
+                    LOSS_LOG)
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, read_optim_config, SOLVER_SGD)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
@@ -37,7 +38,7 @@ cdef extern from "Python.h":
     int check_signals "PyErr_CheckSignals"() noexcept
 from _reduce cimport reduce_chunks
 from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add,
-                      cgd_cpu_relax, cgd_thread_yield)
+                      cgd_cpu_relax, cgd_thread_nap)
 
 ctypedef Py_ssize_t intp_t
 
@@ -137,6 +138,14 @@ cdef inline double target_and_weight(EpochConfig* cfg, floating yi, floating si,
 # The dense and CSR paths differ only in how they read x (its dot products, and adding
 # a multiple of it to the coefficients).
 
+cdef inline double sample_loss_and_dloss(int loss, double z, double y, double eps,
+                                         double* dl) noexcept nogil:
+    """loss_and_dloss, the log loss by its one-exp twin (same bits)."""
+    if loss == LOSS_LOG:
+        return log_loss_and_dloss(z, y, dl)
+    return loss_and_dloss(loss, z, y, eps, dl)
+
+
 cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floating si,
                                 Py_ssize_t k, const floating* pos_w, const floating* neg_w,
                                 double* obj) noexcept nogil:
@@ -144,7 +153,7 @@ cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floati
     value zk; adds the sample's loss to obj[k] (weighted if the objective is)."""
     cdef double sk, dl, l
     cdef double tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-    l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+    l = sample_loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
     obj[k] += sk * l if cfg.weighted_objective else l
     return dl * sk
 
@@ -427,7 +436,7 @@ cdef extern from *:
     #define CGD_TASK_MASK ((1LL << 20) - 1)
     #define CGD_GEN_MASK ((1LL << 23) - 1)
     #define CGD_TASKS_EXIT CGD_TASK_MASK
-    /* Busy-wait iterations (a pause each) before a waiting helper starts yielding its core. */
+    /* Busy-wait iterations (a pause each) before a waiting helper starts napping. */
     #define CGD_SPIN_LIMIT 4000
     #define CGD_TOUCH_PAUSE (-2LL)
     #define CGD_TOUCH_EXIT (-1LL)
@@ -441,13 +450,14 @@ cdef extern from *:
     long long TOUCH_EXIT "CGD_TOUCH_EXIT"
 
 # Seconds per measuring window, and the speed-up the team must show to be kept.
-cdef double TEAM_WINDOW = 1e-3
+cdef double TEAM_WINDOW = 2e-3
 cdef double TEAM_GAIN = 1.05
 
 
 def set_team_window(double seconds):
     """Set the team's measuring window (seconds); returns the previous one. For tests:
-    0 switches between the team and one thread every two batches."""
+    0 switches between the team and one thread every two batches, and no epoch is run
+    on one thread because an earlier one found the team slower."""
     global TEAM_WINDOW
     old = TEAM_WINDOW
     TEAM_WINDOW = seconds
@@ -640,7 +650,7 @@ cdef void team_helper(
                 spins += 1
                 cgd_cpu_relax()
             else:
-                cgd_thread_yield()
+                cgd_thread_nap()
     free(own)
 
 
@@ -674,7 +684,7 @@ cdef void row_toucher(
                 spins += 1
                 cgd_cpu_relax()
             else:
-                cgd_thread_yield()
+                cgd_thread_nap()
             continue
         if h < pos + TOUCH_FROM:
             h = pos + TOUCH_FROM
@@ -683,7 +693,7 @@ cdef void row_toucher(
             if h >= n_order:
                 spins += 1
                 if spins > SPIN_LIMIT:
-                    cgd_thread_yield()
+                    cgd_thread_nap()
             cgd_cpu_relax()
             continue
         spins = 0
@@ -914,6 +924,13 @@ def linear_epoch(
         nt = 1
     if toucher and nt > 2:
         nt = 2
+    # An epoch whose team lost to one thread (a busy machine) makes the next 1, 2, 4,
+    # ... 16 epochs of this fit run on one thread: even an idle helper thread takes
+    # CPU time from the master when another process wants the cores.
+    skip, next_skip = config.get("team_backoff", (0, 1))
+    if nt > 1 and skip > 0 and TEAM_WINDOW > 0.0:
+        nt = 1
+        config["team_backoff"] = (skip - 1, next_skip)
     team_init(&tm, nt, toucher)
     if nt > 1:
         with nogil, parallel(num_threads=nt):
@@ -936,6 +953,9 @@ def linear_epoch(
     # What the adaptive thread count measured (rows per second), for the next epoch
     # and for benchmarks: (team, one thread, ended on the team).
     config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end))
+    if nt > 1:
+        config["team_backoff"] = ((0, 1) if tm.team_at_end or tm.rate_solo == 0.0
+                                  else (next_skip, min(2 * next_skip, 16)))
     if status == STATUS_INTERRUPTED:
         raise_pending()
     return status, t
@@ -1018,6 +1038,13 @@ def linear_objective_gradient(
 
 def sample_loss(int loss, double z, double y, double epsilon):
     """``(l(z, y), dl/dz)`` of one sample: for tests and the 'optimal' schedule's start."""
+    cdef double dl
+    cdef double l = sample_loss_and_dloss(loss, z, y, epsilon, &dl)
+    return l, dl
+
+
+def _sample_loss_generic(int loss, double z, double y, double epsilon):
+    """sample_loss through the all-losses switch (for tests of the log loss's twin)."""
     cdef double dl
     cdef double l = loss_and_dloss(loss, z, y, epsilon, &dl)
     return l, dl

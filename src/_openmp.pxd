@@ -24,7 +24,7 @@ cdef extern from *:
     int cgd_omp_thread_num() noexcept nogil
 
 # Lock-free coordination of one epoch's team of threads (see _linear.pyx, "Team"): an
-# atomic word that hands out tasks, a counter of finished ones, a polite spin. Acquire /
+# atomic word that hands out tasks, a counter of finished ones, a polite spin, a nap. Acquire /
 # release order makes what one thread wrote before publishing (a task description, the
 # parameters, a chunk's gradient) visible to the thread that reads the published value.
 cdef extern from *:
@@ -39,9 +39,9 @@ cdef extern from *:
         static __inline long long cgd_atomic_fetch_add(long long* p, long long v) {
             return _InterlockedExchangeAdd64(p, v); }
         static __inline void cgd_cpu_relax(void) { YieldProcessor(); }
-        static __inline void cgd_thread_yield(void) { SwitchToThread(); }
+        static __inline void cgd_thread_nap(void) { Sleep(0); }
     #else
-        #include <sched.h>
+        #include <time.h>
         static inline long long cgd_atomic_load(long long* p) {
             return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
         static inline void cgd_atomic_store(long long* p, long long v) {
@@ -55,11 +55,15 @@ cdef extern from *:
         #else
             static inline void cgd_cpu_relax(void) { __asm__ __volatile__("" ::: "memory"); }
         #endif
-        static inline void cgd_thread_yield(void) { sched_yield(); }
+        /* Off the CPU for ~20 us: a helper with nothing to do must not stay runnable
+           (sched_yield would), or it takes turns with the master when another process
+           keeps a core busy. */
+        static inline void cgd_thread_nap(void) {
+            struct timespec ts = {0, 20000}; nanosleep(&ts, NULL); }
     #endif
     """
     long long cgd_atomic_load(long long* p) noexcept nogil
     void cgd_atomic_store(long long* p, long long v) noexcept nogil
     long long cgd_atomic_fetch_add(long long* p, long long v) noexcept nogil
     void cgd_cpu_relax() noexcept nogil
-    void cgd_thread_yield() noexcept nogil
+    void cgd_thread_nap() noexcept nogil

@@ -266,6 +266,22 @@ def test_loss_derivatives_match_finite_differences_pointwise():
                 assert dl == pytest.approx((lp - lm) / (2 * h), rel=1e-5, abs=1e-6), (loss, y, z)
 
 
+def test_log_loss_single_exp_twin_is_bit_identical():
+    """The per-sample log loss shares one exp between the loss and its derivative; it
+    must give the bits of the generic switch, and match the closed forms."""
+    code = LOSS_CODES["log_loss"]
+    zs = np.concatenate([[0.0, -0.0, 5e-324, -5e-324, 1e-300, 40.0, -40.0, 800.0, -800.0],
+                         RNG.standard_normal(500) * 10, RNG.standard_normal(200) * 1e-8])
+    for z in zs:
+        for y in (-1.0, 1.0):
+            fast = _linear.sample_loss(code, z, y, 0.0)
+            generic = _linear._sample_loss_generic(code, z, y, 0.0)
+            assert fast == generic, (z, y, fast, generic)
+            m = y * z
+            np.testing.assert_allclose(fast[0], np.logaddexp(0.0, -m), rtol=1e-13, atol=0)
+            np.testing.assert_allclose(fast[1], -y * expit(-m), rtol=1e-13, atol=1e-300)
+
+
 def test_log_loss_is_stable_for_large_margins():
     code = LOSS_CODES["log_loss"]
     l, d = _linear.sample_loss(code, 800.0, 1.0, 0.0)
