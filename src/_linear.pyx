@@ -205,10 +205,9 @@ cdef void chunk_gradient(
     const intp_t* order,        # IN  (n_order,) visiting order
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
-    Py_ssize_t n_order,         # IN  rows up to here are prefetched (the visiting order's
-                                #     length, or p1 when the next rows go to another
-                                #     thread: the chunk's first rows are then asked for
-                                #     first)
+    Py_ssize_t q0,              # IN  the positions the caller visits next, [q0, q1): their
+    Py_ssize_t q1,              #     rows are prefetched while this chunk ends
+    bint warm,                  # IN  ask for this chunk's first rows first (nobody has)
     const floating* params,     # IN  (P,)
     Py_ssize_t K,
     const floating* pos_w,      # IN  (K,)
@@ -225,12 +224,18 @@ cdef void chunk_gradient(
     cdef double dl
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
-    if n_order == p1:
+    cdef Py_ssize_t r
+    if warm:
         for p in range(p0, min(p0 + DENSE_PREFETCH, p1)):
             prefetch_sample(X, y, sw, d, order[p])
     for p in range(p0, p1):
-        if p + DENSE_PREFETCH < n_order:
-            prefetch_sample(X, y, sw, d, order[p + DENSE_PREFETCH])
+        r = p + DENSE_PREFETCH
+        if r >= p1:
+            r = q0 + (r - p1)
+            if r >= q1:
+                r = -1
+        if r >= 0:
+            prefetch_sample(X, y, sw, d, order[r])
         i = order[p]
         x = X + i * d
         if cfg.target == TARGET_MULTINOMIAL:
@@ -375,13 +380,15 @@ cdef void batch_gradient(
     if nch == 1 or nt == 1:
         for c in range(nch):
             chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                           start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
                            &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
             chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                           start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
                            &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
     if nch > 1:
@@ -564,36 +571,79 @@ cdef inline Py_ssize_t own_bytes(Py_ssize_t P, Py_ssize_t K, Py_ssize_t itemsize
 
 
 cdef void run_task(
-    Team* tm, Py_ssize_t i, char* own,
+    Team* tm, Py_ssize_t i, Py_ssize_t nxt, bint warm, char* own,
     const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
     const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
 ) noexcept nogil:
-    """Chunk i of the published batch, or block i of its reduction. A chunk is summed in
+    """Chunk i of the published batch (prefetching into chunk nxt, unless it is -1), or
+    block i of its reduction. A chunk is summed in
     the thread's own scratch (own, from malloc) and then copied to its row: chunks next
     to each other share cache lines at their edges (and the loss sums, one line for all),
     and two threads adding to one line at every row would pass it back and forth."""
     cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
+    cdef Py_ssize_t p1 = start + ((i + 1) * mb) // nch, q0 = 0, q1 = 0
     cdef char* base
     cdef floating* g
     cdef double* o
+    if nxt >= 0:
+        q0 = start + (nxt * mb) // nch
+        q1 = start + ((nxt + 1) * mb) // nch
     if tm.kind == TASK_CHUNK and own == NULL:
-        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch,
-                       start + ((i + 1) * mb) // nch, n_order, params, K, pos_w, neg_w,
+        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch, p1, q0, q1, warm,
+                       params, K, pos_w, neg_w,
                        active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
     elif tm.kind == TASK_CHUNK:
         base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
         g = <floating*>base
         o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
-        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch,
-                       start + ((i + 1) * mb) // nch, start + ((i + 1) * mb) // nch,
-                       params, K, pos_w, neg_w,
-                       active, cfg, g, o, <floating*>(o + K))
+        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch, p1, q0, q1, warm,
+                       params, K, pos_w, neg_w, active, cfg, g, o, <floating*>(o + K))
         memcpy(work_grad + i * P, g, P * sizeof(floating))
         memcpy(work_obj + i * K, o, K * sizeof(double))
     else:
         reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
+
+
+cdef long long take_tasks(
+    Team* tm, long long old, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Run tasks of the generation of the claim `old` (the old value of a fetch-and-add
+    of the task word, not TASKS_EXIT) until none is left; returns the last claim, which
+    holds no task of that generation (it may hold one of a later generation, once this
+    thread holds no task the master can publish the next one).
+
+    While many chunks are left, a thread claims its next chunk before it computes the
+    current one (still holding a task, so of the same generation), to prefetch the next
+    chunk's first rows: a chunk's rows are scattered in a shuffled order, and waiting
+    for its first rows would stall every chunk."""
+    cdef long long gen = old >> (2 * TASK_BITS), ntasks = (old >> TASK_BITS) & TASK_MASK
+    cdef long long i = old & TASK_MASK, nxt
+    cdef bint warm = True
+    while i < ntasks:
+        nxt = -1
+        if tm.kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
+            nxt = cgd_atomic_fetch_add(&tm.claim, 1) & TASK_MASK
+            if nxt >= ntasks:
+                nxt = -1
+        run_task(tm, i, nxt, warm, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                 neg_w, active, cfg, work_grad, work_obj, work_z)
+        cgd_atomic_fetch_add(&tm.done, 1)
+        if nxt >= 0:
+            i = nxt
+            warm = False
+        else:
+            old = cgd_atomic_fetch_add(&tm.claim, 1)
+            if (old >> (2 * TASK_BITS)) != gen:
+                return old
+            i = old & TASK_MASK
+            warm = True
+    return old
 
 
 cdef void team_run(
@@ -604,17 +654,10 @@ cdef void team_run(
     EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
 ) noexcept nogil:
     """Master: publish ntasks tasks, take its share, return when all are finished."""
-    cdef long long old, i
     tm.kind = kind
     team_publish(tm, ntasks)
-    while True:
-        old = cgd_atomic_fetch_add(&tm.claim, 1)
-        i = old & TASK_MASK
-        if i >= ntasks:
-            break
-        run_task(tm, i, own, X, d, y, sw, order, n_order, params, K, pos_w, neg_w, active,
-                 cfg, work_grad, work_obj, work_z)
-        cgd_atomic_fetch_add(&tm.done, 1)
+    take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, X, d, y, sw, order, n_order,
+               params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
     while cgd_atomic_load(&tm.done) < ntasks:
         cgd_cpu_relax()
 
@@ -627,23 +670,20 @@ cdef void team_helper(
     EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
 ) noexcept nogil:
     """Helper: claim tasks of each generation until told to leave."""
-    cdef long long old, gen, ntasks, i
+    cdef long long old, gen
     cdef int spins
     cdef char* own = <char*>malloc(own_bytes(K * (d + 1), K, sizeof(floating)))
+    old = cgd_atomic_fetch_add(&tm.claim, 1)
     while True:
-        old = cgd_atomic_fetch_add(&tm.claim, 1)
-        ntasks = (old >> TASK_BITS) & TASK_MASK
-        if ntasks == TASKS_EXIT:
+        if ((old >> TASK_BITS) & TASK_MASK) == TASKS_EXIT:
             break
-        i = old & TASK_MASK
-        if i < ntasks:
-            # (own is NULL only if malloc failed: the chunk is then summed in place)
-            run_task(tm, i, own, X, d, y, sw, order, n_order, params, K, pos_w, neg_w,
-                     active, cfg, work_grad, work_obj, work_z)
-            cgd_atomic_fetch_add(&tm.done, 1)
-            continue
-        # This generation has no task left: wait for the next one.
         gen = old >> (2 * TASK_BITS)
+        # (own is NULL only if malloc failed: chunks are then summed in place)
+        old = take_tasks(tm, old, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                         neg_w, active, cfg, work_grad, work_obj, work_z)
+        if (old >> (2 * TASK_BITS)) != gen:
+            continue  # a claim of a later generation: run it
+        # This generation has no task left: wait for the next one.
         spins = 0
         while (cgd_atomic_load(&tm.claim) >> (2 * TASK_BITS)) == gen:
             if spins < SPIN_LIMIT:
@@ -651,6 +691,7 @@ cdef void team_helper(
                 cgd_cpu_relax()
             else:
                 cgd_thread_nap()
+        old = cgd_atomic_fetch_add(&tm.claim, 1)
     free(own)
 
 
@@ -723,8 +764,9 @@ cdef void team_batch_gradient(
     else:
         for c in range(nch):
             chunk_gradient(X, d, y, sw, order, start + (c * mb) // nch,
-                           start + ((c + 1) * mb) // nch, n_order, params, K, pos_w, neg_w,
-                           active, cfg, work_grad + c * P, work_obj + c * K, work_z + c * K)
+                           start + ((c + 1) * mb) // nch, start + ((c + 1) * mb) // nch,
+                           n_order, False, params, K, pos_w, neg_w, active, cfg,
+                           work_grad + c * P, work_obj + c * K, work_z + c * K)
     if nch > 1:
         nblk = (P + REDUCE_BLOCK - 1) // REDUCE_BLOCK
         if team and nblk > 1 and P * nch >= 65536:
