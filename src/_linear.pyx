@@ -203,6 +203,7 @@ cdef void chunk_gradient(
     const floating* y,          # IN  (n_samples,) targets or class indices
     const floating* sw,         # IN  (n_samples,) sample weights
     const intp_t* order,        # IN  (n_order,) visiting order
+    const floating* ysw,        # IN  (2 n_order,) y and sw in visiting order, or NULL
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
     Py_ssize_t q0,              # IN  the positions the caller visits next, [q0, q1): their
@@ -225,9 +226,13 @@ cdef void chunk_gradient(
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
     cdef Py_ssize_t r
+    cdef floating yi, si
     if warm:
         for p in range(p0, min(p0 + DENSE_PREFETCH, p1)):
-            prefetch_sample(X, y, sw, d, order[p])
+            if ysw != NULL:
+                cgd_prefetch(X + order[p] * d, d * sizeof(floating))
+            else:
+                prefetch_sample(X, y, sw, d, order[p])
     for p in range(p0, p1):
         r = p + DENSE_PREFETCH
         if r >= p1:
@@ -235,19 +240,28 @@ cdef void chunk_gradient(
             if r >= q1:
                 r = -1
         if r >= 0:
-            prefetch_sample(X, y, sw, d, order[r])
+            if ysw != NULL:
+                cgd_prefetch(X + order[r] * d, d * sizeof(floating))
+            else:
+                prefetch_sample(X, y, sw, d, order[r])
         i = order[p]
         x = X + i * d
+        if ysw != NULL:
+            yi = ysw[2 * p]
+            si = ysw[2 * p + 1]
+        else:
+            yi = y[i]
+            si = sw[i]
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
                 z[k] = dot(params + k * d, x, d) + params[K * d + k]
-            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+            c = multinomial_loss(cfg, z, K, yi, si, obj)
         for k in range(K):
             if cfg.target == TARGET_MULTINOMIAL:
-                dl = multinomial_dl(z, k, c, sw[i])
+                dl = multinomial_dl(z, k, c, si)
             elif active[k]:
-                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], y[i],
-                                  sw[i], k, pos_w, neg_w, obj)
+                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], yi,
+                                  si, k, pos_w, neg_w, obj)
             else:
                 continue
             if dl != 0.0:
@@ -379,14 +393,14 @@ cdef void batch_gradient(
         nt = 1
     if nch == 1 or nt == 1:
         for c in range(nch):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
+            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
                            start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
                            &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
+            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
                            start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
                            start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
@@ -485,6 +499,7 @@ cdef struct Team:
     Py_ssize_t start, mb, nch
     int status            # the epoch's (set by the master)
     int team_at_end       # the team was still on when the epoch ended
+    void* ysw             # y and sample_weight in visiting order (floating), or NULL
     # the master's bookkeeping of the adaptive thread count
     int mode
     int n_threads
@@ -500,6 +515,7 @@ cdef inline void team_init(Team* tm, int n_threads, bint toucher) noexcept nogil
     tm.toucher = toucher
     tm.status = STATUS_OK
     tm.team_at_end = 0
+    tm.ysw = NULL
     tm.gen = 0
     tm.n_threads = n_threads
     tm.mode = MODE_WARM_UP if n_threads > 1 else MODE_SOLO
@@ -591,14 +607,16 @@ cdef void run_task(
         q0 = start + (nxt * mb) // nch
         q1 = start + ((nxt + 1) * mb) // nch
     if tm.kind == TASK_CHUNK and own == NULL:
-        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch, p1, q0, q1, warm,
+        chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
+                       start + (i * mb) // nch, p1, q0, q1, warm,
                        params, K, pos_w, neg_w,
                        active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
     elif tm.kind == TASK_CHUNK:
         base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
         g = <floating*>base
         o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
-        chunk_gradient(X, d, y, sw, order, start + (i * mb) // nch, p1, q0, q1, warm,
+        chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
+                       start + (i * mb) // nch, p1, q0, q1, warm,
                        params, K, pos_w, neg_w, active, cfg, g, o, <floating*>(o + K))
         memcpy(work_grad + i * P, g, P * sizeof(floating))
         memcpy(work_obj + i * K, o, K * sizeof(double))
@@ -739,7 +757,7 @@ cdef void row_toucher(
             continue
         spins = 0
         while h < lim:
-            prefetch_sample(X, y, sw, d, order[h])
+            cgd_prefetch(X + order[h] * d, d * sizeof(floating))
             h += 1
 
 
@@ -763,7 +781,8 @@ cdef void team_batch_gradient(
                  neg_w, active, cfg, work_grad, work_obj, work_z)
     else:
         for c in range(nch):
-            chunk_gradient(X, d, y, sw, order, start + (c * mb) // nch,
+            chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
+                           start + (c * mb) // nch,
                            start + ((c + 1) * mb) // nch, start + ((c + 1) * mb) // nch,
                            n_order, False, params, K, pos_w, neg_w, active, cfg,
                            work_grad + c * P, work_obj + c * K, work_z + c * K)
@@ -785,6 +804,28 @@ def grad_rows_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_
     if per_sample_plain and min(batch_size, n_train) == 1:
         return 0
     return n_chunks_for(min(batch_size, n_train))
+
+
+cdef enum:
+    GATHER_AHEAD = 32
+
+
+cdef void gather_targets(const floating* y, const floating* sw, const intp_t* order,
+                         Py_ssize_t n, floating* ysw) noexcept nogil:
+    """ysw[2p], ysw[2p + 1] = y[order[p]], sw[order[p]]. The epoch then reads targets
+    and weights in one sequential stream, and all its random accesses are rows of X: a
+    row's 800 bytes are one DRAM page, while y[i] and sw[i] would be two more pages
+    opened (and two more cache misses in flight) per row, in a loop that cannot keep
+    many in flight. This loop has nothing else to wait for, so it keeps many."""
+    cdef Py_ssize_t p, i
+    for p in range(n):
+        if p + GATHER_AHEAD < n:
+            i = order[p + GATHER_AHEAD]
+            cgd_prefetch(y + i, sizeof(floating))
+            cgd_prefetch(sw + i, sizeof(floating))
+        i = order[p]
+        ysw[2 * p] = y[i]
+        ysw[2 * p + 1] = sw[i]
 
 
 cdef void dense_epoch(
@@ -813,8 +854,14 @@ cdef void dense_epoch(
     cdef floating* g
     cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
     cdef char* own = NULL
+    cdef floating* ysw = NULL
+    cdef floating yj, sj
     if tm.n_threads > 1:
         own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
+    ysw = <floating*>malloc(2 * n_order * sizeof(floating))
+    if ysw != NULL:  # (else y and sample_weight are read where they are)
+        gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
+    tm.ysw = ysw
 
     for k in range(K):
         reg[k] = penalty_value(cfg, prm + k * d, d)
@@ -829,11 +876,19 @@ cdef void dense_epoch(
                 work_obj[0, k] = 0.0
             if tm.toucher and tm.n_threads > 1 and start % PROGRESS_EVERY == 0:
                 cgd_atomic_store(&tm.progress, start if team_active(tm) else TOUCH_PAUSE)
-            if start + DENSE_PREFETCH < n_order:
-                prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
-                                order[start + DENSE_PREFETCH])
             j = order[start]
-            sgd_single_row(&X[j, 0], y[j], sample_weight[j], prm, K, d,
+            if ysw != NULL:
+                if start + DENSE_PREFETCH < n_order:
+                    cgd_prefetch(&X[order[start + DENSE_PREFETCH], 0], d * sizeof(floating))
+                yj = ysw[2 * start]
+                sj = ysw[2 * start + 1]
+            else:
+                if start + DENSE_PREFETCH < n_order:
+                    prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
+                                    order[start + DENSE_PREFETCH])
+                yj = y[j]
+                sj = sample_weight[j]
+            sgd_single_row(&X[j, 0], yj, sj, prm, K, d,
                            &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
                            &work_obj[0, 0], &work_z[0, 0])
         else:
@@ -892,6 +947,8 @@ cdef void dense_epoch(
     tm.team_at_end = team_active(tm) and tm.n_threads > 1
     team_dismiss(tm)
     free(own)
+    tm.ysw = NULL
+    free(ysw)
     if status == STATUS_OK:
         for j in range(P):
             if not isfinite(prm[j]):
