@@ -37,7 +37,7 @@ cdef extern from "Python.h":
     # are told to go first); the pending exception is raised after the region.
     int check_signals "PyErr_CheckSignals"() noexcept
 from _reduce cimport reduce_chunks
-from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add,
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
                       cgd_cpu_relax, cgd_thread_nap)
 
 ctypedef Py_ssize_t intp_t
@@ -459,16 +459,12 @@ cdef extern from *:
     #define CGD_TASKS_EXIT CGD_TASK_MASK
     /* Busy-wait iterations (a pause each) before a waiting helper starts napping. */
     #define CGD_SPIN_LIMIT 4000
-    #define CGD_TOUCH_PAUSE (-2LL)
-    #define CGD_TOUCH_EXIT (-1LL)
     """
     long long TASK_BITS "CGD_TASK_BITS"
     long long TASK_MASK "CGD_TASK_MASK"
     long long GEN_MASK "CGD_GEN_MASK"
     long long TASKS_EXIT "CGD_TASKS_EXIT"
     int SPIN_LIMIT "CGD_SPIN_LIMIT"
-    long long TOUCH_PAUSE "CGD_TOUCH_PAUSE"
-    long long TOUCH_EXIT "CGD_TOUCH_EXIT"
 
 # Seconds per measuring window, and the speed-up the team must show to be kept.
 cdef double TEAM_WINDOW = 2e-3
@@ -490,15 +486,16 @@ cdef struct Team:
     char pad0[120]
     long long done        # tasks of the current generation finished
     char pad1[120]
-    long long progress    # per-sample SGD: the master's position (or TOUCH_PAUSE / _EXIT)
+    long long cstate[64]  # per chunk: generation << 2 | CHUNK_FREE / _CLAIMED / ...
     char pad3[120]
-    int toucher           # the helpers touch rows ahead instead of taking tasks
     # written by the master only, before it publishes a generation
     long long gen
     int kind
     Py_ssize_t start, mb, nch
     int status            # the epoch's (set by the master)
     int team_at_end       # the team was still on when the epoch ended
+    int stalled           # the master finished chunks a helper held for too long
+    double chunk_time     # seconds the master's last chunk took
     void* ysw             # y and sample_weight in visiting order (floating), or NULL
     # the master's bookkeeping of the adaptive thread count
     int mode
@@ -508,14 +505,14 @@ cdef struct Team:
     char pad2[120]
 
 
-cdef inline void team_init(Team* tm, int n_threads, bint toucher) noexcept nogil:
+cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
     tm.claim = 0            # generation 0, no task: a helper waits for the next one
     tm.done = 0
-    tm.progress = 0
-    tm.toucher = toucher
     tm.status = STATUS_OK
     tm.team_at_end = 0
-    tm.ysw = NULL
+    tm.stalled = 0
+    tm.chunk_time = 0.0
+    memset(tm.cstate, 0, sizeof(tm.cstate))
     tm.gen = 0
     tm.n_threads = n_threads
     tm.mode = MODE_WARM_UP if n_threads > 1 else MODE_SOLO
@@ -534,10 +531,7 @@ cdef inline void team_publish(Team* tm, long long ntasks) noexcept nogil:
 
 cdef inline void team_dismiss(Team* tm) noexcept nogil:
     """Tell the helpers to leave the parallel region."""
-    if tm.n_threads > 1 and tm.toucher:
-        cgd_atomic_store(&tm.progress, TOUCH_EXIT)
-        tm.n_threads = 1
-    elif tm.n_threads > 1:
+    if tm.n_threads > 1:
         team_publish(tm, TASKS_EXIT)
         tm.n_threads = 1
     tm.mode = MODE_SOLO
@@ -586,46 +580,98 @@ cdef inline Py_ssize_t own_bytes(Py_ssize_t P, Py_ssize_t K, Py_ssize_t itemsize
     return ((P * itemsize + 63) // 64) * 64 + K * (8 + itemsize) + 192
 
 
+cdef enum:
+    # A chunk's state in a generation. A thread computes a chunk it claimed only after
+    # moving it from FREE to CLAIMED, and copies its result to the chunk's row only
+    # after moving it from CLAIMED to COMMITTING. The master, when a helper keeps it
+    # waiting too long (another process has the helper's core), moves the chunks not
+    # yet committed to TAKEN and computes them itself: the late helper then fails its
+    # move and drops its result, so a chunk is counted and written once. Its bits do not
+    # depend on who computed it.
+    CHUNK_FREE = 0
+    CHUNK_CLAIMED = 1
+    CHUNK_COMMITTING = 2
+    CHUNK_TAKEN = 3
+
+cdef extern from *:
+    """
+    /* The master takes over a helper's chunks after waiting this long plus eight
+       times its own last chunk's time. */
+    #define CGD_TAKEOVER_SECONDS 50e-6
+    """
+    double TAKEOVER_SECONDS "CGD_TAKEOVER_SECONDS"
+
+# Tests: take over every chunk a helper has not committed as soon as the master waits,
+# and keep the team after doing so (the races of the takeover, at every batch).
+cdef bint TAKEOVER_EAGER = False
+
+
+def set_takeover_eager(bint eager):
+    """For tests: the master takes over helpers' chunks at once (see CHUNK_TAKEN).
+    Returns the previous setting."""
+    global TAKEOVER_EAGER
+    old = TAKEOVER_EAGER
+    TAKEOVER_EAGER = eager
+    return old
+
+
 cdef void run_task(
-    Team* tm, Py_ssize_t i, Py_ssize_t nxt, bint warm, char* own,
+    Team* tm, long long gen, Py_ssize_t i, Py_ssize_t nxt, bint warm, bint take_over,
+    char* own,
     const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
     const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
 ) noexcept nogil:
-    """Chunk i of the published batch (prefetching into chunk nxt, unless it is -1), or
-    block i of its reduction. A chunk is summed in
-    the thread's own scratch (own, from malloc) and then copied to its row: chunks next
-    to each other share cache lines at their edges (and the loss sums, one line for all),
-    and two threads adding to one line at every row would pass it back and forth."""
+    """Chunk i of generation gen (prefetching into chunk nxt, unless it is -1), or block
+    i of its reduction; counts it done unless the master took it over. A chunk is
+    summed in the thread's own scratch (own, from malloc; the master's may be NULL:
+    then in place) and then copied to its row: chunks next to each other share cache
+    lines at their edges (and the loss sums, one line for all), and two threads adding
+    to one line at every row would pass it back and forth.
+
+    The batch's description is read before the chunk is claimed (CHUNK_FREE to
+    CHUNK_CLAIMED): a successful claim proves that the generation had not ended, so the
+    description was that generation's. take_over: the master's computing of a chunk it
+    has already moved to CHUNK_TAKEN."""
+    cdef int kind = tm.kind
     cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
+    cdef const floating* ysw = <const floating*>tm.ysw
     cdef Py_ssize_t p1 = start + ((i + 1) * mb) // nch, q0 = 0, q1 = 0
+    cdef long long g2 = gen << 2
     cdef char* base
     cdef floating* g
     cdef double* o
+    if kind != TASK_CHUNK:
+        reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
+        cgd_atomic_fetch_add(&tm.done, 1)
+        return
+    if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_FREE,
+                                            g2 | CHUNK_CLAIMED):
+        return  # the master has taken it over
     if nxt >= 0:
         q0 = start + (nxt * mb) // nch
         q1 = start + ((nxt + 1) * mb) // nch
-    if tm.kind == TASK_CHUNK and own == NULL:
-        chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
-                       start + (i * mb) // nch, p1, q0, q1, warm,
+    if own == NULL:
+        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
                        params, K, pos_w, neg_w,
                        active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
-    elif tm.kind == TASK_CHUNK:
+    else:
         base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
         g = <floating*>base
         o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
-        chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
-                       start + (i * mb) // nch, p1, q0, q1, warm,
+        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
                        params, K, pos_w, neg_w, active, cfg, g, o, <floating*>(o + K))
+        if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_CLAIMED,
+                                                g2 | CHUNK_COMMITTING):
+            return  # taken over while it was computed: drop the result
         memcpy(work_grad + i * P, g, P * sizeof(floating))
         memcpy(work_obj + i * K, o, K * sizeof(double))
-    else:
-        reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
+    cgd_atomic_fetch_add(&tm.done, 1)
 
 
 cdef long long take_tasks(
-    Team* tm, long long old, char* own,
+    Team* tm, long long old, char* own, bint master,
     const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
     const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
@@ -633,25 +679,30 @@ cdef long long take_tasks(
 ) noexcept nogil:
     """Run tasks of the generation of the claim `old` (the old value of a fetch-and-add
     of the task word, not TASKS_EXIT) until none is left; returns the last claim, which
-    holds no task of that generation (it may hold one of a later generation, once this
-    thread holds no task the master can publish the next one).
+    holds no task of that generation (it may hold one of a later generation).
 
     While many chunks are left, a thread claims its next chunk before it computes the
-    current one (still holding a task, so of the same generation), to prefetch the next
-    chunk's first rows: a chunk's rows are scattered in a shuffled order, and waiting
-    for its first rows would stall every chunk."""
+    current one, to prefetch the next chunk's first rows: a chunk's rows are scattered
+    in a shuffled order, and waiting for its first rows would stall every chunk."""
     cdef long long gen = old >> (2 * TASK_BITS), ntasks = (old >> TASK_BITS) & TASK_MASK
     cdef long long i = old & TASK_MASK, nxt
     cdef bint warm = True
+    cdef double t0 = 0.0
     while i < ntasks:
         nxt = -1
         if tm.kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
-            nxt = cgd_atomic_fetch_add(&tm.claim, 1) & TASK_MASK
+            old = cgd_atomic_fetch_add(&tm.claim, 1)
+            if (old >> (2 * TASK_BITS)) != gen:
+                return old  # (a helper the master did not wait for: its claim is stale)
+            nxt = old & TASK_MASK
             if nxt >= ntasks:
                 nxt = -1
-        run_task(tm, i, nxt, warm, own, X, d, y, sw, order, n_order, params, K, pos_w,
-                 neg_w, active, cfg, work_grad, work_obj, work_z)
-        cgd_atomic_fetch_add(&tm.done, 1)
+        if master:
+            t0 = cgd_now()
+        run_task(tm, gen, i, nxt, warm, False, own, X, d, y, sw, order, n_order, params,
+                 K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
+        if master:
+            tm.chunk_time = cgd_now() - t0
         if nxt >= 0:
             i = nxt
             warm = False
@@ -671,13 +722,37 @@ cdef void team_run(
     const floating* pos_w, const floating* neg_w, const unsigned char* active,
     EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
 ) noexcept nogil:
-    """Master: publish ntasks tasks, take its share, return when all are finished."""
+    """Master: publish ntasks tasks, take its share, return when all are finished
+    (taking over the chunks a helper holds for too long)."""
+    cdef long long gen = (tm.gen + 1) & GEN_MASK, st
+    cdef Py_ssize_t j
+    cdef int spins = 0
+    cdef double t_wait = 0.0, now
     tm.kind = kind
+    if kind == TASK_CHUNK:
+        for j in range(ntasks):
+            cgd_atomic_store(&tm.cstate[j], (gen << 2) | CHUNK_FREE)
     team_publish(tm, ntasks)
-    take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, X, d, y, sw, order, n_order,
-               params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
+    take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, True, X, d, y, sw, order,
+               n_order, params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
     while cgd_atomic_load(&tm.done) < ntasks:
         cgd_cpu_relax()
+        spins += 1
+        if kind != TASK_CHUNK or (spins % 256 != 0 and not TAKEOVER_EAGER):
+            continue
+        now = cgd_now()
+        if t_wait == 0.0 and not TAKEOVER_EAGER:
+            t_wait = now
+        elif TAKEOVER_EAGER or now - t_wait > TAKEOVER_SECONDS + 8.0 * tm.chunk_time:
+            for j in range(ntasks):
+                st = cgd_atomic_load(&tm.cstate[j])
+                if (st == ((gen << 2) | CHUNK_FREE) or st == ((gen << 2) | CHUNK_CLAIMED)) \
+                        and cgd_atomic_cas(&tm.cstate[j], st, (gen << 2) | CHUNK_TAKEN):
+                    run_task(tm, gen, j, -1, True, True, own, X, d, y, sw, order, n_order,
+                             params, K, pos_w, neg_w, active, cfg, work_grad, work_obj,
+                             work_z)
+            tm.stalled = not TAKEOVER_EAGER
+            t_wait = now
 
 
 cdef void team_helper(
@@ -691,14 +766,15 @@ cdef void team_helper(
     cdef long long old, gen
     cdef int spins
     cdef char* own = <char*>malloc(own_bytes(K * (d + 1), K, sizeof(floating)))
+    if own == NULL:
+        return  # (out of memory: the master does the work alone)
     old = cgd_atomic_fetch_add(&tm.claim, 1)
     while True:
         if ((old >> TASK_BITS) & TASK_MASK) == TASKS_EXIT:
             break
         gen = old >> (2 * TASK_BITS)
-        # (own is NULL only if malloc failed: chunks are then summed in place)
-        old = take_tasks(tm, old, own, X, d, y, sw, order, n_order, params, K, pos_w,
-                         neg_w, active, cfg, work_grad, work_obj, work_z)
+        old = take_tasks(tm, old, own, False, X, d, y, sw, order, n_order, params, K,
+                         pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
         if (old >> (2 * TASK_BITS)) != gen:
             continue  # a claim of a later generation: run it
         # This generation has no task left: wait for the next one.
@@ -711,54 +787,6 @@ cdef void team_helper(
                 cgd_thread_nap()
         old = cgd_atomic_fetch_add(&tm.claim, 1)
     free(own)
-
-
-cdef enum:
-    # Per-sample SGD on a team: the helper keeps the rows from TOUCH_FROM to TOUCH_AHEAD
-    # places ahead of the master asked for (the master itself asks DENSE_PREFETCH ahead);
-    # the master says where it is every PROGRESS_EVERY rows.
-    TOUCH_FROM = 8
-    TOUCH_AHEAD = 64
-    PROGRESS_EVERY = 8
-    # Rows between two looks at the clock (adaptive thread count) in per-sample SGD.
-    ADAPT_EVERY = 64
-
-
-cdef void row_toucher(
-    Team* tm, const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t n_order,
-) noexcept nogil:
-    """Helper of per-sample SGD: ask for the rows the master visits soon, so that two
-    cores' worth of cache misses are in flight (one core's outstanding misses bound a
-    shuffled pass). It only reads: the master's results do not depend on it."""
-    cdef long long pos
-    cdef Py_ssize_t h = 0, lim
-    cdef int spins = 0
-    while True:
-        pos = cgd_atomic_load(&tm.progress)
-        if pos == TOUCH_EXIT:
-            return
-        if pos == TOUCH_PAUSE:
-            if spins < SPIN_LIMIT:
-                spins += 1
-                cgd_cpu_relax()
-            else:
-                cgd_thread_nap()
-            continue
-        if h < pos + TOUCH_FROM:
-            h = pos + TOUCH_FROM
-        lim = min(pos + TOUCH_AHEAD, n_order)
-        if h >= lim:
-            if h >= n_order:
-                spins += 1
-                if spins > SPIN_LIMIT:
-                    cgd_thread_nap()
-            cgd_cpu_relax()
-            continue
-        spins = 0
-        while h < lim:
-            cgd_prefetch(X + order[h] * d, d * sizeof(floating))
-            h += 1
 
 
 cdef void team_batch_gradient(
@@ -854,14 +882,10 @@ cdef void dense_epoch(
     cdef floating* g
     cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
     cdef char* own = NULL
-    cdef floating* ysw = NULL
+    cdef const floating* ysw = <const floating*>tm.ysw
     cdef floating yj, sj
     if tm.n_threads > 1:
         own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
-    ysw = <floating*>malloc(2 * n_order * sizeof(floating))
-    if ysw != NULL:  # (else y and sample_weight are read where they are)
-        gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
-    tm.ysw = ysw
 
     for k in range(K):
         reg[k] = penalty_value(cfg, prm + k * d, d)
@@ -874,8 +898,6 @@ cdef void dense_epoch(
         if mb == 1 and plain:
             for k in range(K):
                 work_obj[0, k] = 0.0
-            if tm.toucher and tm.n_threads > 1 and start % PROGRESS_EVERY == 0:
-                cgd_atomic_store(&tm.progress, start if team_active(tm) else TOUCH_PAUSE)
             j = order[start]
             if ysw != NULL:
                 if start + DENSE_PREFETCH < n_order:
@@ -896,6 +918,8 @@ cdef void dense_epoch(
                                 start, mb, n_order, prm, K, &pos_weight[0],
                                 &neg_weight[0], &active[0], cfg, wg, &work_obj[0, 0],
                                 &work_z[0, 0])
+            if tm.stalled and tm.n_threads > 1:
+                team_dismiss(tm)  # a helper's core is taken: one thread from here on
             g = wg
             gscale = 1.0 / mb
             for k in range(K):
@@ -931,10 +955,7 @@ cdef void dense_epoch(
 
         t += 1.0
         start += mb
-        if not tm.toucher:
-            team_adapt(tm, mb)
-        elif start % ADAPT_EVERY == 0:
-            team_adapt(tm, ADAPT_EVERY)
+        team_adapt(tm, mb)
         if not isfinite(obj_batch):
             status = STATUS_DIVERGED
             break
@@ -947,8 +968,6 @@ cdef void dense_epoch(
     tm.team_at_end = team_active(tm) and tm.n_threads > 1
     team_dismiss(tm)
     free(own)
-    tm.ysw = NULL
-    free(ysw)
     if status == STATUS_OK:
         for j in range(P):
             if not isfinite(prm[j]):
@@ -997,7 +1016,7 @@ def linear_epoch(
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef Team tm
     cdef int nt = cfg.n_threads
-    cdef bint toucher
+    cdef floating* ysw
 
     if y.shape[0] != n or sample_weight.shape[0] != n or params.shape[0] != P:
         raise ValueError("inconsistent shapes passed to linear_epoch")
@@ -1016,13 +1035,11 @@ def linear_epoch(
     obj_out[:] = 0.0
     if n_order == 0:
         return STATUS_OK, t
-    # A team when a batch has chunks to share, or for per-sample SGD a helper that asks
-    # for the coming rows.
-    toucher = plain and m == 1
-    if n_chunks_for(min(m, n_order)) < 2 and not toucher:
+    # A team when a batch has chunks to share. (Per-sample SGD runs on one thread: a
+    # helper thread prefetching the coming rows was measured slower than none once the
+    # targets and weights were gathered in visiting order.)
+    if n_chunks_for(min(m, n_order)) < 2:
         nt = 1
-    if toucher and nt > 2:
-        nt = 2
     # An epoch whose team lost to one thread (a busy machine) makes the next 1, 2, 4,
     # ... 16 epochs of this fit run on one thread: even an idle helper thread takes
     # CPU time from the master when another process wants the cores.
@@ -1030,15 +1047,20 @@ def linear_epoch(
     if nt > 1 and skip > 0 and TEAM_WINDOW > 0.0:
         nt = 1
         config["team_backoff"] = (skip - 1, next_skip)
-    team_init(&tm, nt, toucher)
+    team_init(&tm, nt)
+    ysw = <floating*>malloc(2 * n_order * sizeof(floating))
+    if ysw != NULL:  # (else y and sample_weight are read where they are)
+        with nogil:
+            gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
+    # Freed only once the helpers have left: a helper that a busy machine holds up may
+    # still read it after the master has finished the chunk in its place.
+    tm.ysw = ysw
     if nt > 1:
         with nogil, parallel(num_threads=nt):
             if threadid() == 0:
                 dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
                             eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
                             work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
-            elif toucher:
-                row_toucher(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order)
             else:
                 team_helper(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order,
                             &params[0], K, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
@@ -1048,12 +1070,14 @@ def linear_epoch(
             dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
                         eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
                         work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+    free(ysw)
     status = tm.status
     # What the adaptive thread count measured (rows per second), for the next epoch
     # and for benchmarks: (team, one thread, ended on the team).
     config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end))
     if nt > 1:
-        config["team_backoff"] = ((0, 1) if tm.team_at_end or tm.rate_solo == 0.0
+        config["team_backoff"] = ((0, 1) if tm.team_at_end or (tm.rate_solo == 0.0
+                                                               and not tm.stalled)
                                   else (next_skip, min(2 * next_skip, 16)))
     if status == STATUS_INTERRUPTED:
         raise_pending()

@@ -38,6 +38,9 @@ cdef extern from *:
             _ReadWriteBarrier(); *(volatile long long*)p = v; }
         static __inline long long cgd_atomic_fetch_add(long long* p, long long v) {
             return _InterlockedExchangeAdd64(p, v); }
+        /* 1 when *p was `expected` and is now `desired`, else 0 */
+        static __inline int cgd_atomic_cas(long long* p, long long expected, long long desired) {
+            return _InterlockedCompareExchange64(p, desired, expected) == expected; }
         static __inline void cgd_cpu_relax(void) { YieldProcessor(); }
         static __inline void cgd_thread_nap(void) { Sleep(0); }
     #else
@@ -48,6 +51,10 @@ cdef extern from *:
             __atomic_store_n(p, v, __ATOMIC_RELEASE); }
         static inline long long cgd_atomic_fetch_add(long long* p, long long v) {
             return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+        /* 1 when *p was `expected` and is now `desired`, else 0 */
+        static inline int cgd_atomic_cas(long long* p, long long expected, long long desired) {
+            return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                               __ATOMIC_ACQUIRE); }
         #if defined(__x86_64__) || defined(__i386__)
             static inline void cgd_cpu_relax(void) { __builtin_ia32_pause(); }
         #elif defined(__aarch64__)
@@ -65,5 +72,6 @@ cdef extern from *:
     long long cgd_atomic_load(long long* p) noexcept nogil
     void cgd_atomic_store(long long* p, long long v) noexcept nogil
     long long cgd_atomic_fetch_add(long long* p, long long v) noexcept nogil
+    bint cgd_atomic_cas(long long* p, long long expected, long long desired) noexcept nogil
     void cgd_cpu_relax() noexcept nogil
     void cgd_thread_nap() noexcept nogil
