@@ -488,6 +488,8 @@ cdef struct Team:
     char pad1[120]
     long long cstate[64]  # per chunk: generation << 2 | CHUNK_FREE / _CLAIMED / ...
     char pad3[120]
+    long long finished    # set by the master when its epoch loop is over
+    char pad4[120]
     # written by the master only, before it publishes a generation
     long long gen
     int kind
@@ -512,6 +514,7 @@ cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
     tm.team_at_end = 0
     tm.stalled = 0
     tm.chunk_time = 0.0
+    tm.finished = 0
     memset(tm.cstate, 0, sizeof(tm.cstate))
     tm.gen = 0
     tm.n_threads = n_threads
@@ -787,6 +790,11 @@ cdef void team_helper(
                 cgd_thread_nap()
         old = cgd_atomic_fetch_add(&tm.claim, 1)
     free(own)
+    # Dismissed: nap until the master is done rather than wait at the end of the
+    # parallel region, where the OpenMP runtime would spin for milliseconds (taking
+    # CPU time from the master when another process wants the cores).
+    while cgd_atomic_load(&tm.finished) == 0:
+        cgd_thread_nap()
 
 
 cdef void team_batch_gradient(
@@ -967,6 +975,7 @@ cdef void dense_epoch(
                 break
     tm.team_at_end = team_active(tm) and tm.n_threads > 1
     team_dismiss(tm)
+    cgd_atomic_store(&tm.finished, 1)
     free(own)
     if status == STATUS_OK:
         for j in range(P):
