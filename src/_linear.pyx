@@ -429,8 +429,8 @@ cdef void batch_gradient(
 # thread computes a chunk never changes its bits: chunk boundaries and the summation
 # order depend on the batch size only.
 #
-# One atomic word hands out the tasks: generation << 40 | number of tasks << 20 | next
-# task. A claim is one fetch-and-add, whose old value says which generation and task it
+# One atomic word hands out the tasks: generation << 40 | (kind << 19 | number of
+# tasks) << 20 | next task. A claim is one fetch-and-add, whose old value says which generation and task it
 # got, so a helper late by a whole batch can never run a task of the wrong one; a task
 # description is read only after a valid claim, which the master waits for before it
 # writes the next one.
@@ -457,6 +457,7 @@ cdef extern from *:
     #define CGD_TASK_MASK ((1LL << 20) - 1)
     #define CGD_GEN_MASK ((1LL << 23) - 1)
     #define CGD_TASKS_EXIT CGD_TASK_MASK
+    #define CGD_KIND_SHIFT 19
     /* Busy-wait iterations (a pause each) before a waiting helper starts napping. */
     #define CGD_SPIN_LIMIT 4000
     """
@@ -464,6 +465,7 @@ cdef extern from *:
     long long TASK_MASK "CGD_TASK_MASK"
     long long GEN_MASK "CGD_GEN_MASK"
     long long TASKS_EXIT "CGD_TASKS_EXIT"
+    long long KIND_SHIFT "CGD_KIND_SHIFT"
     int SPIN_LIMIT "CGD_SPIN_LIMIT"
 
 # Seconds per measuring window, and the speed-up the team must show to be kept.
@@ -492,7 +494,6 @@ cdef struct Team:
     char pad4[120]
     # written by the master only, before it publishes a generation
     long long gen
-    int kind
     Py_ssize_t start, mb, nch
     int status            # the epoch's (set by the master)
     int team_at_end       # the team was still on when the epoch ended
@@ -619,7 +620,7 @@ def set_takeover_eager(bint eager):
 
 
 cdef void run_task(
-    Team* tm, long long gen, Py_ssize_t i, Py_ssize_t nxt, bint warm, bint take_over,
+    Team* tm, int kind, long long gen, Py_ssize_t i, Py_ssize_t nxt, bint warm, bint take_over,
     char* own,
     const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
     const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
@@ -637,7 +638,6 @@ cdef void run_task(
     CHUNK_CLAIMED): a successful claim proves that the generation had not ended, so the
     description was that generation's. take_over: the master's computing of a chunk it
     has already moved to CHUNK_TAKEN."""
-    cdef int kind = tm.kind
     cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
     cdef const floating* ysw = <const floating*>tm.ysw
     cdef Py_ssize_t p1 = start + ((i + 1) * mb) // nch, q0 = 0, q1 = 0
@@ -689,11 +689,15 @@ cdef long long take_tasks(
     in a shuffled order, and waiting for its first rows would stall every chunk."""
     cdef long long gen = old >> (2 * TASK_BITS), ntasks = (old >> TASK_BITS) & TASK_MASK
     cdef long long i = old & TASK_MASK, nxt
+    # The kind comes with the claim (the batch's description may already be a later
+    # generation's; a chunk's claim by CAS tells, a reduction block cannot be late).
+    cdef int kind = <int>(ntasks >> KIND_SHIFT)
+    ntasks &= (1LL << KIND_SHIFT) - 1
     cdef bint warm = True
     cdef double t0 = 0.0
     while i < ntasks:
         nxt = -1
-        if tm.kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
+        if kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
             old = cgd_atomic_fetch_add(&tm.claim, 1)
             if (old >> (2 * TASK_BITS)) != gen:
                 return old  # (a helper the master did not wait for: its claim is stale)
@@ -702,7 +706,7 @@ cdef long long take_tasks(
                 nxt = -1
         if master:
             t0 = cgd_now()
-        run_task(tm, gen, i, nxt, warm, False, own, X, d, y, sw, order, n_order, params,
+        run_task(tm, kind, gen, i, nxt, warm, False, own, X, d, y, sw, order, n_order, params,
                  K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
         if master:
             tm.chunk_time = cgd_now() - t0
@@ -731,11 +735,10 @@ cdef void team_run(
     cdef Py_ssize_t j
     cdef int spins = 0
     cdef double t_wait = 0.0, now
-    tm.kind = kind
     if kind == TASK_CHUNK:
         for j in range(ntasks):
             cgd_atomic_store(&tm.cstate[j], (gen << 2) | CHUNK_FREE)
-    team_publish(tm, ntasks)
+    team_publish(tm, ntasks | (<long long>kind << KIND_SHIFT))
     take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, True, X, d, y, sw, order,
                n_order, params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
     while cgd_atomic_load(&tm.done) < ntasks:
@@ -751,7 +754,7 @@ cdef void team_run(
                 st = cgd_atomic_load(&tm.cstate[j])
                 if (st == ((gen << 2) | CHUNK_FREE) or st == ((gen << 2) | CHUNK_CLAIMED)) \
                         and cgd_atomic_cas(&tm.cstate[j], st, (gen << 2) | CHUNK_TAKEN):
-                    run_task(tm, gen, j, -1, True, True, own, X, d, y, sw, order, n_order,
+                    run_task(tm, TASK_CHUNK, gen, j, -1, True, True, own, X, d, y, sw, order, n_order,
                              params, K, pos_w, neg_w, active, cfg, work_grad, work_obj,
                              work_z)
             tm.stalled = not TAKEOVER_EAGER
@@ -1081,9 +1084,10 @@ def linear_epoch(
                         work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
     free(ysw)
     status = tm.status
-    # What the adaptive thread count measured (rows per second), for the next epoch
-    # and for benchmarks: (team, one thread, ended on the team).
-    config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end))
+    # What the adaptive thread count measured (rows per second), for tests and
+    # benchmarks: (team, one thread, ended on the team, dropped a held-up helper).
+    config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end),
+                            bool(tm.stalled))
     if nt > 1:
         config["team_backoff"] = ((0, 1) if tm.team_at_end or (tm.rate_solo == 0.0
                                                                and not tm.stalled)

@@ -287,7 +287,8 @@ TEAM_ESTIMATORS = {
 
 class _TeamLog:
     """Record what the kernel measured in each epoch (config["team_rates"]: rows per
-    second of the team, of one thread, and whether the team was on at the end)."""
+    second of the team, of one thread, whether the team was on at the end, whether the
+    master dropped the team because a helper held chunks too long)."""
 
     def __init__(self, monkeypatch):
         self.rates = []
@@ -319,16 +320,18 @@ def test_team_gives_bit_identical_results(name, batch_size, window, eager, monke
         _linear.set_team_window(saved)
         _linear.set_takeover_eager(saved_eager)
     # The team really ran: with n_jobs > 1 its rate was measured (window 0), or it was
-    # still on at the end of every epoch (a window longer than the fit).
+    # still on at the end of every epoch (a window longer than the fit), unless the
+    # machine was so busy that a helper held chunks too long and the master dropped it.
     # (Not at batch 1: one-row batches have nothing to share.)
     team_epochs = log.rates[3:]
     assert len(team_epochs) == 6 and all(r is not None for r in team_epochs)
     if batch_size == 1:
         assert not any(r[2] for r in team_epochs)
     elif window == 0.0:
-        assert all(r[0] > 0 for r in team_epochs)
+        assert all(r[0] > 0 or r[3] for r in team_epochs)
     else:
-        assert all(r[2] for r in team_epochs)
+        assert all(r[2] or r[3] for r in team_epochs)
+        assert not eager or not any(r[3] for r in team_epochs)  # eager keeps the team
     assert all(r is None or not r[2] for r in log.rates[:3])  # n_jobs=1: no team
     for f in fits[1:]:
         assert np.array_equal(f.coef_, fits[0].coef_)
