@@ -20,15 +20,25 @@ hardware prefetcher.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport isfinite
 from libc.string cimport memset, memcpy
+from libc.stdlib cimport malloc, free
 
-from _math cimport loss_and_dloss, softmax_inplace, dot, abs_sum
+from _math cimport (loss_and_dloss, log_loss_and_dloss, softmax_inplace, dot, abs_sum,
+                    LOSS_LOG)
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, read_optim_config)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
+
+cdef extern from "Python.h":
+    # PyErr_CheckSignals declared without exception propagation: the epoch's master
+    # calls it inside a parallel region, which it must leave normally (the helpers
+    # are told to go first); the pending exception is raised after the region.
+    int check_signals "PyErr_CheckSignals"() noexcept
 from _reduce cimport reduce_chunks
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
+                      cgd_cpu_relax, cgd_thread_nap)
 
 ctypedef Py_ssize_t intp_t
 
@@ -44,6 +54,15 @@ cdef enum:
 cdef enum:
     STATUS_OK = 0
     STATUS_DIVERGED = 1
+    STATUS_INTERRUPTED = 3   # a signal handler raised (Ctrl-C): its exception is pending
+
+cdef Py_ssize_t DENSE_PREFETCH = 8
+
+
+def _set_prefetch(Py_ssize_t k):
+    global DENSE_PREFETCH
+    DENSE_PREFETCH = k
+
 
 # Python-visible copies of the constants the estimators need.
 MAX_CHUNKS_ = MAX_CHUNKS
@@ -116,6 +135,14 @@ cdef inline double target_and_weight(EpochConfig* cfg, floating yi, floating si,
 # The dense and CSR paths differ only in how they read x (its dot products, and adding
 # a multiple of it to the coefficients).
 
+cdef inline double sample_loss_and_dloss(int loss, double z, double y, double eps,
+                                         double* dl) noexcept nogil:
+    """loss_and_dloss, the log loss by its one-exp twin (same bits)."""
+    if loss == LOSS_LOG:
+        return log_loss_and_dloss(z, y, dl)
+    return loss_and_dloss(loss, z, y, eps, dl)
+
+
 cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floating si,
                                 Py_ssize_t k, const floating* pos_w, const floating* neg_w,
                                 double* obj) noexcept nogil:
@@ -123,7 +150,7 @@ cdef inline double output_dloss(EpochConfig* cfg, double zk, floating yi, floati
     value zk; adds the sample's loss to obj[k] (weighted if the objective is)."""
     cdef double sk, dl, l
     cdef double tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
-    l = loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+    l = sample_loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
     obj[k] += sk * l if cfg.weighted_objective else l
     return dl * sk
 
@@ -173,9 +200,12 @@ cdef void chunk_gradient(
     const floating* y,          # IN  (n_samples,) targets or class indices
     const floating* sw,         # IN  (n_samples,) sample weights
     const intp_t* order,        # IN  (n_order,) visiting order
+    const floating* ysw,        # IN  (2 n_order,) y and sw in visiting order, or NULL
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
-    Py_ssize_t n_order,
+    Py_ssize_t q0,              # IN  the positions the caller visits next, [q0, q1): their
+    Py_ssize_t q1,              #     rows are prefetched while this chunk ends
+    bint warm,                  # IN  ask for this chunk's first rows first (nobody has)
     const floating* params,     # IN  (P,)
     Py_ssize_t K,
     const floating* pos_w,      # IN  (K,)
@@ -192,21 +222,43 @@ cdef void chunk_gradient(
     cdef double dl
     memset(grad, 0, P * sizeof(floating))
     memset(obj, 0, K * sizeof(double))
+    cdef Py_ssize_t r
+    cdef floating yi, si
+    if warm:
+        for p in range(p0, min(p0 + DENSE_PREFETCH, p1)):
+            if ysw != NULL:
+                cgd_prefetch(X + order[p] * d, d * sizeof(floating))
+            else:
+                prefetch_sample(X, y, sw, d, order[p])
     for p in range(p0, p1):
-        if p + PREFETCH_ROWS < n_order:
-            prefetch_sample(X, y, sw, d, order[p + PREFETCH_ROWS])
+        r = p + DENSE_PREFETCH
+        if r >= p1:
+            r = q0 + (r - p1)
+            if r >= q1:
+                r = -1
+        if r >= 0:
+            if ysw != NULL:
+                cgd_prefetch(X + order[r] * d, d * sizeof(floating))
+            else:
+                prefetch_sample(X, y, sw, d, order[r])
         i = order[p]
         x = X + i * d
+        if ysw != NULL:
+            yi = ysw[2 * p]
+            si = ysw[2 * p + 1]
+        else:
+            yi = y[i]
+            si = sw[i]
         if cfg.target == TARGET_MULTINOMIAL:
             for k in range(K):
                 z[k] = dot(params + k * d, x, d) + params[K * d + k]
-            c = multinomial_loss(cfg, z, K, y[i], sw[i], obj)
+            c = multinomial_loss(cfg, z, K, yi, si, obj)
         for k in range(K):
             if cfg.target == TARGET_MULTINOMIAL:
-                dl = multinomial_dl(z, k, c, sw[i])
+                dl = multinomial_dl(z, k, c, si)
             elif active[k]:
-                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], y[i],
-                                  sw[i], k, pos_w, neg_w, obj)
+                dl = output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k], yi,
+                                  si, k, pos_w, neg_w, obj)
             else:
                 continue
             if dl != 0.0:
@@ -338,14 +390,16 @@ cdef void batch_gradient(
         nt = 1
     if nch == 1 or nt == 1:
         for c in range(nch):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
+                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                           start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
                            &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
     else:
         for c in prange(nch, schedule="static", num_threads=nt):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch, n_order,
+            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
+                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
+                           start + ((c + 1) * mb) // nch, n_order, False,
                            params, K, pos_w, neg_w, active, cfg,
                            &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
     if nch > 1:
@@ -361,12 +415,580 @@ cdef void batch_gradient(
                 work_obj[0, k] += work_obj[c, k]
 
 
+# ---------------------------------------------------------------- the epoch's team
+# A dense epoch with n_jobs > 1 runs in ONE parallel region: thread 0 (the master) runs
+# the epoch loop; the others (helpers) wait for work. For each batch the master
+# publishes its chunks as tasks; every thread, the master included, claims the next
+# unclaimed chunk until none is left (so a thread that another process slows down does
+# less of the batch instead of holding it up); the master waits until the claimed ones
+# are finished, then reduces in chunk order and steps alone while the helpers spin. No
+# fork / join per batch, so small batches (2 chunks and up) go parallel too. Which
+# thread computes a chunk never changes its bits: chunk boundaries and the summation
+# order depend on the batch size only.
+#
+# One atomic word hands out the tasks: generation << 40 | (kind << 19 | number of
+# tasks) << 20 | next task. A claim is one fetch-and-add, whose old value says which generation and task it
+# got, so a helper late by a whole batch can never run a task of the wrong one; a task
+# description is read only after a valid claim, which the master waits for before it
+# writes the next one.
+#
+# Two threads are not always faster (a loaded machine, a slow second core): the master
+# measures rows per second in windows of TEAM_WINDOW seconds, first with the team, then
+# alone, and keeps the team only while it is faster by TEAM_GAIN; otherwise the helpers
+# leave and the rest of the epoch runs on one thread. The results are the same either way.
+
+cdef enum:
+    TASK_CHUNK = 0
+    TASK_REDUCE = 1
+
+cdef enum:
+    MODE_SOLO = 0        # one thread for the rest of the epoch
+    MODE_PROBE_TEAM = 1  # measuring the team
+    MODE_PROBE_SOLO = 2  # measuring the master alone (helpers idle)
+    MODE_TEAM = 3        # the team, measured faster
+    MODE_WARM_UP = 4     # the team's first window (threads waking up): not measured
+
+cdef extern from *:
+    """
+    #define CGD_TASK_BITS 20
+    #define CGD_TASK_MASK ((1LL << 20) - 1)
+    #define CGD_GEN_MASK ((1LL << 23) - 1)
+    #define CGD_TASKS_EXIT CGD_TASK_MASK
+    #define CGD_KIND_SHIFT 19
+    /* Busy-wait iterations (a pause each) before a waiting helper starts napping. */
+    #define CGD_SPIN_LIMIT 4000
+    """
+    long long TASK_BITS "CGD_TASK_BITS"
+    long long TASK_MASK "CGD_TASK_MASK"
+    long long GEN_MASK "CGD_GEN_MASK"
+    long long TASKS_EXIT "CGD_TASKS_EXIT"
+    long long KIND_SHIFT "CGD_KIND_SHIFT"
+    int SPIN_LIMIT "CGD_SPIN_LIMIT"
+
+# Seconds per measuring window, and the speed-up the team must show to be kept.
+cdef double TEAM_WINDOW = 2e-3
+cdef double TEAM_GAIN = 1.05
+
+
+def set_team_window(double seconds):
+    """Set the team's measuring window (seconds); returns the previous one. For tests:
+    0 switches between the team and one thread every two batches, and no epoch is run
+    on one thread because an earlier one found the team slower."""
+    global TEAM_WINDOW
+    old = TEAM_WINDOW
+    TEAM_WINDOW = seconds
+    return old
+
+
+cdef struct Team:
+    long long claim       # the task word (see above)
+    char pad0[120]
+    long long done        # tasks of the current generation finished
+    char pad1[120]
+    long long cstate[64]  # per chunk: generation << 2 | CHUNK_FREE / _CLAIMED / ...
+    char pad3[120]
+    long long finished    # set by the master when its epoch loop is over
+    char pad4[120]
+    # written by the master only, before it publishes a generation
+    long long gen
+    Py_ssize_t start, mb, nch
+    int status            # the epoch's (set by the master)
+    int team_at_end       # the team was still on when the epoch ended
+    int stalled           # the master finished chunks a helper held for too long
+    double chunk_time     # seconds the master's last chunk took
+    void* ysw             # y and sample_weight in visiting order (floating), or NULL
+    # the master's bookkeeping of the adaptive thread count
+    int mode
+    int n_threads
+    Py_ssize_t win_batches
+    double win_t0, win_rows, rate_solo, rate_team
+    char pad2[120]
+
+
+cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
+    tm.claim = 0            # generation 0, no task: a helper waits for the next one
+    tm.done = 0
+    tm.status = STATUS_OK
+    tm.team_at_end = 0
+    tm.stalled = 0
+    tm.chunk_time = 0.0
+    tm.finished = 0
+    memset(tm.cstate, 0, sizeof(tm.cstate))
+    tm.gen = 0
+    tm.n_threads = n_threads
+    tm.mode = MODE_WARM_UP if n_threads > 1 else MODE_SOLO
+    tm.win_batches = 0
+    tm.win_rows = 0.0
+    tm.win_t0 = cgd_now()
+    tm.rate_solo = 0.0
+    tm.rate_team = 0.0
+
+
+cdef inline void team_publish(Team* tm, long long ntasks) noexcept nogil:
+    tm.gen = (tm.gen + 1) & GEN_MASK
+    cgd_atomic_store(&tm.done, 0)
+    cgd_atomic_store(&tm.claim, (tm.gen << (2 * TASK_BITS)) | (ntasks << TASK_BITS))
+
+
+cdef inline void team_dismiss(Team* tm) noexcept nogil:
+    """Tell the helpers to leave the parallel region."""
+    if tm.n_threads > 1:
+        team_publish(tm, TASKS_EXIT)
+        tm.n_threads = 1
+    tm.mode = MODE_SOLO
+
+
+cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
+    """Count a finished batch of mb rows; at the end of a window, choose who does the next."""
+    cdef double now, rate
+    if tm.mode == MODE_SOLO:
+        return
+    tm.win_rows += mb
+    tm.win_batches += 1
+    if tm.win_batches < 2:
+        return
+    now = cgd_now()
+    if now - tm.win_t0 < TEAM_WINDOW:
+        return
+    rate = tm.win_rows / (now - tm.win_t0) if now > tm.win_t0 else 1e300
+    if tm.mode == MODE_WARM_UP:
+        tm.mode = MODE_PROBE_TEAM
+    elif tm.mode == MODE_PROBE_TEAM:
+        tm.rate_team = rate
+        tm.mode = MODE_PROBE_SOLO
+    elif tm.mode == MODE_PROBE_SOLO:
+        tm.rate_solo = rate
+        if tm.rate_team > TEAM_GAIN * tm.rate_solo:
+            tm.mode = MODE_TEAM
+        else:
+            team_dismiss(tm)
+    elif rate * TEAM_GAIN < tm.rate_team and rate < TEAM_GAIN * tm.rate_solo:
+        # The team slowed down (another process took a core?): measure one thread again.
+        tm.rate_team = rate
+        tm.mode = MODE_PROBE_SOLO
+    tm.win_rows = 0.0
+    tm.win_batches = 0
+    tm.win_t0 = cgd_now()
+
+
+cdef inline bint team_active(Team* tm) noexcept nogil:
+    return tm.mode == MODE_PROBE_TEAM or tm.mode == MODE_TEAM or tm.mode == MODE_WARM_UP
+
+
+cdef inline Py_ssize_t own_bytes(Py_ssize_t P, Py_ssize_t K, Py_ssize_t itemsize) noexcept nogil:
+    """Bytes of a thread's own scratch (gradient, losses, decision values), with a cache
+    line free on both sides."""
+    return ((P * itemsize + 63) // 64) * 64 + K * (8 + itemsize) + 192
+
+
+cdef enum:
+    # A chunk's state in a generation. A thread computes a chunk it claimed only after
+    # moving it from FREE to CLAIMED, and copies its result to the chunk's row only
+    # after moving it from CLAIMED to COMMITTING. The master, when a helper keeps it
+    # waiting too long (another process has the helper's core), moves the chunks not
+    # yet committed to TAKEN and computes them itself: the late helper then fails its
+    # move and drops its result, so a chunk is counted and written once. Its bits do not
+    # depend on who computed it.
+    CHUNK_FREE = 0
+    CHUNK_CLAIMED = 1
+    CHUNK_COMMITTING = 2
+    CHUNK_TAKEN = 3
+
+cdef extern from *:
+    """
+    /* The master takes over a helper's chunks after waiting this long plus eight
+       times its own last chunk's time. */
+    #define CGD_TAKEOVER_SECONDS 50e-6
+    """
+    double TAKEOVER_SECONDS "CGD_TAKEOVER_SECONDS"
+
+# Tests: take over every chunk a helper has not committed as soon as the master waits,
+# and keep the team after doing so (the races of the takeover, at every batch).
+cdef bint TAKEOVER_EAGER = False
+
+
+def set_takeover_eager(bint eager):
+    """For tests: the master takes over helpers' chunks at once (see CHUNK_TAKEN).
+    Returns the previous setting."""
+    global TAKEOVER_EAGER
+    old = TAKEOVER_EAGER
+    TAKEOVER_EAGER = eager
+    return old
+
+
+cdef void run_task(
+    Team* tm, int kind, long long gen, Py_ssize_t i, Py_ssize_t nxt, bint warm, bint take_over,
+    char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Chunk i of generation gen (prefetching into chunk nxt, unless it is -1), or block
+    i of its reduction; counts it done unless the master took it over. A chunk is
+    summed in the thread's own scratch (own, from malloc; the master's may be NULL:
+    then in place) and then copied to its row: chunks next to each other share cache
+    lines at their edges (and the loss sums, one line for all), and two threads adding
+    to one line at every row would pass it back and forth.
+
+    The batch's description is read before the chunk is claimed (CHUNK_FREE to
+    CHUNK_CLAIMED): a successful claim proves that the generation had not ended, so the
+    description was that generation's. take_over: the master's computing of a chunk it
+    has already moved to CHUNK_TAKEN."""
+    cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
+    cdef const floating* ysw = <const floating*>tm.ysw
+    cdef Py_ssize_t p1 = start + ((i + 1) * mb) // nch, q0 = 0, q1 = 0
+    cdef long long g2 = gen << 2
+    cdef char* base
+    cdef floating* g
+    cdef double* o
+    if kind != TASK_CHUNK:
+        reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
+        cgd_atomic_fetch_add(&tm.done, 1)
+        return
+    if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_FREE,
+                                            g2 | CHUNK_CLAIMED):
+        return  # the master has taken it over
+    if nxt >= 0:
+        q0 = start + (nxt * mb) // nch
+        q1 = start + ((nxt + 1) * mb) // nch
+    if own == NULL:
+        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
+                       params, K, pos_w, neg_w,
+                       active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
+    else:
+        base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
+        g = <floating*>base
+        o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
+        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
+                       params, K, pos_w, neg_w, active, cfg, g, o, <floating*>(o + K))
+        if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_CLAIMED,
+                                                g2 | CHUNK_COMMITTING):
+            return  # taken over while it was computed: drop the result
+        memcpy(work_grad + i * P, g, P * sizeof(floating))
+        memcpy(work_obj + i * K, o, K * sizeof(double))
+    cgd_atomic_fetch_add(&tm.done, 1)
+
+
+cdef long long take_tasks(
+    Team* tm, long long old, char* own, bint master,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Run tasks of the generation of the claim `old` (the old value of a fetch-and-add
+    of the task word, not TASKS_EXIT) until none is left; returns the last claim, which
+    holds no task of that generation (it may hold one of a later generation).
+
+    While many chunks are left, a thread claims its next chunk before it computes the
+    current one, to prefetch the next chunk's first rows: a chunk's rows are scattered
+    in a shuffled order, and waiting for its first rows would stall every chunk."""
+    cdef long long gen = old >> (2 * TASK_BITS), ntasks = (old >> TASK_BITS) & TASK_MASK
+    cdef long long i = old & TASK_MASK, nxt
+    # The kind comes with the claim (the batch's description may already be a later
+    # generation's; a chunk's claim by CAS tells, a reduction block cannot be late).
+    cdef int kind = <int>(ntasks >> KIND_SHIFT)
+    ntasks &= (1LL << KIND_SHIFT) - 1
+    cdef bint warm = True
+    cdef double t0 = 0.0
+    while i < ntasks:
+        nxt = -1
+        if kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
+            old = cgd_atomic_fetch_add(&tm.claim, 1)
+            if (old >> (2 * TASK_BITS)) != gen:
+                return old  # (a helper the master did not wait for: its claim is stale)
+            nxt = old & TASK_MASK
+            if nxt >= ntasks:
+                nxt = -1
+        if master:
+            t0 = cgd_now()
+        run_task(tm, kind, gen, i, nxt, warm, False, own, X, d, y, sw, order, n_order, params,
+                 K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
+        if master:
+            tm.chunk_time = cgd_now() - t0
+        if nxt >= 0:
+            i = nxt
+            warm = False
+        else:
+            old = cgd_atomic_fetch_add(&tm.claim, 1)
+            if (old >> (2 * TASK_BITS)) != gen:
+                return old
+            i = old & TASK_MASK
+            warm = True
+    return old
+
+
+cdef void team_run(
+    Team* tm, int kind, Py_ssize_t ntasks, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Master: publish ntasks tasks, take its share, return when all are finished
+    (taking over the chunks a helper holds for too long)."""
+    cdef long long gen = (tm.gen + 1) & GEN_MASK, st
+    cdef Py_ssize_t j
+    cdef int spins = 0
+    cdef double t_wait = 0.0, now
+    if kind == TASK_CHUNK:
+        for j in range(ntasks):
+            cgd_atomic_store(&tm.cstate[j], (gen << 2) | CHUNK_FREE)
+    team_publish(tm, ntasks | (<long long>kind << KIND_SHIFT))
+    take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, True, X, d, y, sw, order,
+               n_order, params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
+    while cgd_atomic_load(&tm.done) < ntasks:
+        cgd_cpu_relax()
+        spins += 1
+        if kind != TASK_CHUNK or (spins % 256 != 0 and not TAKEOVER_EAGER):
+            continue
+        now = cgd_now()
+        if t_wait == 0.0 and not TAKEOVER_EAGER:
+            t_wait = now
+        elif TAKEOVER_EAGER or now - t_wait > TAKEOVER_SECONDS + 8.0 * tm.chunk_time:
+            for j in range(ntasks):
+                st = cgd_atomic_load(&tm.cstate[j])
+                if (st == ((gen << 2) | CHUNK_FREE) or st == ((gen << 2) | CHUNK_CLAIMED)) \
+                        and cgd_atomic_cas(&tm.cstate[j], st, (gen << 2) | CHUNK_TAKEN):
+                    run_task(tm, TASK_CHUNK, gen, j, -1, True, True, own, X, d, y, sw, order, n_order,
+                             params, K, pos_w, neg_w, active, cfg, work_grad, work_obj,
+                             work_z)
+            tm.stalled = not TAKEOVER_EAGER
+            t_wait = now
+
+
+cdef void team_helper(
+    Team* tm,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """Helper: claim tasks of each generation until told to leave."""
+    cdef long long old, gen
+    cdef int spins
+    cdef char* own = <char*>malloc(own_bytes(K * (d + 1), K, sizeof(floating)))
+    if own == NULL:
+        return  # (out of memory: the master does the work alone)
+    old = cgd_atomic_fetch_add(&tm.claim, 1)
+    while True:
+        if ((old >> TASK_BITS) & TASK_MASK) == TASKS_EXIT:
+            break
+        gen = old >> (2 * TASK_BITS)
+        old = take_tasks(tm, old, own, False, X, d, y, sw, order, n_order, params, K,
+                         pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
+        if (old >> (2 * TASK_BITS)) != gen:
+            continue  # a claim of a later generation: run it
+        # This generation has no task left: wait for the next one.
+        spins = 0
+        while (cgd_atomic_load(&tm.claim) >> (2 * TASK_BITS)) == gen:
+            if spins < SPIN_LIMIT:
+                spins += 1
+                cgd_cpu_relax()
+            else:
+                cgd_thread_nap()
+        old = cgd_atomic_fetch_add(&tm.claim, 1)
+    free(own)
+    # Dismissed: nap until the master is done rather than wait at the end of the
+    # parallel region, where the OpenMP runtime would spin for milliseconds (taking
+    # CPU time from the master when another process wants the cores).
+    while cgd_atomic_load(&tm.finished) == 0:
+        cgd_thread_nap()
+
+
+cdef void team_batch_gradient(
+    Team* tm, char* own,
+    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
+    const intp_t* order, Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
+    const floating* params, Py_ssize_t K,
+    const floating* pos_w, const floating* neg_w, const unsigned char* active,
+    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+) noexcept nogil:
+    """batch_gradient's result (work_grad row 0, work_obj row 0), by the team when it is
+    on, else by the master alone: the same chunks, summed in the same order."""
+    cdef Py_ssize_t P = K * (d + 1), nch = n_chunks_for(mb), c, k, nblk
+    cdef bint team = team_active(tm) and tm.n_threads > 1 and nch > 1
+    tm.start = start
+    tm.mb = mb
+    tm.nch = nch
+    if team:
+        team_run(tm, TASK_CHUNK, nch, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                 neg_w, active, cfg, work_grad, work_obj, work_z)
+    else:
+        for c in range(nch):
+            chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
+                           start + (c * mb) // nch,
+                           start + ((c + 1) * mb) // nch, start + ((c + 1) * mb) // nch,
+                           n_order, False, params, K, pos_w, neg_w, active, cfg,
+                           work_grad + c * P, work_obj + c * K, work_z + c * K)
+    if nch > 1:
+        nblk = (P + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+        if team and nblk > 1 and P * nch >= 65536:
+            team_run(tm, TASK_REDUCE, nblk, own, X, d, y, sw, order, n_order, params, K, pos_w,
+                     neg_w, active, cfg, work_grad, work_obj, work_z)
+        else:
+            reduce_chunks(work_grad, P, nch, 0, P)
+        for c in range(1, nch):
+            for k in range(K):
+                work_obj[k] += work_obj[c * K + k]
+
+
 def grad_rows_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_plain):
     """Rows of ``work_grad`` an epoch needs: one per chunk of its largest batch, none
     for plain per-sample SGD (which never builds a batch gradient)."""
     if per_sample_plain and min(batch_size, n_train) == 1:
         return 0
     return n_chunks_for(min(batch_size, n_train))
+
+
+cdef enum:
+    GATHER_AHEAD = 32
+
+
+cdef void gather_targets(const floating* y, const floating* sw, const intp_t* order,
+                         Py_ssize_t n, floating* ysw) noexcept nogil:
+    """ysw[2p], ysw[2p + 1] = y[order[p]], sw[order[p]]. The epoch then reads targets
+    and weights in one sequential stream, and all its random accesses are rows of X: a
+    row's 800 bytes are one DRAM page, while y[i] and sw[i] would be two more pages
+    opened (and two more cache misses in flight) per row, in a loop that cannot keep
+    many in flight. This loop has nothing else to wait for, so it keeps many."""
+    cdef Py_ssize_t p, i
+    for p in range(n):
+        if p + GATHER_AHEAD < n:
+            i = order[p + GATHER_AHEAD]
+            cgd_prefetch(y + i, sizeof(floating))
+            cgd_prefetch(sw + i, sizeof(floating))
+        i = order[p]
+        ysw[2 * p] = y[i]
+        ysw[2 * p + 1] = sw[i]
+
+
+cdef void dense_epoch(
+    Team* tm,
+    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
+    const intp_t[::1] order, const floating[::1] pos_weight,
+    const floating[::1] neg_weight, const unsigned char[::1] active,
+    const double[::1] eta_base, floating[::1] params, floating[:, ::1] opt_state,
+    floating[::1] l1_q, double[::1] l1_u, double[::1] avg_params, double[::1] avg_n,
+    floating[:, ::1] work_grad, double[:, ::1] work_obj, floating[:, ::1] work_z,
+    double[:, ::1] work_k, double[::1] obj_out, EpochConfig* cfg, double* t_io,
+) noexcept nogil:
+    """The epoch loop of linear_epoch (run by the team's master). Sets tm.status; t_io
+    is the number of the next update."""
+    cdef Py_ssize_t n_order = order.shape[0], d = X.shape[1], K = eta_base.shape[0]
+    cdef Py_ssize_t P = K * (d + 1)
+    cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j
+    cdef int status = STATUS_OK
+    cdef double* eta = &work_k[0, 0]
+    cdef double* reg = &work_k[1, 0]
+    cdef double obj_batch, gscale, t = t_io[0]
+    cdef double work = 0.0, next_clock = 0.0, last_check
+    cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
+    cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
+    cdef floating* prm = &params[0]
+    cdef floating* g
+    cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
+    cdef char* own = NULL
+    cdef const floating* ysw = <const floating*>tm.ysw
+    cdef floating yj, sj
+    if tm.n_threads > 1:
+        own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
+
+    for k in range(K):
+        reg[k] = penalty_value(cfg, prm + k * d, d)
+    last_check = cgd_now()
+    tm.win_t0 = last_check
+    start = 0
+    while start < n_order:
+        mb = min(m, n_order - start)
+        batch_rates(cfg, eta_base, eta, K, t)
+        if mb == 1 and plain:
+            for k in range(K):
+                work_obj[0, k] = 0.0
+            j = order[start]
+            if ysw != NULL:
+                if start + DENSE_PREFETCH < n_order:
+                    cgd_prefetch(&X[order[start + DENSE_PREFETCH], 0], d * sizeof(floating))
+                yj = ysw[2 * start]
+                sj = ysw[2 * start + 1]
+            else:
+                if start + DENSE_PREFETCH < n_order:
+                    prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
+                                    order[start + DENSE_PREFETCH])
+                yj = y[j]
+                sj = sample_weight[j]
+            sgd_single_row(&X[j, 0], yj, sj, prm, K, d,
+                           &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
+                           &work_obj[0, 0], &work_z[0, 0])
+        else:
+            team_batch_gradient(tm, own, &X[0, 0], d, &y[0], &sample_weight[0], &order[0],
+                                start, mb, n_order, prm, K, &pos_weight[0],
+                                &neg_weight[0], &active[0], cfg, wg, &work_obj[0, 0],
+                                &work_z[0, 0])
+            if tm.stalled and tm.n_threads > 1:
+                team_dismiss(tm)  # a helper's core is taken: one thread from here on
+            g = wg
+            gscale = 1.0 / mb
+            for k in range(K):
+                if not (multinomial or active[k]):
+                    continue
+                optimizer_step(&cfg.optim, prm + k * d, g + k * d, gscale,
+                               &opt_state[0, k * d], &opt_state[1, k * d], d,
+                               eta[k], cfg.l2, t)
+                if cfg.fit_intercept:
+                    optimizer_step(&cfg.optim, prm + K * d + k, g + K * d + k, gscale,
+                                   &opt_state[0, K * d + k], &opt_state[1, K * d + k],
+                                   1, eta[k], 0.0, t)
+
+        obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
+                                     obj_out)
+
+        if cfg.average > 0.0 and cfg.average <= t:
+            # Each output counts its own averaged updates: a one-vs-rest problem
+            # that stopped early keeps the mean of the iterates it had.
+            for k in range(K):
+                if multinomial or active[k]:
+                    avg_n[k] += 1.0
+                    running_average(&avg_params[k * d], prm + k * d, d, avg_n[k])
+                    running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_n[k])
+        for k in range(K):
+            if not (multinomial or active[k]):
+                continue
+            if cfg.l1 != 0.0:
+                l1_u[k] += cfg.l1 * eta[k]
+                l1_cumulative(prm + k * d, &l1_q[k * d], d, l1_u[k])
+            if cfg.l1 != 0.0 or cfg.l2 != 0.0:
+                reg[k] = penalty_value(cfg, prm + k * d, d)
+
+        t += 1.0
+        start += mb
+        team_adapt(tm, mb)
+        if not isfinite(obj_batch):
+            status = STATUS_DIVERGED
+            break
+        if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
+            with gil:
+                if check_signals() != 0:
+                    status = STATUS_INTERRUPTED
+            if status != STATUS_OK:
+                break
+    tm.team_at_end = team_active(tm) and tm.n_threads > 1
+    team_dismiss(tm)
+    cgd_atomic_store(&tm.finished, 1)
+    free(own)
+    if status == STATUS_OK:
+        for j in range(P):
+            if not isfinite(prm[j]):
+                status = STATUS_DIVERGED
+                break
+    t_io[0] = t
+    tm.status = status
+
+
+cdef int raise_pending() except -1:
+    """Propagate the exception already set (by a signal handler)."""
+    return -1
 
 
 def linear_epoch(
@@ -398,16 +1020,12 @@ def linear_epoch(
     cdef EpochConfig cfg = read_config(config)
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = eta_base.shape[0]
     cdef Py_ssize_t P = K * (d + 1), n_order = order.shape[0]
-    cdef Py_ssize_t m = cfg.batch_size, start, mb, k, j
+    cdef Py_ssize_t m = cfg.batch_size
     cdef int status = STATUS_OK
-    cdef double* eta
-    cdef double* reg
-    cdef double obj_batch, gscale
-    cdef double work = 0.0, next_clock = 0.0, last_check
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
-    cdef bint multinomial = cfg.target == TARGET_MULTINOMIAL
-    cdef floating* prm = &params[0]
-    cdef floating* g
+    cdef Team tm
+    cdef int nt = cfg.n_threads
+    cdef floating* ysw
 
     if y.shape[0] != n or sample_weight.shape[0] != n or params.shape[0] != P:
         raise ValueError("inconsistent shapes passed to linear_epoch")
@@ -426,77 +1044,53 @@ def linear_epoch(
     obj_out[:] = 0.0
     if n_order == 0:
         return STATUS_OK, t
-    eta = &work_k[0, 0]
-    reg = &work_k[1, 0]
-
-    with nogil:
-        for k in range(K):
-            reg[k] = penalty_value(&cfg, prm + k * d, d)
-        last_check = cgd_now()
-        start = 0
-        while start < n_order:
-            mb = min(m, n_order - start)
-            batch_rates(&cfg, eta_base, eta, K, t)
-            if mb == 1 and plain:
-                for k in range(K):
-                    work_obj[0, k] = 0.0
-                if start + PREFETCH_ROWS < n_order:
-                    prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
-                                    order[start + PREFETCH_ROWS])
-                j = order[start]
-                sgd_single_row(&X[j, 0], y[j], sample_weight[j], prm, K, d,
-                               &pos_weight[0], &neg_weight[0], &active[0], eta, &cfg,
-                               &work_obj[0, 0], &work_z[0, 0])
+    # A team when a batch has chunks to share. (Per-sample SGD runs on one thread: a
+    # helper thread prefetching the coming rows was measured slower than none once the
+    # targets and weights were gathered in visiting order.)
+    if n_chunks_for(min(m, n_order)) < 2:
+        nt = 1
+    # An epoch whose team lost to one thread (a busy machine) makes the next 1, 2, 4,
+    # ... 16 epochs of this fit run on one thread: even an idle helper thread takes
+    # CPU time from the master when another process wants the cores.
+    skip, next_skip = config.get("team_backoff", (0, 1))
+    if nt > 1 and skip > 0 and TEAM_WINDOW > 0.0:
+        nt = 1
+        config["team_backoff"] = (skip - 1, next_skip)
+    team_init(&tm, nt)
+    ysw = <floating*>malloc(2 * n_order * sizeof(floating))
+    if ysw != NULL:  # (else y and sample_weight are read where they are)
+        with nogil:
+            gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
+    # Freed only once the helpers have left: a helper that a busy machine holds up may
+    # still read it after the master has finished the chunk in its place.
+    tm.ysw = ysw
+    if nt > 1:
+        with nogil, parallel(num_threads=nt):
+            if threadid() == 0:
+                dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
+                            eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
+                            work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
             else:
-                batch_gradient(X, y, sample_weight, &order[0], start, mb, n_order, prm, K,
-                               &pos_weight[0], &neg_weight[0], &active[0], &cfg,
-                               work_grad, work_obj, work_z)
-                g = &work_grad[0, 0]
-                gscale = 1.0 / mb
-                for k in range(K):
-                    if not (multinomial or active[k]):
-                        continue
-                    optimizer_step(&cfg.optim, prm + k * d, g + k * d, gscale,
-                                   &opt_state[0, k * d], &opt_state[1, k * d], d,
-                                   eta[k], cfg.l2, t)
-                    if cfg.fit_intercept:
-                        optimizer_step(&cfg.optim, prm + K * d + k, g + K * d + k, gscale,
-                                       &opt_state[0, K * d + k], &opt_state[1, K * d + k],
-                                       1, eta[k], 0.0, t)
-
-            obj_batch = record_objective(multinomial, &active[0], K, mb, &work_obj[0, 0], reg,
-                                         obj_out)
-
-            if cfg.average > 0.0 and cfg.average <= t:
-                # Each output counts its own averaged updates: a one-vs-rest problem
-                # that stopped early keeps the mean of the iterates it had.
-                for k in range(K):
-                    if multinomial or active[k]:
-                        avg_n[k] += 1.0
-                        running_average(&avg_params[k * d], prm + k * d, d, avg_n[k])
-                        running_average(&avg_params[K * d + k], prm + K * d + k, 1, avg_n[k])
-            for k in range(K):
-                if not (multinomial or active[k]):
-                    continue
-                if cfg.l1 != 0.0:
-                    l1_u[k] += cfg.l1 * eta[k]
-                    l1_cumulative(prm + k * d, &l1_q[k * d], d, l1_u[k])
-                if cfg.l1 != 0.0 or cfg.l2 != 0.0:
-                    reg[k] = penalty_value(&cfg, prm + k * d, d)
-
-            t += 1.0
-            start += mb
-            if not isfinite(obj_batch):
-                status = STATUS_DIVERGED
-                break
-            if signal_check_due(&work, &next_clock, &last_check, mb * K * d):
-                with gil:
-                    PyErr_CheckSignals()
-        if status == STATUS_OK:
-            for j in range(P):
-                if not isfinite(prm[j]):
-                    status = STATUS_DIVERGED
-                    break
+                team_helper(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order,
+                            &params[0], K, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
+                            &work_grad[0, 0], &work_obj[0, 0], &work_z[0, 0])
+    else:
+        with nogil:
+            dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
+                        eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
+                        work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+    free(ysw)
+    status = tm.status
+    # What the adaptive thread count measured (rows per second), for tests and
+    # benchmarks: (team, one thread, ended on the team, dropped a held-up helper).
+    config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end),
+                            bool(tm.stalled))
+    if nt > 1:
+        config["team_backoff"] = ((0, 1) if tm.team_at_end or (tm.rate_solo == 0.0
+                                                               and not tm.stalled)
+                                  else (next_skip, min(2 * next_skip, 16)))
+    if status == STATUS_INTERRUPTED:
+        raise_pending()
     return status, t
 
 
@@ -578,6 +1172,13 @@ def linear_objective_gradient(
 def sample_loss(int loss, double z, double y, double epsilon):
     """``(l(z, y), dl/dz)`` of one sample: for tests and the 'optimal' schedule's start."""
     cdef double dl
+    cdef double l = sample_loss_and_dloss(loss, z, y, epsilon, &dl)
+    return l, dl
+
+
+def _sample_loss_generic(int loss, double z, double y, double epsilon):
+    """sample_loss through the all-losses switch (for tests of the log loss's twin)."""
+    cdef double dl
     cdef double l = loss_and_dloss(loss, z, y, epsilon, &dl)
     return l, dl
 
@@ -629,7 +1230,6 @@ def sample_loss(int loss, double z, double y, double epsilon):
 # update count.
 
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport malloc, free
 from libc.math cimport fabs, isnan
 
 ctypedef fused index_t:

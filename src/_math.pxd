@@ -156,3 +156,18 @@ cdef inline double abs_sum(const floating* a, Py_ssize_t n) noexcept nogil:
     if n2 < n:
         s0 += fabs(a[n2])
     return s0 + s1
+
+
+cdef inline double log_loss_and_dloss(double z, double y, double* dloss) noexcept nogil:
+    """loss_and_dloss(LOSS_LOG, z, y, ...) with one exp where it takes two: the loss
+    log(1 + exp(-m)) and the derivative -y sigmoid(-m) (m = y z) both use exp(-|m|), each
+    branch evaluating the same expressions as log1pexp and sigmoid, so the bits are
+    those of loss_and_dloss. |dl/dz| <= 1 needs no clipping."""
+    cdef double x = -(y * z), e
+    if x > 0.0:
+        e = exp(-x)
+        dloss[0] = -y * (1.0 / (1.0 + e))
+        return x + log1p(e)
+    e = exp(x)
+    dloss[0] = -y * (e / (1.0 + e))
+    return log1p(e)

@@ -22,3 +22,56 @@ cdef extern from *:
     int CGD_OPENMP_VERSION
     int cgd_omp_max_threads() noexcept nogil
     int cgd_omp_thread_num() noexcept nogil
+
+# Lock-free coordination of one epoch's team of threads (see _linear.pyx, "Team"): an
+# atomic word that hands out tasks, a counter of finished ones, a polite spin, a nap. Acquire /
+# release order makes what one thread wrote before publishing (a task description, the
+# parameters, a chunk's gradient) visible to the thread that reads the published value.
+cdef extern from *:
+    """
+    #if defined(_MSC_VER) && !defined(__clang__)
+        #include <windows.h>
+        #include <intrin.h>
+        static __inline long long cgd_atomic_load(long long* p) {
+            long long v = *(volatile long long*)p; _ReadWriteBarrier(); return v; }
+        static __inline void cgd_atomic_store(long long* p, long long v) {
+            _ReadWriteBarrier(); *(volatile long long*)p = v; }
+        static __inline long long cgd_atomic_fetch_add(long long* p, long long v) {
+            return _InterlockedExchangeAdd64(p, v); }
+        /* 1 when *p was `expected` and is now `desired`, else 0 */
+        static __inline int cgd_atomic_cas(long long* p, long long expected, long long desired) {
+            return _InterlockedCompareExchange64(p, desired, expected) == expected; }
+        static __inline void cgd_cpu_relax(void) { YieldProcessor(); }
+        static __inline void cgd_thread_nap(void) { Sleep(0); }
+    #else
+        #include <time.h>
+        static inline long long cgd_atomic_load(long long* p) {
+            return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+        static inline void cgd_atomic_store(long long* p, long long v) {
+            __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+        static inline long long cgd_atomic_fetch_add(long long* p, long long v) {
+            return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+        /* 1 when *p was `expected` and is now `desired`, else 0 */
+        static inline int cgd_atomic_cas(long long* p, long long expected, long long desired) {
+            return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                               __ATOMIC_ACQUIRE); }
+        #if defined(__x86_64__) || defined(__i386__)
+            static inline void cgd_cpu_relax(void) { __builtin_ia32_pause(); }
+        #elif defined(__aarch64__)
+            static inline void cgd_cpu_relax(void) { __asm__ __volatile__("yield"); }
+        #else
+            static inline void cgd_cpu_relax(void) { __asm__ __volatile__("" ::: "memory"); }
+        #endif
+        /* Off the CPU for ~20 us: a helper with nothing to do must not stay runnable
+           (sched_yield would), or it takes turns with the master when another process
+           keeps a core busy. */
+        static inline void cgd_thread_nap(void) {
+            struct timespec ts = {0, 20000}; nanosleep(&ts, NULL); }
+    #endif
+    """
+    long long cgd_atomic_load(long long* p) noexcept nogil
+    void cgd_atomic_store(long long* p, long long v) noexcept nogil
+    long long cgd_atomic_fetch_add(long long* p, long long v) noexcept nogil
+    bint cgd_atomic_cas(long long* p, long long expected, long long desired) noexcept nogil
+    void cgd_cpu_relax() noexcept nogil
+    void cgd_thread_nap() noexcept nogil

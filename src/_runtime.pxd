@@ -21,9 +21,10 @@ cdef extern from *:
     /* Hint the cache about `nbytes` starting at p (a row that is visited soon). */
     #if defined(__GNUC__) || defined(__clang__)
     static inline void cgd_prefetch(const void* p, Py_ssize_t nbytes) {
-        const char* c = (const char*)p;
-        Py_ssize_t off;
-        for (off = 0; off < nbytes; off += 64) __builtin_prefetch(c + off, 0, 1);
+        /* every 64-byte line that [p, p + nbytes) touches, the last one included */
+        const char* c = (const char*)((size_t)p & ~(size_t)63);
+        const char* end = (const char*)p + nbytes;
+        for (; c < end; c += 64) __builtin_prefetch(c, 0, 1);
     }
     #else
     static inline void cgd_prefetch(const void* p, Py_ssize_t nbytes) { (void)p; (void)nbytes; }

@@ -161,6 +161,32 @@ def test_minibatch_sequence_matches_numpy_loop(opts, m):
     assert est.t_ == t  # t counts updates: ceil(100 / m) per epoch, from 1
 
 
+@pytest.mark.parametrize("window", [0.0, 1e9])
+@pytest.mark.parametrize("n_jobs", [2, 3])
+@pytest.mark.parametrize("opts", [dict(), dict(solver="adam")])
+@pytest.mark.parametrize("m", [1, 33, 100])
+def test_minibatch_sequence_on_a_team_matches_numpy_loop(opts, m, n_jobs, window):
+    """The same NumPy loop when the batches' chunks are spread over a team of threads
+    (n_jobs > 1), which the kernel may drop to one thread between batches (window 0:
+    it measures and switches every two batches; 1e9: the team throughout)."""
+    X, y, rng = _data(n=300)
+    w0, b0 = rng.standard_normal(X.shape[1]), 0.1
+    eta0, alpha, epochs = 0.02, 0.01, 3
+    w, b, t = _reference_minibatch(X, y, w0, b0, m=m, epochs=epochs, eta0=eta0, alpha=alpha,
+                                   **opts)
+    saved = _linear.set_team_window(window)
+    try:
+        est = cgd.SGDRegressor(
+            batch_size=m, shuffle=False, max_iter=epochs, tol=None, eta0=eta0, alpha=alpha,
+            learning_rate="constant", solver=opts.get("solver", "sgd"), n_jobs=n_jobs,
+        ).fit(X, y, coef_init=w0, intercept_init=[b0])
+    finally:
+        _linear.set_team_window(saved)
+    np.testing.assert_allclose(est.coef_, w, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(est.intercept_, [b], rtol=0, atol=1e-10)
+    assert est.t_ == t
+
+
 # ---------------------------------------------------------------- finite differences
 MARGIN_LOSSES = ["hinge", "perceptron", "squared_hinge", "log_loss", "modified_huber"]
 REG_LOSSES = ["squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"]
@@ -239,6 +265,22 @@ def test_loss_derivatives_match_finite_differences_pointwise():
                 lm = _linear.sample_loss(code, z - h, y, 0.3)[0]
                 _, dl = _linear.sample_loss(code, z, y, 0.3)
                 assert dl == pytest.approx((lp - lm) / (2 * h), rel=1e-5, abs=1e-6), (loss, y, z)
+
+
+def test_log_loss_single_exp_twin_is_bit_identical():
+    """The per-sample log loss shares one exp between the loss and its derivative; it
+    must give the bits of the generic switch, and match the closed forms."""
+    code = LOSS_CODES["log_loss"]
+    zs = np.concatenate([[0.0, -0.0, 5e-324, -5e-324, 1e-300, 40.0, -40.0, 800.0, -800.0],
+                         RNG.standard_normal(500) * 10, RNG.standard_normal(200) * 1e-8])
+    for z in zs:
+        for y in (-1.0, 1.0):
+            fast = _linear.sample_loss(code, z, y, 0.0)
+            generic = _linear._sample_loss_generic(code, z, y, 0.0)
+            assert fast == generic, (z, y, fast, generic)
+            m = y * z
+            np.testing.assert_allclose(fast[0], np.logaddexp(0.0, -m), rtol=1e-13, atol=0)
+            np.testing.assert_allclose(fast[1], -y * expit(-m), rtol=1e-13, atol=1e-300)
 
 
 def test_log_loss_is_stable_for_large_margins():

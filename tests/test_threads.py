@@ -260,3 +260,100 @@ def test_wide_model_threaded_reduction_is_bit_identical(kind, dtype):
         assert np.array_equal(f.coef_, fits[0].coef_)
         assert np.array_equal(f.intercept_, fits[0].intercept_)
         assert f.loss_curve_ == fits[0].loss_curve_
+
+
+# ------------------------------------------------------------ the epoch's team
+# A dense epoch with n_jobs > 1 runs in one parallel region: the threads take a batch's
+# fixed chunks in whatever order they get to them, the master computes the chunks a
+# helper holds for too long (a late helper's result is dropped), and the kernel
+# measures whether the team beats one thread, dropping to one thread for the rest of
+# the epoch when it does not. None of this may change a bit.
+# _linear.set_team_window(0) makes the kernel switch between the team and one thread
+# every two batches; a huge window keeps the team for whole epochs;
+# _linear.set_takeover_eager(True) makes the master take over every chunk not yet
+# committed as soon as it waits.
+from cgd import _linear  # noqa: E402
+
+TEAM_ESTIMATORS = {
+    "regressor-averaged-elasticnet": lambda **kw: cgd.SGDRegressor(
+        learning_rate="invscaling", eta0=0.01, penalty="elasticnet", average=3, **kw),
+    "log_loss": lambda **kw: cgd.SGDClassifier(loss="log_loss", **kw),
+    "multinomial": lambda **kw: cgd.SGDClassifier(
+        loss="log_loss", multiclass="multinomial", learning_rate="constant", eta0=0.05, **kw),
+    "ovr-hinge-adam": lambda **kw: cgd.SGDClassifier(
+        loss="hinge", solver="adam", learning_rate="constant", eta0=0.01, **kw),
+}
+
+
+class _TeamLog:
+    """Record what the kernel measured in each epoch (config["team_rates"]: rows per
+    second of the team, of one thread, whether the team was on at the end, whether the
+    master dropped the team because a helper held chunks too long)."""
+
+    def __init__(self, monkeypatch):
+        self.rates = []
+        kernel = _linear.linear_epoch
+
+        def logged(*args):
+            out = kernel(*args)
+            self.rates.append(args[19].get("team_rates"))
+            return out
+
+        monkeypatch.setattr(linear_model._linear, "linear_epoch", logged)
+
+
+@requires_openmp
+@pytest.mark.parametrize("window, eager", [(0.0, False), (1e9, False), (1e9, True)])
+@pytest.mark.parametrize("batch_size", [1, 33, 64, 256])
+@pytest.mark.parametrize("name", sorted(TEAM_ESTIMATORS))
+def test_team_gives_bit_identical_results(name, batch_size, window, eager, monkeypatch):
+    X, y = _data(np.float64, n=2000, d=30)
+    yt = {"log_loss": (y > 0).astype(int)}.get(
+        name, y if name.startswith("regressor") else _target(2, y))
+    saved = _linear.set_team_window(window)
+    saved_eager = _linear.set_takeover_eager(eager)
+    try:
+        log = _TeamLog(monkeypatch)
+        fits = [TEAM_ESTIMATORS[name](batch_size=batch_size, n_jobs=j, max_iter=3, tol=None,
+                                      random_state=0).fit(X, yt) for j in (1, 2, 3)]
+    finally:
+        _linear.set_team_window(saved)
+        _linear.set_takeover_eager(saved_eager)
+    # The team really ran: with n_jobs > 1 its rate was measured (window 0), or it was
+    # still on at the end of every epoch (a window longer than the fit), unless the
+    # machine was so busy that a helper held chunks too long and the master dropped it.
+    # (Not at batch 1: one-row batches have nothing to share.)
+    team_epochs = log.rates[3:]
+    assert len(team_epochs) == 6 and all(r is not None for r in team_epochs)
+    if batch_size == 1:
+        assert not any(r[2] for r in team_epochs)
+    elif window == 0.0:
+        assert all(r[0] > 0 or r[3] for r in team_epochs)
+    else:
+        assert all(r[2] or r[3] for r in team_epochs)
+        assert not eager or not any(r[3] for r in team_epochs)  # eager keeps the team
+    assert all(r is None or not r[2] for r in log.rates[:3])  # n_jobs=1: no team
+    for f in fits[1:]:
+        assert np.array_equal(f.coef_, fits[0].coef_)
+        assert np.array_equal(f.intercept_, fits[0].intercept_)
+        assert f.loss_curve_ == fits[0].loss_curve_  # coef_: averaged ones if average
+
+
+@requires_openmp
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_team_switching_on_wide_model_is_bit_identical(dtype):
+    """The team's reduction blocks (P > 2048) while the kernel switches between the team
+    and one thread every two batches."""
+    X, y, sw = _wide_data("multinomial", dtype)
+    kw = dict(batch_size=256, max_iter=2, tol=None, shuffle=True, random_state=0, alpha=1e-3,
+              learning_rate="constant", eta0=0.1, loss="log_loss", multiclass="multinomial")
+    saved = _linear.set_team_window(0.0)
+    saved_eager = _linear.set_takeover_eager(True)
+    try:
+        fits = [cgd.SGDClassifier(n_jobs=j, **kw).fit(X, y, sample_weight=sw) for j in (1, 2, 3)]
+    finally:
+        _linear.set_team_window(saved)
+        _linear.set_takeover_eager(saved_eager)
+    for f in fits[1:]:
+        assert np.array_equal(f.coef_, fits[0].coef_)
+        assert np.array_equal(f.intercept_, fits[0].intercept_)
