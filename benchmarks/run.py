@@ -34,11 +34,11 @@ plus the machine limits, measured here with NumPy in the same process: memory re
 bandwidth (summing a large array, on 1 thread and on all threads) and GEMM GFLOP/s
 (float32 also on 1 and on 2 BLAS threads, the limit W3's rows are compared with).
 
-cgd is run at batch_size=1 n_jobs=1 (scikit-learn's per-sample SGD, one thread), and at
-batch_size 64 and 2048 with n_jobs 1 and 2, so the effect of the batch and the effect of
-the second thread can be told apart (a batch below cgd's parallel threshold runs on one
-thread whatever n_jobs says; the row says so and the threads column shows what ran). Every estimator uses its defaults
-otherwise (same learning-rate schedule as scikit-learn; the row label says which).
+cgd is run at batch_size 1 (scikit-learn's per-sample SGD), 64, 256 and 2048, each with
+n_jobs 1 and 2, so the effect of the batch and the effect of the second thread can be
+told apart (per-sample SGD always runs on one thread; for batches the kernel keeps its
+second thread only while it measures it faster: the "busy threads" column shows what
+ran). Every estimator uses its defaults otherwise (same learning-rate schedule as scikit-learn; the row label says which).
 
 W3 runs cgd.MLPClassifier at n_jobs 1 and 2 (BLAS held at 1 thread inside the fit, its
 own OpenMP threads over fixed 64-row blocks of each batch), scikit-learn's MLPClassifier
@@ -374,19 +374,10 @@ def warm_up():
 SEED_FIT = 0
 
 
-def _threads_used(batch_size, n_jobs, d=D, n_outputs=1):
-    """Threads a cgd fit really uses: batches below cgd's parallel threshold (in
-    multiply-adds) run on one thread whatever n_jobs says (cgd.linear_model)."""
-    from cgd.linear_model import PARALLEL_MIN_WORK
-
-    return n_jobs if batch_size * d * n_outputs >= PARALLEL_MIN_WORK else 1
-
-
 def _cgd_rows(cls, name, note, common):
-    # Dense input: with n_jobs > 1 every batch of two chunks (33 rows) or more, and
-    # per-sample SGD (a second thread asking for the coming rows), runs on a team of
-    # threads that the kernel keeps only while it measures it faster than one thread
-    # (the "busy threads" column shows what ran).
+    # Dense input: with n_jobs > 1 every batch of two chunks (33 rows) or more runs on a
+    # team of threads that the kernel keeps only while it measures it faster than one
+    # thread (the "busy threads" column shows what ran); per-sample SGD on one thread.
     rows = []
     for bs, nj in [(1, 1), (1, 2), (64, 1), (64, 2), (256, 1), (256, 2), (2048, 1),
                    (2048, 2)]:

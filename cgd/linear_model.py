@@ -57,10 +57,11 @@ TARGET_MULTINOMIAL = Target.TARGET_MULTINOMIAL
 # the huber / epsilon-insensitive threshold on scikit-learn's linear estimators.
 ADAPTIVE_EPSILON = 1e-8
 MAX_INT = np.iinfo(np.int32).max
-# Multiply-adds a batch must hold before its chunks are spread over threads. Below this
-# a parallel region costs more than it saves, and on a loaded machine a thread waiting
-# for a descheduled sibling at every small batch can make an epoch 50x slower. The
-# chunk boundaries do not change, so neither do the results.
+# Multiply-adds a batch must hold before its chunks are spread over threads, for the
+# kernels that open a parallel region per batch (sparse X, the lbfgs-style objective):
+# below this a parallel region costs more than it saves. The dense epoch keeps one team
+# of threads for the whole epoch and decides by measuring instead. The chunk boundaries
+# do not change, so neither do the results.
 PARALLEL_MIN_WORK = 1 << 17
 # Factor of the intercept's learning rate when X is sparse, as scikit-learn's
 # SPARSE_INTERCEPT_DECAY: on sparse data the intercept is updated by every sample while
