@@ -251,19 +251,25 @@ def _objective(X, Y, sw, sizes, params, alpha, act, task, n_threads=1, rows=None
     return status, loss, grad
 
 
+def _assert_objective_is_numpys(loss, grad, X, Y, sw, sizes, params, alpha, act, task):
+    """The kernel's objective (weighted mean loss + alpha/2 |W|^2 over the total weight)
+    and its gradient equal the NumPy delta rule's."""
+    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, act, task)
+    mask = _l2_mask(sizes)
+    S = sw.sum()
+    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
+                                 rel=1e-12)
+    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass", "poisson"])
 @pytest.mark.parametrize("hidden", [(5,), (6, 4, 3)])
 def test_objective_matches_numpy_and_finite_differences(task, hidden):
     X, Y, sw, sizes, params = _problem(task, hidden, seed=8, n=1200)  # two waves
     alpha = 0.7
     status, loss, grad = _objective(X, Y, sw, sizes, params, alpha, "tanh", task)
-    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, "tanh", task)
-    mask = _l2_mask(sizes)
-    S = sw.sum()
     assert status == 0
-    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
-                                 rel=1e-12)
-    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
+    _assert_objective_is_numpys(loss, grad, X, Y, sw, sizes, params, alpha, "tanh", task)
     fd = central_differences(
         lambda p: _objective(X, Y, sw, sizes, p, alpha, "tanh", task)[1], params, 1e-5)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
@@ -316,13 +322,8 @@ def test_bias_gradients_of_every_layer_match_numpy(csr, hidden, act):
     with threadpool_limits(1, user_api="blas"):
         status, loss, _ = _mlp.mlp_objective(*x_parts, X.shape[1], Y, sw, rows, sizes, params,
                                              grad, cfg)
-    ref_loss, g = _numpy_backprop(X, Y, sw, sizes, params, act, "multiclass")
-    mask = _l2_mask(sizes)
-    S = sw.sum()
     assert status == 0
-    assert loss == pytest.approx((ref_loss + 0.5 * alpha * np.sum(mask * params ** 2)) / S,
-                                 rel=1e-12)
-    np.testing.assert_allclose(grad, (g + alpha * mask * params) / S, rtol=1e-10, atol=1e-13)
+    _assert_objective_is_numpys(loss, grad, X, Y, sw, sizes, params, alpha, act, "multiclass")
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
