@@ -730,6 +730,9 @@ def _expect(q, want, timeout):
         # ~10 ms of OpenMP synchronisation each).
         ("clf", {"loss": "log_loss", "multiclass": "multinomial", "batch_size": 2000,
                  "n_jobs": 2, "learning_rate": "constant"}, 1.0),
+        # Small batches on the dense epoch's team of threads (one parallel region per
+        # epoch): the interrupt must release the helper threads too.
+        ("reg", {"batch_size": 64, "n_jobs": 2}, 1.5),
     ],
 )
 def test_ctrl_c_interrupts_quickly_and_keeps_last_epoch(kind, kw, wait):
