@@ -220,11 +220,12 @@ def run_epochs(epochs, tracker, order, *, max_iter, shuffle, rng, early_stopping
     ``run(order, tracker) -> bool``
         One epoch over the rows in ``order``, for the problems ``tracker`` still
         trains; False when the loss or the weights became non-finite.
-    ``diverged(epoch)``
-        Epoch ``epoch`` diverged: raise, or return to end the fit where it is.
-    ``loss(tracker) -> (loss, stop_losses)``
-        The epoch's training loss (the curve's entry) and the per-problem losses the
-        stopping rule reads; called before ``tracker`` sees the epoch.
+    ``diverged(tracker)``
+        The epoch just run diverged: raise, or return to end the fit where it is.
+    ``loss(n_epochs, tracker) -> (loss, stop_losses)``
+        The training loss of epoch ``n_epochs`` of this call (the curve's entry) and the
+        per-problem losses the stopping rule reads; called before ``tracker`` sees the
+        epoch.
     ``validate(tracker) -> (per_problem, overall)``
         Validation scores, with ``early_stopping``; called before ``tracker`` sees
         them, so that the family can keep the weights of a new best score.
@@ -241,10 +242,10 @@ def run_epochs(epochs, tracker, order, *, max_iter, shuffle, rng, early_stopping
         if shuffle:
             rng.shuffle(order)
         if not epochs.run(order, tracker):
-            epochs.diverged(n_epochs + 1)
+            epochs.diverged(tracker)
             break
         n_epochs += 1
-        loss, stop_losses = epochs.loss(tracker)
+        loss, stop_losses = epochs.loss(n_epochs, tracker)
         score = None
         if early_stopping:
             per_problem, score = epochs.validate(tracker)

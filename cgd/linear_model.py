@@ -1358,10 +1358,10 @@ class _LinearEpochs:
         status, self.t = self.run_kernel(order, self.views[1], self.views[2], self.t)
         return status == 0
 
-    def diverged(self, epoch):
+    def diverged(self, tracker):
         raise linear_divergence_error(len(self.loss_curve) + 1)
 
-    def loss(self, tracker):
+    def loss(self, n_epochs, tracker):
         trained = [k for k in range(self.n_problems) if tracker.active[k]]
         loss = float(sum(self.obj[k] / self.n_train for k in trained) / len(trained))
         # What the stopping rule reads: the objective itself, except for per-sample

@@ -102,14 +102,12 @@ class _MLPEpochs:
         self.n_train, self.layer_units = n_train, layer_units
         self.best_params = best_params
         self.validation_data = validation_data
-        self.n_iter = 0
         self.loss_sum = None
 
     def start(self, epoch):
         pass
 
     def run(self, order, tracker):
-        self.tracker = tracker
         self.cfg["learning_rate"] = self.lr
         status, t_next, loss_sum = self.run_epoch(order, self.cfg, self.t_update)
         if status != 0:
@@ -117,7 +115,7 @@ class _MLPEpochs:
         self.t_update, self.loss_sum = t_next, loss_sum
         return True
 
-    def diverged(self, epoch):
+    def diverged(self, tracker):
         est = self.est
         epoch = len(est.loss_curve_) + 1
         if not est.early_stopping:
@@ -125,14 +123,13 @@ class _MLPEpochs:
         # scikit-learn's MLP does not raise here: with early stopping it ends the fit on
         # the best validated weights, which are finite. It gets there by running its
         # remaining epochs on NaN; cgd stops now.
-        warnings.warn(est._diverged_message(epoch, self.tracker.best_score[0]),
+        warnings.warn(est._diverged_message(epoch, tracker.best_score[0]),
                       ConvergenceWarning)
 
-    def loss(self, tracker):
-        self.n_iter += 1
+    def loss(self, n_epochs, tracker):
         loss = float(self.loss_sum / self.n_train)
         if self.est.verbose:
-            print("Iteration %d, loss = %.8f" % (self.n_iter, loss))
+            print("Iteration %d, loss = %.8f" % (n_epochs, loss))
         return loss, [loss]
 
     def validate(self, tracker):
@@ -159,7 +156,7 @@ class _MLPEpochs:
             print(est._plateau_message()
                   + (" Learning rate too small. Stopping." if too_small else " Stopping."))
         est._commit_epoch(
-            self.params, self.layer_units, self.n_iter, t_samples, loss, score,
+            self.params, self.layer_units, n_epochs, t_samples, loss, score,
             self.best_params, tracker,
             {"opt": self.opt.copy(), "t": self.t_update, "lr": self.lr,
              "signature": est._optimizer_signature()})
