@@ -641,6 +641,7 @@ cdef void run_task(
     cdef long long g2 = gen << 2
     cdef char* base
     cdef floating* g
+    cdef floating* z
     cdef double* o
     if kind != TASK_CHUNK:
         reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
@@ -652,16 +653,16 @@ cdef void run_task(
     if nxt >= 0:
         q0 = start + (nxt * mb) // nch
         q1 = start + ((nxt + 1) * mb) // nch
-    if own == NULL:
-        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
-                       params, K, pos_w, neg_w,
-                       active, cfg, work_grad + i * P, work_obj + i * K, work_z + i * K)
+    if own == NULL:  # in place
+        g, o, z = work_grad + i * P, work_obj + i * K, work_z + i * K
     else:
         base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
         g = <floating*>base
         o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
-        chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
-                       params, K, pos_w, neg_w, active, cfg, g, o, <floating*>(o + K))
+        z = <floating*>(o + K)
+    chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
+                   params, K, pos_w, neg_w, active, cfg, g, o, z)
+    if own != NULL:
         if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_CLAIMED,
                                                 g2 | CHUNK_COMMITTING):
             return  # taken over while it was computed: drop the result
