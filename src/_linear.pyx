@@ -282,26 +282,41 @@ cdef void sgd_single_row(
     const floating* x, floating yi, floating si, floating* params, Py_ssize_t K,
     Py_ssize_t d, const floating* pos_w, const floating* neg_w,
     const unsigned char* active, const double* eta, EpochConfig* cfg,
-    double* obj, floating* z,
+    double* obj, floating* z, SparseOut* so,
 ) noexcept nogil:
-    """Plain SGD on one sample (batch_size=1, no momentum): dot, loss derivative and
-    the decayed update w <- (1 - eta*l2) w - eta*dl*x in one pass over the row."""
+    """Plain SGD on one sample (batch_size=1, no momentum): the dot, the loss derivative
+    and the update w <- (1 - eta*l2) w - eta*dl*x.
+
+    Without ``so`` the update is one pass over the row. With ``so`` (one per output:
+    see the weight scale of the CSR kernel below, here with a dense row) the
+    coefficients are w = scale * v: the decay multiplies the scale alone, and the step,
+    when the loss has a gradient at all (a hinge loss mostly has none once a sample is
+    on the right side of the margin), is one pass over v that also sums v_j^2 for the
+    objective's L2 term, which would otherwise cost a pass of its own at every sample."""
     cdef Py_ssize_t k, c = 0
-    cdef double step, decay
+    cdef double step, decay, s
     if cfg.target == TARGET_MULTINOMIAL:
         for k in range(K):
-            z[k] = dot(params + k * d, x, d) + params[K * d + k]
+            s = 1.0 if so == NULL else so[k].scale
+            z[k] = <floating>(s * dot(params + k * d, x, d) + params[K * d + k])
         c = multinomial_loss(cfg, z, K, yi, si, obj)
     for k in range(K):
         if cfg.target == TARGET_MULTINOMIAL:
             step = eta[k] * multinomial_dl(z, k, c, si)
         elif active[k]:
-            step = eta[k] * output_dloss(cfg, dot(params + k * d, x, d) + params[K * d + k],
-                                         yi, si, k, pos_w, neg_w, obj)
+            s = 1.0 if so == NULL else so[k].scale
+            step = eta[k] * output_dloss(cfg, s * dot(params + k * d, x, d)
+                                         + params[K * d + k], yi, si, k, pos_w, neg_w, obj)
         else:
             continue
         decay = l2_decay(cfg, eta[k])
-        dense_step(params + k * d, x, d, decay, step)
+        if so == NULL:
+            dense_step(params + k * d, x, d, decay, step)
+        else:
+            if decay != 1.0:
+                scale_output(&so[k], decay, params + k * d, 1, NULL, d, False, True)
+            if step != 0.0:
+                so[k].sq = axpy_sum_squares(params + k * d, x, d, -step / so[k].scale)
         intercept_step(cfg, params + K * d + k, step)
 
 
@@ -315,6 +330,33 @@ cdef inline void dense_step(floating* w, const floating* x, Py_ssize_t d, double
     elif step != 0.0:
         for j in range(d):
             w[j] = <floating>(w[j] - step * x[j])
+
+
+cdef inline double axpy_sum_squares(floating* v, const floating* x, Py_ssize_t d,
+                                    double c) noexcept nogil:
+    """v <- v + c * x; returns sum_j v_j^2 of the new v, summed in double with four
+    independent accumulators (so that the loop vectorises without -ffast-math)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef double a0, a1, a2, a3
+    cdef Py_ssize_t j, d4 = d - d % 4
+    for j in range(0, d4, 4):
+        a0 = <floating>(v[j] + c * x[j])
+        a1 = <floating>(v[j + 1] + c * x[j + 1])
+        a2 = <floating>(v[j + 2] + c * x[j + 2])
+        a3 = <floating>(v[j + 3] + c * x[j + 3])
+        v[j] = <floating>a0
+        v[j + 1] = <floating>a1
+        v[j + 2] = <floating>a2
+        v[j + 3] = <floating>a3
+        s0 += a0 * a0
+        s1 += a1 * a1
+        s2 += a2 * a2
+        s3 += a3 * a3
+    for j in range(d4, d):
+        a0 = <floating>(v[j] + c * x[j])
+        v[j] = <floating>a0
+        s0 += a0 * a0
+    return (s0 + s1) + (s2 + s3)
 
 
 # ---------------------------------------------------------------- per-batch steps
@@ -893,11 +935,22 @@ cdef void dense_epoch(
     cdef char* own = NULL
     cdef const floating* ysw = <const floating*>tm.ysw
     cdef floating yj, sj
+    # Per-sample plain SGD without averaging or L1 keeps each output's coefficients
+    # as a scale times v (see sgd_single_row): its objective's L2 term comes from
+    # the scale and sum v_j^2, and the scale is folded in before the epoch returns.
+    cdef SparseOut* so = NULL
+    if m == 1 and plain and cfg.average == 0.0 and cfg.l1 == 0.0:
+        so = <SparseOut*>malloc(K * sizeof(SparseOut))
     if tm.n_threads > 1:
         own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
 
     for k in range(K):
         reg[k] = penalty_value(cfg, prm + k * d, d)
+        if so != NULL:
+            memset(&so[k], 0, sizeof(SparseOut))
+            so[k].scale = 1.0
+            so[k].avg_g = 1.0
+            norms_of(&so[k], prm + k * d, 1, d)
     last_check = cgd_now()
     tm.win_t0 = last_check
     start = 0
@@ -921,7 +974,7 @@ cdef void dense_epoch(
                 sj = sample_weight[j]
             sgd_single_row(&X[j, 0], yj, sj, prm, K, d,
                            &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
-                           &work_obj[0, 0], &work_z[0, 0])
+                           &work_obj[0, 0], &work_z[0, 0], so)
         else:
             team_batch_gradient(tm, own, &X[0, 0], d, &y[0], &sample_weight[0], &order[0],
                                 start, mb, n_order, prm, K, &pos_weight[0],
@@ -959,7 +1012,9 @@ cdef void dense_epoch(
             if cfg.l1 != 0.0:
                 l1_u[k] += cfg.l1 * eta[k]
                 l1_cumulative(prm + k * d, &l1_q[k * d], d, l1_u[k])
-            if cfg.l1 != 0.0 or cfg.l2 != 0.0:
+            if so != NULL:
+                reg[k] = 0.5 * cfg.l2 * so[k].scale * so[k].scale * so[k].sq
+            elif cfg.l1 != 0.0 or cfg.l2 != 0.0:
                 reg[k] = penalty_value(cfg, prm + k * d, d)
 
         t += 1.0
@@ -974,6 +1029,10 @@ cdef void dense_epoch(
                     status = STATUS_INTERRUPTED
             if status != STATUS_OK:
                 break
+    if so != NULL:
+        for k in range(K):
+            fold_output(&so[k], prm + k * d, 1, NULL, d, False, False)
+        free(so)
     tm.team_at_end = team_active(tm) and tm.n_threads > 1
     team_dismiss(tm)
     cgd_atomic_store(&tm.finished, 1)

@@ -144,6 +144,26 @@ def test_matches_sklearn_sgd_optimal_schedule(name, loss, alpha, penalty):
 # the cumulative-penalty truncation that it applies to the weights themselves, so its
 # average_coef_ is not the mean of its own iterates. cgd averages the true (truncated)
 # iterates and therefore legitimately differs with "l1" / "elasticnet".
+# Per-sample SGD keeps each coefficient vector as a scale times v, the L2 decay
+# multiplying the scale alone; below 1e-9 the scale is folded into v. A strong decay
+# (0.5 a step) folds it every ~30 samples; eta0 * alpha >= 1 zeroes the weights at every
+# step (the decay is clipped at 0). The objective's L2 term comes from the scale and a
+# running sum of squares: with tol set, the epoch count shows it agrees with
+# scikit-learn's.
+_STRONG_DECAY = [dict(learning_rate="constant", eta0=0.1, alpha=5.0, tol=None),
+                 dict(learning_rate="constant", eta0=0.5, alpha=3.0, tol=None),
+                 dict(learning_rate="constant", eta0=0.01, alpha=0.05, tol=1e-4,
+                      n_iter_no_change=2, max_iter=200)]
+
+
+@pytest.mark.parametrize("name", ["SGDClassifier", "SGDRegressor"])
+@pytest.mark.parametrize("params", _STRONG_DECAY)
+def test_matches_sklearn_sgd_weight_scale(name, params):
+    X, y = _data(name)
+    mismatch = _compare(name, X, y, **params)
+    assert mismatch is None, mismatch
+
+
 @pytest.mark.parametrize("name", ["SGDClassifier", "SGDRegressor"])
 @pytest.mark.parametrize("learning_rate", SCHEDULES)
 def test_matches_sklearn_sgd_average(name, learning_rate):
