@@ -25,10 +25,9 @@ from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
-from sklearn.utils import check_random_state, compute_class_weight
+from sklearn.utils import check_random_state
 from sklearn.utils.extmath import safe_sparse_dot, softmax
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from . import _linear
@@ -40,6 +39,8 @@ from ._fit_loop import (
     run_epochs,
     TransactionMixin,
     balanced_partial_fit_error,
+    check_class_labels,
+    class_weights,
     first_partial_fit_call,
     linear_divergence_error,
     validation_split,
@@ -1105,7 +1106,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
                coef_init=None, intercept_init=None):
         X, y = self._validate_X_y(X, y, reset=reset)
         if reset:
-            check_classification_targets(y)
+            check_class_labels(y)
             self.classes_ = np.unique(y) if classes is None else classes
         n_classes = len(self.classes_)
         if n_classes < 2:
@@ -1121,7 +1122,7 @@ warm_start, average, batch_size, solver, momentum, nesterovs_momentum, beta_1, b
                 f"{np.unique(np.asarray(y)[unseen])[:10]!r}"
             )
         sample_weight = user_weight = self._check_sample_weight(sample_weight, X)
-        cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y).astype(X.dtype)
+        cw = class_weights(self.class_weight, self.classes_, y).astype(X.dtype)
         K = self._n_outputs
         if self._multinomial:
             target = TARGET_MULTINOMIAL

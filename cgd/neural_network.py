@@ -31,7 +31,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d, compute_class_weight
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
 
 from . import _mlp
@@ -42,6 +42,7 @@ from ._fit_loop import (
     TransactionMixin,
     run_epochs,
     balanced_partial_fit_error,
+    check_class_labels,
     first_partial_fit_call,
     mlp_divergence_error,
 )
@@ -781,7 +782,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                               dtype=[np.float64, np.float32], order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
+        check_class_labels(y)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
             self._fit_labels(y)
         else:

@@ -828,3 +828,40 @@ def test_fitted_state_is_plain_data(kind, kw):
     est.partial_fit(X, y)
     for name, value in vars(est).items():
         _plain(value, name)
+
+
+# ------------------------------------------------------------ label checks' fast paths
+# cgd skips scikit-learn's label check for 1-D integer or boolean labels and its class
+# weights for class_weight=None (together ~0.4 ms of a fit); both must decide exactly as
+# scikit-learn's functions do.
+_LABELS = [np.array([0, 1, 1, 0]), np.array([3, -1, 7, 7], dtype=np.int8),
+           np.array([2, 0, 1], dtype=np.uint64), np.array([True, False, True]),
+           np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.5, 2.0]), np.array(["a", "b", "a"]),
+           np.array([[0, 1], [1, 0]]), np.array([0, 1, 1], dtype=object), [0, 1, 0]]
+
+
+@pytest.mark.parametrize("y", _LABELS, ids=range(len(_LABELS)))
+def test_label_check_decides_as_sklearn(y):
+    from sklearn.utils.multiclass import check_classification_targets
+    from cgd._fit_loop import check_class_labels
+
+    def outcome(check):
+        try:
+            check(y)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    assert outcome(check_class_labels) == outcome(check_classification_targets)
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced", {0: 2.0, 2: 0.5}])
+def test_class_weights_as_sklearn(class_weight):
+    from sklearn.utils.class_weight import compute_class_weight
+    from cgd._fit_loop import class_weights
+
+    y = np.array([0, 0, 0, 1, 2, 2])
+    classes = np.array([0, 1, 2])
+    ours = class_weights(class_weight, classes, y)
+    ref = compute_class_weight(class_weight, classes=classes, y=y)
+    assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
