@@ -14,7 +14,7 @@ delta_l = (delta_{l+1} W_l^T) * f'(h_l) backwards through each hidden activation
 """
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, log, tanh, isfinite
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
@@ -24,6 +24,8 @@ from _math cimport dot, sigmoid
 from _optim cimport OptimConfig, optimizer_step, read_optim_config
 from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_cpu_relax,
+                      cgd_thread_nap)
 
 ctypedef Py_ssize_t intp_t
 
@@ -847,6 +849,569 @@ cdef object prepare(
     return bufs[0], (offsets, seg, bufs[1], bufs[2])
 
 
+# ---------------------------------------------------------------- the dense epoch's team
+#
+# Dense X with batches of up to TEAM_MAX_ROWS rows: every product of a batch is one GEMM
+# over all its rows, cut into fixed tiles of its OUTPUT (bounds set by the layer sizes
+# and the batch size, never by the thread count), and no GEMM sums over a tile's edge.
+# So a weight gradient is one sum over the batch's rows inside one BLAS call, whichever
+# thread makes it: there is no per-block gradient to reduce, and the bits do not depend
+# on the number of threads. A batch runs in three phases of tiles:
+#
+#   FIRST   column tiles of layer 1: X_B W_0[:, cols] + b_0[cols], activated. A thread
+#           packs only its slice of W_0 (the widest matrix), where blocks of rows would
+#           each pack all of it.
+#   ROWS    blocks of BLOCK_ROWS rows: the rest of the forward pass, the loss, the
+#           output deltas and back-propagation of the deltas down to layer 1 (all
+#           row-local; the layers above the first are the small ones).
+#   UPDATE  row tiles of every W_l (about UPDATE_TILE parameters each): the gradient
+#           A_l[:, rows]^T delta_{l+1} into the thread's scratch, and at once, while it
+#           is in cache, the optimizer step of those parameters; each layer's bias as
+#           one task (its column sums in row order); then the gathering of the next
+#           batch's rows of X, in chunks, into the other row buffer.
+#
+# Every parameter is read by FIRST and ROWS and written only in UPDATE, so no tile
+# waits for another within a phase. The phases run on one team of threads for the
+# whole epoch (one parallel region): thread 0 (the master) runs the epoch loop and
+# publishes each phase's tiles as tasks; every thread, the master included, claims the
+# next unclaimed task (a fetch-and-add) until none is left, so a thread that another
+# process holds up does less of the phase instead of holding it up; the master waits
+# for the claimed ones to finish. The task word is generation << 40 | (phase << 17 |
+# number of tasks) << 20 | next task, as in the linear kernel (a phase has fewer than
+# 2^17 tasks: dense_tasks_fit): a claim's generation tells a late helper from a current one.
+#
+# Two threads are not always faster (another process busy on a core; small layers):
+# the master times windows of batches with the team and alone, and keeps the team only
+# while it is faster by TEAM_GAIN; when it loses twice in a row, the helpers leave for
+# the rest of the epoch.
+# The results are the same either way.
+
+cdef enum:
+    TEAM_MAX_ROWS = 4096    # larger batches take the blocks of batch_gradient instead
+    GATHER_ROWS = 32        # rows of X per gathering task
+    UPDATE_TILE = 65536     # parameters per weight task (a whole row of W_l at least)
+    FIRST_TILE = 128        # columns per tile of layer 1 (rounded to an even count)
+    PH_GATHER = 0
+    PH_FIRST = 1
+    PH_ROWS = 2
+    PH_UPDATE = 3
+    UPD_WEIGHTS = 0
+    UPD_BIAS = 1
+
+cdef enum:
+    TMODE_SOLO = 0        # the master alone for the rest of the epoch
+    TMODE_PROBE_TEAM = 1  # timing the team
+    TMODE_PROBE_SOLO = 2  # timing the master alone (helpers wait)
+    TMODE_TEAM = 3        # the team, timed faster
+    TMODE_WARM_UP = 4     # the team's first window (threads waking up): not timed
+
+cdef extern from *:
+    """
+    #define CGD_MLP_TASK_BITS 20
+    #define CGD_MLP_TASK_MASK ((1LL << 20) - 1)
+    #define CGD_MLP_GEN_MASK ((1LL << 23) - 1)
+    #define CGD_MLP_KIND_SHIFT 17
+    #define CGD_MLP_SPIN_LIMIT 4000
+    """
+    long long MTASK_BITS "CGD_MLP_TASK_BITS"
+    long long MTASK_MASK "CGD_MLP_TASK_MASK"
+    long long MGEN_MASK "CGD_MLP_GEN_MASK"
+    long long MKIND_SHIFT "CGD_MLP_KIND_SHIFT"
+    int MSPIN_LIMIT "CGD_MLP_SPIN_LIMIT"
+
+cdef extern from "Python.h":
+    # Without exception propagation: the master calls it inside the parallel region,
+    # which it must leave normally (helpers dismissed first); the pending exception is
+    # raised after the region.
+    int mlp_check_signals "PyErr_CheckSignals"() noexcept
+
+# Seconds per timing window of the team / of the master alone, and the speed-up the
+# team must show to be kept.
+cdef double MLP_TEAM_WINDOW = 10e-3
+cdef double MLP_TEAM_GAIN = 1.05
+
+
+def set_mlp_team_window(double seconds):
+    """For tests: the team's timing window in seconds (0: the team and the master alone
+    take turns every two batches); returns the previous one."""
+    global MLP_TEAM_WINDOW
+    old = MLP_TEAM_WINDOW
+    MLP_TEAM_WINDOW = seconds
+    return old
+
+
+cdef struct Dense:
+    # the epoch's shared state; pointers of the data's dtype are kept as void*
+    long long claim           # the task word
+    char pad0[120]
+    long long done            # tasks of the current generation finished
+    char pad1[120]
+    long long finished        # set when the master's epoch loop is over
+    char pad2[120]
+    # written by the master only, before it publishes a phase
+    long long gen
+    int n_threads, mode, team_at_end, losses
+    Py_ssize_t win_batches, solo_windows
+    double win_t0, win_rows, rate_solo, rate_team
+    Layout* net
+    OptimConfig* oc
+    const void* X
+    const void* Y
+    const void* sw
+    const intp_t* order
+    void* prm
+    void* m0                  # optimizer state rows
+    void* m1
+    void* xb[2]               # rows of X of the current and of the next batch
+    int cur                   # which xb holds the current batch
+    void* acts                # layers 1 .. L: (m, sizes[l]) each, layer after layer
+    void* deltas              # as acts
+    void* scratch             # (threads, scratch_stride) the UPDATE tasks' gradients
+    Py_ssize_t scratch_stride
+    Py_ssize_t act_total      # values of acts (and of deltas)
+    Py_ssize_t a_start[64]    # where layer l's rows start in acts / deltas (l >= 1)
+    Py_ssize_t start, mb      # the current batch: order[start : start + mb]
+    Py_ssize_t g_start, g_mb  # the rows being gathered, into xb[g_buf]
+    int g_buf
+    Py_ssize_t n_first, n_rows, n_upd
+    const intp_t* upd_kind
+    const intp_t* upd_layer
+    const intp_t* upd_lo
+    const intp_t* upd_hi
+    double* block_loss        # (n_rows,) by ROWS task
+    double* task_sq           # (n_upd,) squared penalised weights before the step, by task
+    double eps, gscale, l2, lr, t
+    char pad3[120]
+
+
+cdef inline Py_ssize_t first_tiles(Py_ssize_t h) noexcept nogil:
+    """Column tiles of layer 1: about FIRST_TILE wide, an even count (two threads share
+    them evenly), at least 32 columns each."""
+    cdef Py_ssize_t n = 2 * ((h + FIRST_TILE) // (2 * FIRST_TILE))
+    if n < 2:
+        n = 2
+    while n > 1 and h // n < 32:
+        n -= 1
+    return n
+
+
+cdef void bias_activate_ld(int act, floating* a, Py_ssize_t lda, const floating* b,
+                           Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """bias_activate on an m x n tile whose rows are lda apart (an elementwise activation)."""
+    cdef Py_ssize_t r
+    for r in range(m):
+        bias_activate(act, a + r * lda, b, 1, n)
+
+
+cdef void times_derivative(int act, floating* delta, const floating* a, Py_ssize_t m,
+                           Py_ssize_t n) noexcept nogil:
+    """delta *= f'(h) on an m x n block, f' written in terms of a = f(h)."""
+    cdef Py_ssize_t i, size = m * n
+    if act == ACT_LOGISTIC:
+        for i in range(size):
+            delta[i] = delta[i] * a[i] * (1 - a[i])
+    elif act == ACT_TANH:
+        for i in range(size):
+            delta[i] = delta[i] * (1 - a[i] * a[i])
+    elif act == ACT_RELU:
+        for i in range(size):
+            delta[i] = 0 if a[i] <= 0 else delta[i]
+
+
+cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) noexcept nogil:
+    """Task i of phase `kind` of the current batch (see the section comment)."""
+    cdef Layout* net = dn.net
+    cdef const intp_t* sz = net.sizes
+    cdef Py_ssize_t L = net.L, s0 = sz[0], s1 = sz[1], mb = dn.mb, l, r0, r1, mr, c0, c1
+    cdef Py_ssize_t f0, f1, n, off, r, j
+    cdef const floating* X = <const floating*>dn.X
+    cdef floating* xb = <floating*>dn.xb[dn.cur]
+    cdef floating* acts = <floating*>dn.acts
+    cdef floating* deltas = <floating*>dn.deltas
+    cdef floating* g
+    cdef floating* d
+    cdef floating* w
+    cdef const floating* A
+    cdef floating* xn
+    cdef const intp_t* rows
+    if kind == PH_FIRST:
+        c0 = i * s1 // dn.n_first
+        c1 = (i + 1) * s1 // dn.n_first
+        gemm(False, False, <int>mb, <int>(c1 - c0), <int>s0, 1.0, xb, <int>s0, prm + c0,
+             <int>s1, 0.0, acts + c0, <int>s1)
+        # one layer: the output activation (softmax needs whole rows) waits for ROWS
+        bias_activate_ld(net.hidden_act if L > 1 else ACT_IDENTITY, acts + c0, s1,
+                         prm + s0 * s1 + c0, mb, c1 - c0)
+    elif kind == PH_ROWS:
+        r0 = i * mb // dn.n_rows
+        r1 = (i + 1) * mb // dn.n_rows
+        mr = r1 - r0
+        if L == 1:
+            activate(net.out_act, acts + r0 * s1, mr, s1)
+        for l in range(1, L):
+            A = acts + dn.a_start[l] + r0 * sz[l]
+            w = acts + dn.a_start[l + 1] + r0 * sz[l + 1]
+            gemm(False, False, <int>mr, <int>sz[l + 1], <int>sz[l], 1.0, A, <int>sz[l],
+                 prm + net.offsets[l], <int>sz[l + 1], 0.0, w, <int>sz[l + 1])
+            bias_activate(net.out_act if l == L - 1 else net.hidden_act, w,
+                          prm + net.offsets[l] + sz[l] * sz[l + 1], mr, sz[l + 1])
+        dn.block_loss[i] = output_deltas(
+            acts + dn.a_start[L] + r0 * sz[L], <const floating*>dn.Y, <const floating*>dn.sw,
+            dn.order + dn.start + r0, mr, sz[L], net.out_act, dn.eps,
+            deltas + dn.a_start[L] + r0 * sz[L])
+        for l in range(L - 1, 0, -1):
+            d = deltas + dn.a_start[l] + r0 * sz[l]
+            gemm(False, True, <int>mr, <int>sz[l], <int>sz[l + 1], 1.0,
+                 deltas + dn.a_start[l + 1] + r0 * sz[l + 1], <int>sz[l + 1],
+                 prm + net.offsets[l], <int>sz[l + 1], 0.0, d, <int>sz[l])
+            times_derivative(net.hidden_act, d, acts + dn.a_start[l] + r0 * sz[l], mr, sz[l])
+    elif kind == PH_UPDATE and i < dn.n_upd:
+        l = dn.upd_layer[i]
+        g = <floating*>dn.scratch + tid * dn.scratch_stride
+        d = deltas + dn.a_start[l + 1]
+        if dn.upd_kind[i] == UPD_WEIGHTS:
+            f0 = dn.upd_lo[i]
+            f1 = dn.upd_hi[i]
+            A = xb if l == 0 else acts + dn.a_start[l]
+            # rows f0 .. f1-1 of A_l^T delta_{l+1}: one sum over the batch's rows
+            gemm(True, False, <int>(f1 - f0), <int>sz[l + 1], <int>mb, 1.0, A + f0, <int>sz[l],
+                 d, <int>sz[l + 1], 0.0, g, <int>sz[l + 1])
+            off = net.offsets[l] + f0 * sz[l + 1]
+            n = (f1 - f0) * sz[l + 1]
+            dn.task_sq[i] = dot(prm + off, prm + off, n)
+            optimizer_step(dn.oc, prm + off, g, dn.gscale, <floating*>dn.m0 + off,
+                           <floating*>dn.m1 + off, n, dn.lr, dn.l2, dn.t)
+        else:
+            n = sz[l + 1]
+            memcpy(g, d, n * sizeof(floating))
+            for r in range(1, mb):
+                for j in range(n):
+                    g[j] = g[j] + d[r * n + j]
+            off = net.offsets[l] + sz[l] * n
+            dn.task_sq[i] = 0.0
+            optimizer_step(dn.oc, prm + off, g, dn.gscale, <floating*>dn.m0 + off,
+                           <floating*>dn.m1 + off, n, dn.lr, 0.0, dn.t)
+    else:
+        # gathering: chunk i (after the UPDATE tasks) of the rows g_start ..
+        if kind == PH_UPDATE:
+            i -= dn.n_upd
+        r0 = i * GATHER_ROWS
+        r1 = min(r0 + GATHER_ROWS, dn.g_mb)
+        xn = <floating*>dn.xb[dn.g_buf]
+        rows = dn.order + dn.g_start
+        for r in range(r0, r1):
+            memcpy(xn + r * s0, X + rows[r] * s0, s0 * sizeof(floating))
+    cgd_atomic_fetch_add(&dn.done, 1)
+
+
+cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noexcept nogil:
+    """Run tasks of the generation of the claim `old` until none is left; returns the
+    last claim (holding no task of that generation)."""
+    cdef long long gen = old >> (2 * MTASK_BITS), ntasks = (old >> MTASK_BITS) & MTASK_MASK
+    cdef long long i = old & MTASK_MASK
+    cdef int kind = <int>(ntasks >> MKIND_SHIFT)
+    ntasks &= (1LL << MKIND_SHIFT) - 1
+    while i < ntasks:
+        dense_task(dn, prm, kind, i, tid)
+        old = cgd_atomic_fetch_add(&dn.claim, 1)
+        if (old >> (2 * MTASK_BITS)) != gen:
+            return old
+        i = old & MTASK_MASK
+    return old
+
+
+cdef inline void dense_publish(Dense* dn, long long word) noexcept nogil:
+    dn.gen = (dn.gen + 1) & MGEN_MASK
+    cgd_atomic_store(&dn.done, 0)
+    cgd_atomic_store(&dn.claim, (dn.gen << (2 * MTASK_BITS)) | (word << MTASK_BITS))
+
+
+cdef inline bint dense_team_on(Dense* dn) noexcept nogil:
+    return dn.n_threads > 1 and (dn.mode == TMODE_TEAM or dn.mode == TMODE_PROBE_TEAM
+                                 or dn.mode == TMODE_WARM_UP)
+
+
+cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noexcept nogil:
+    """Master: run one phase's tasks, with the team when it is on."""
+    cdef Py_ssize_t i
+    if ntasks <= 0:
+        return
+    if ntasks == 1 or not dense_team_on(dn):
+        for i in range(ntasks):
+            dense_task(dn, prm, kind, i, 0)
+        return
+    dense_publish(dn, ntasks | (<long long>kind << MKIND_SHIFT))
+    dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0)
+    while cgd_atomic_load(&dn.done) < ntasks:
+        cgd_cpu_relax()
+
+
+cdef void dense_dismiss(Dense* dn) noexcept nogil:
+    """Tell the helpers to leave the parallel region."""
+    if dn.n_threads > 1:
+        dense_publish(dn, MTASK_MASK)
+        dn.n_threads = 1
+    dn.mode = TMODE_SOLO
+
+
+cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
+    """Count a finished batch of mb rows; at the end of a window, choose who runs the next."""
+    cdef double now, rate
+    if dn.mode == TMODE_SOLO:
+        return
+    dn.win_rows += mb
+    dn.win_batches += 1
+    if dn.win_batches < 2:
+        return
+    now = cgd_now()
+    if now - dn.win_t0 < MLP_TEAM_WINDOW:
+        return
+    rate = dn.win_rows / (now - dn.win_t0) if now > dn.win_t0 else 1e300
+    if dn.mode == TMODE_WARM_UP:
+        dn.mode = TMODE_PROBE_TEAM
+    elif dn.mode == TMODE_PROBE_TEAM:
+        dn.rate_team = rate
+        dn.mode = TMODE_PROBE_SOLO
+        dn.solo_windows += 1
+    elif dn.mode == TMODE_PROBE_SOLO:
+        dn.rate_solo = rate
+        if dn.rate_team > MLP_TEAM_GAIN * dn.rate_solo:
+            dn.mode = TMODE_TEAM
+            dn.losses = 0
+        else:
+            # one lost comparison may be a hiccup of the machine: the team leaves
+            # after two in a row
+            dn.losses += 1
+            if dn.losses >= 2:
+                dense_dismiss(dn)
+            else:
+                dn.mode = TMODE_PROBE_TEAM
+    elif rate * MLP_TEAM_GAIN < dn.rate_team and rate < MLP_TEAM_GAIN * dn.rate_solo:
+        # the team slowed down to the master's rate (another process took a core?):
+        # time the master alone again
+        dn.rate_team = rate
+        dn.mode = TMODE_PROBE_SOLO
+        dn.solo_windows += 1
+    dn.win_rows = 0.0
+    dn.win_batches = 0
+    dn.win_t0 = cgd_now()
+
+
+cdef void dense_helper(Dense* dn, floating* prm, int tid) noexcept nogil:
+    """Helper: claim tasks of each generation until dismissed."""
+    cdef long long old, gen
+    cdef int spins
+    old = cgd_atomic_fetch_add(&dn.claim, 1)
+    while True:
+        if ((old >> MTASK_BITS) & MTASK_MASK) == MTASK_MASK:
+            break
+        gen = old >> (2 * MTASK_BITS)
+        old = dense_take(dn, prm, old, tid)
+        if (old >> (2 * MTASK_BITS)) != gen:
+            continue  # a claim of a later generation: run it
+        spins = 0
+        while (cgd_atomic_load(&dn.claim) >> (2 * MTASK_BITS)) == gen:
+            if spins < MSPIN_LIMIT:
+                spins += 1
+                cgd_cpu_relax()
+            else:
+                cgd_thread_nap()
+        old = cgd_atomic_fetch_add(&dn.claim, 1)
+    # Dismissed: nap until the master is done rather than wait at the end of the
+    # parallel region, where the OpenMP runtime would spin (taking CPU time from the
+    # master when another process wants the cores).
+    while cgd_atomic_load(&dn.finished) == 0:
+        cgd_thread_nap()
+
+
+cdef void dense_epoch(
+    Dense* dn, floating* prm, const floating* sw, Py_ssize_t n_order, Py_ssize_t m,
+    double alpha, double out_scale,
+    int* status,              # OUT 0 ok, 1 diverged, 3 interrupted (exception pending)
+    double* t_io,             # IN/OUT number of the next update
+    double* loss_out,         # OUT the epoch's accumulated loss (see mlp_epoch)
+) noexcept nogil:
+    """The epoch loop of mlp_epoch for dense X (run by the master)."""
+    cdef Py_ssize_t start = 0, mb, i, have = -1, next_mb
+    cdef double sw_sum, data_loss, sq, loss_acc = 0.0, last_check = cgd_now()
+    cdef double t = t_io[0]
+    cdef const intp_t* order = dn.order
+    status[0] = 0
+    dn.win_t0 = last_check
+    while start < n_order:
+        mb = min(m, n_order - start)
+        sw_sum = 0.0
+        for i in range(start, start + mb):
+            sw_sum += sw[order[i]]
+        if sw_sum > 0:
+            dn.start = start
+            dn.mb = mb
+            if have != start:
+                dn.g_start = start
+                dn.g_mb = mb
+                dn.g_buf = dn.cur
+                dense_phase(dn, prm, PH_GATHER, (mb + GATHER_ROWS - 1) // GATHER_ROWS)
+            dense_phase(dn, prm, PH_FIRST, dn.n_first)
+            dn.n_rows = (mb + BLOCK_ROWS - 1) // BLOCK_ROWS
+            dense_phase(dn, prm, PH_ROWS, dn.n_rows)
+            data_loss = 0.0
+            for i in range(dn.n_rows):
+                data_loss += dn.block_loss[i]
+            if not isfinite(data_loss):
+                status[0] = 1
+                break
+            next_mb = min(m, n_order - start - mb)
+            dn.g_start = start + mb
+            dn.g_mb = next_mb
+            dn.g_buf = 1 - dn.cur
+            dn.gscale = 1.0 / sw_sum
+            dn.l2 = alpha / sw_sum
+            dn.t = t
+            dense_phase(dn, prm, PH_UPDATE,
+                        dn.n_upd + (next_mb + GATHER_ROWS - 1) // GATHER_ROWS)
+            sq = 0.0
+            for i in range(dn.n_upd):
+                sq += dn.task_sq[i]
+            loss_acc += mb / sw_sum * (data_loss * out_scale + 0.5 * alpha * sq)
+            t += 1.0
+            if next_mb > 0:
+                dn.cur = 1 - dn.cur
+                have = start + mb
+            dense_adapt(dn, mb)
+        start += mb
+        if cgd_now() - last_check >= SIGNAL_CHECK_SECONDS:
+            with gil:
+                if mlp_check_signals() != 0:
+                    status[0] = 3
+            if status[0] != 0:
+                break
+            last_check = cgd_now()
+    dn.team_at_end = dense_team_on(dn)
+    dense_dismiss(dn)
+    cgd_atomic_store(&dn.finished, 1)
+    t_io[0] = t
+    loss_out[0] = loss_acc
+
+
+cdef bint dense_tasks_fit(Layout* net, Py_ssize_t m) noexcept:
+    """Whether every phase of batches of up to m rows has fewer than 2^17 tasks (the
+    task word's room), else the epoch takes the blocks of batch_gradient."""
+    cdef Py_ssize_t l, R, n = (m + GATHER_ROWS - 1) // GATHER_ROWS + net.L
+    for l in range(net.L):
+        R = max(1, UPDATE_TILE // net.sizes[l + 1])
+        n += (net.sizes[l] + R - 1) // R
+    return n < (1 << 17) and first_tiles(net.sizes[1]) < (1 << 17)
+
+
+cdef object dense_setup(Dense* dn, Layout* net, Py_ssize_t m, int nt, dtype):
+    """Fill dn's task tables and scratch for batches of up to m rows; returns the arrays
+    they point into, which must outlive dn."""
+    import numpy as np
+    cdef Py_ssize_t L = net.L, l, j, R, nt_l, lo, hi, stride = 0, a = 0
+    cdef const intp_t* sz = net.sizes
+    kinds, layers, los, his = [], [], [], []
+    for l in range(L):
+        R = max(1, UPDATE_TILE // sz[l + 1])
+        nt_l = (sz[l] + R - 1) // R
+        for j in range(nt_l):
+            lo = j * sz[l] // nt_l
+            hi = (j + 1) * sz[l] // nt_l
+            kinds.append(UPD_WEIGHTS); layers.append(l); los.append(lo); his.append(hi)
+            stride = max(stride, (hi - lo) * sz[l + 1])
+    for l in range(L):  # the biases after all the weights: the small tasks last
+        kinds.append(UPD_BIAS); layers.append(l); los.append(0); his.append(0)
+        stride = max(stride, sz[l + 1])
+    table = np.array([kinds, layers, los, his], dtype=np.intp)
+    cdef const intp_t[:, ::1] tb = table
+    dn.n_upd = table.shape[1]
+    dn.upd_kind = &tb[0, 0]
+    dn.upd_layer = &tb[1, 0]
+    dn.upd_lo = &tb[2, 0]
+    dn.upd_hi = &tb[3, 0]
+    dn.n_first = first_tiles(sz[1])
+    for l in range(1, L + 1):
+        dn.a_start[l] = a
+        a += m * sz[l]
+    stride = (stride + 15) // 16 * 16 + 16   # threads' scratch a cache line apart
+    dn.scratch_stride = stride
+    dn.act_total = a
+    fbuf = np.zeros(2 * m * sz[0] + 2 * a + nt * stride + 64, dtype=dtype)
+    dbuf = np.zeros((m + BLOCK_ROWS - 1) // BLOCK_ROWS + dn.n_upd + 1)
+    cdef double[::1] db = dbuf
+    dn.block_loss = &db[0]
+    dn.task_sq = &db[0] + (m + BLOCK_ROWS - 1) // BLOCK_ROWS
+    return table, fbuf, dbuf
+
+
+cdef int mlp_raise_pending() except -1:
+    """Propagate the exception a signal handler has set."""
+    return -1
+
+
+cdef object dense_mlp_epoch(
+    Layout* net, const floating[::1] data, const floating[:, ::1] Y,
+    const floating[::1] sample_weight, const intp_t[::1] order, floating[::1] params,
+    floating[:, ::1] opt_state, dict config, double t, Py_ssize_t m, int nt,
+):
+    """mlp_epoch for dense X and batches of up to TEAM_MAX_ROWS rows (see the section
+    comment); the inputs are checked."""
+    import numpy as np
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t n_order = order.shape[0], mm = min(m, order.shape[0]), i
+    cdef Dense dn
+    memset(&dn, 0, sizeof(Dense))
+    keep = dense_setup(&dn, net, mm, nt, dtype)
+    cdef floating[::1] fb = keep[1]
+    cdef floating* p = &fb[0]
+    cdef OptimConfig oc = read_optim_config(config)
+    cdef double alpha = config["alpha"]
+    cdef double out_scale = 1.0 / Y.shape[1] if net.out_act == ACT_IDENTITY else 1.0
+    cdef double loss_acc = 0.0
+    cdef int status = 0
+    cdef floating* prm = &params[0]
+    dn.xb[0] = p
+    dn.xb[1] = p + mm * net.n_features
+    dn.acts = p + 2 * mm * net.n_features
+    dn.deltas = p + 2 * mm * net.n_features + dn.act_total
+    dn.scratch = p + 2 * mm * net.n_features + 2 * dn.act_total + 16
+    dn.net = net
+    dn.oc = &oc
+    dn.X = &data[0]
+    dn.Y = &Y[0, 0]
+    dn.sw = &sample_weight[0]
+    dn.order = &order[0]
+    dn.prm = prm
+    dn.m0 = &opt_state[0, 0]
+    dn.m1 = &opt_state[1, 0]
+    dn.eps = np.finfo(dtype).eps
+    dn.lr = config["learning_rate"]
+    dn.n_threads = nt
+    dn.mode = TMODE_WARM_UP if nt > 1 else TMODE_SOLO
+    if nt > 1:
+        with nogil, parallel(num_threads=nt):
+            if threadid() == 0:
+                dense_epoch(&dn, prm, &sample_weight[0], n_order, m, alpha, out_scale,
+                            &status, &t, &loss_acc)
+            else:
+                dense_helper(&dn, prm, threadid())
+    else:
+        with nogil:
+            dense_epoch(&dn, prm, &sample_weight[0], n_order, m, alpha, out_scale, &status,
+                        &t, &loss_acc)
+    # What the team's timing saw (rows per second; windows timed on the master alone;
+    # whether the team was on at the end), for tests and benchmarks.
+    config["team_rates"] = (dn.rate_team, dn.rate_solo, dn.solo_windows, dn.team_at_end)
+    if status == 3:
+        mlp_raise_pending()
+    if status == 0:
+        with nogil:
+            for i in range(net.P):
+                if not isfinite(prm[i]):
+                    status = 1
+                    break
+    return status, t, loss_acc
+
+
 # ---------------------------------------------------------------- entry points
 #
 # One kernel each for dense and CSR X. X comes as (data, indices, indptr, n_features):
@@ -885,6 +1450,19 @@ def mlp_epoch(
     cdef Tasks tk
     cdef Scratch sc
     cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
+    if indptr is None and 1 <= min(m, n_order) <= TEAM_MAX_ROWS:
+        check_x(data, indices, indptr, n_features, Y.shape[0])
+        offsets = make_layout(&net, sizes, n_features, Y.shape[1],
+                              config["hidden_activation"], config["out_activation"])
+        check_common(&net, Y.shape[0], Y, sample_weight, order, params)
+    if indptr is None and 1 <= min(m, n_order) <= TEAM_MAX_ROWS \
+            and dense_tasks_fit(&net, min(m, n_order)):
+        if config["n_threads"] < 1:
+            raise ValueError("batch_size and n_threads must be >= 1")
+        if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
+            raise ValueError("opt_state must have shape (2, P)")
+        return dense_mlp_epoch(&net, data, Y, sample_weight, order, params, opt_state,
+                               config, t, m, <int>config["n_threads"])
     fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
                          sample_weight, order, sizes, params, config, m)
     if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:

@@ -168,7 +168,8 @@ def _l2_mask(sizes):
 
 
 @pytest.mark.parametrize("hidden", [(6,), (7, 5)])
-@pytest.mark.parametrize("n", [150, 1500])  # one wave of blocks, several waves
+# 150 and 1500 rows: the dense team's tiles; 5000 (over 4096): blocks in several waves
+@pytest.mark.parametrize("n", [150, 1500, 5000])
 def test_full_batch_sgd_step_matches_numpy(hidden, n):
     X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=3, n=n)
     w0 = params.copy()
@@ -229,6 +230,85 @@ def test_epoch_is_bit_identical_for_any_thread_count(dtype, batch_size):
         results.append((p, loss))
     for p, loss in results[1:]:
         assert np.array_equal(p, results[0][0]) and loss == results[0][1]
+
+
+def _numpy_adam_epoch(X, Y, sw, sizes, w, order, batch_size, lr, alpha, act, task):
+    """scikit-learn's mini-batch Adam over ``order``, written out with the NumPy delta
+    rule: the updated weights and the reported loss (zero-weight batches skipped)."""
+    m_, v_ = np.zeros_like(w), np.zeros_like(w)
+    mask = _l2_mask(sizes)
+    report, t = 0.0, 1
+    out_scale = 1.0 / Y.shape[1] if task == "regression" else 1.0
+    for s in range(0, order.size, batch_size):
+        rows = order[s:s + batch_size]
+        S = sw[rows].sum()
+        if S == 0:
+            continue
+        loss, g = _numpy_backprop(X[rows], Y[rows], sw[rows], sizes, w, act, task)
+        report += rows.size / S * (loss * out_scale + 0.5 * alpha * np.sum(mask * w ** 2))
+        g = (g + alpha * mask * w) / S
+        m_, v_ = 0.9 * m_ + 0.1 * g, 0.999 * v_ + 0.001 * g * g
+        w = w - lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m_ / (np.sqrt(v_) + 1e-8)
+        t += 1
+    return w, report, t
+
+
+# The dense epoch's team (batches up to 4096 rows): every product over a whole batch, in
+# tiles of its output. Shapes with one layer (the output activation on whole rows after
+# the first layer's column tiles), several hidden layers, widths that do not split
+# evenly, batches of one to three blocks of rows, a short last batch, a zero-weight batch.
+@pytest.mark.parametrize("task,act,hidden", [
+    ("multiclass", "relu", ()), ("regression", "identity", ()), ("poisson", "tanh", (9,)),
+    ("binary", "logistic", (37, 5)), ("multilabel", "tanh", (70, 33, 6)),
+    ("multiclass", "relu", (130, 67))])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_team_epoch_matches_numpy_adam(task, act, hidden, n_threads):
+    X, Y, sw, sizes, params = _problem(task, hidden, seed=11, n=420, d=23)
+    params *= 0.3  # no probability near 0 or 1, where the kernel clips and NumPy does not
+    sw[100:130] = 0  # the batch order[100:130] ... of batch 30 has weight zero
+    order = np.r_[np.arange(100, 130), np.random.default_rng(2).permutation(
+        np.r_[np.arange(100), np.arange(130, 420)])].astype(np.intp)
+    lr, alpha = 0.01, 0.05
+    for batch_size in (30, 129, 420):
+        w, report, t_ref = _numpy_adam_epoch(X, Y, sw, sizes, params.copy(), order, batch_size,
+                                             lr, alpha, act, task)
+        p = params.copy()
+        status, t, loss, _ = _epoch(X, Y, sw, sizes, p, batch_size=batch_size, lr=lr,
+                                    alpha=alpha, solver=1, act=act, task=task, order=order,
+                                    n_threads=n_threads)
+        assert status == 0 and t == t_ref and loss == pytest.approx(report, rel=1e-12)
+        np.testing.assert_allclose(p, w, rtol=0, atol=1e-12 * max(1.0, np.abs(w).max()))
+
+
+@requires_openmp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,batch_size", [((300, 41), 128), ((257,), 129), ((), 64)])
+def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, batch_size):
+    """Window 0: the team and the master alone take turns every two batches, so that
+    tiles of one epoch are computed by either; every thread count gives the same bits,
+    and the one-thread kernel too."""
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=12, n=1100, d=150,
+                                       dtype=dtype)
+    order = np.random.default_rng(3).permutation(1100).astype(np.intp)
+    old = _mlp.set_mlp_team_window(0.0)
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            p = params.copy()
+            opt = np.zeros((2, p.size), dtype)
+            cfg = _cfg(batch_size, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
+            with threadpool_limits(1, user_api="blas"):
+                status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw, order,
+                                                 sizes, p, opt, cfg, 1.0)
+            rate_team, rate_solo, solo_windows, _ = cfg["team_rates"]
+            if nt > 1:  # both ways ran
+                assert rate_team > 0 and rate_solo > 0 and solo_windows > 0
+            runs.append((status, t, loss, p, opt))
+    finally:
+        _mlp.set_mlp_team_window(old)
+    for status, t, loss, p, opt in runs[1:]:
+        assert (status, t, loss) == runs[0][:3]
+        assert np.array_equal(p, runs[0][3]) and np.array_equal(opt, runs[0][4])
 
 
 def test_epoch_reports_divergence():
