@@ -10,8 +10,9 @@ One update on a batch B of m rows (sample weights s_i, penalty R):
 Determinism (results must not depend on n_jobs): a batch of m rows is cut into nch = min(ceil(m / CHUNK_ROWS),
 MAX_CHUNKS) chunks, chunk c holding rows [c*m // nch, (c+1)*m // nch): boundaries that
 depend on the batch size only, never on the thread count; each chunk's
-partial gradient goes to its own row of `work_grad`; rows are summed in chunk order.
-Threads take chunks with a static schedule, so any thread count gives the same bits.
+partial gradient goes to a row of its own; rows are summed in chunk order. Which
+thread computes a chunk (see "the epoch's team") never matters, so any thread count
+gives the same bits.
 
 Memory (linear SGD is bound by reading X, not by arithmetic): each row is read once per update. Its dot products, loss
 derivative and gradient contribution are computed while it sits in L1, and rows a few
@@ -36,9 +37,9 @@ cdef extern from "Python.h":
     # calls it inside a parallel region, which it must leave normally (the helpers
     # are told to go first); the pending exception is raised after the region.
     int check_signals "PyErr_CheckSignals"() noexcept
-from _reduce cimport reduce_chunks
-from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
-                      cgd_cpu_relax, cgd_thread_nap)
+from _reduce cimport reduce_rows
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_cas, cgd_cpu_relax,
+                      cgd_thread_nap, cgd_flag_wait, cgd_flag_set)
 
 ctypedef Py_ssize_t intp_t
 
@@ -48,8 +49,6 @@ cdef enum:
     CHUNK_ROWS = 32
     MAX_CHUNKS = 64
     PREFETCH_ROWS = 8
-    # Parameters per block in the parallel chunk reduction.
-    REDUCE_BLOCK = 2048
 
 cdef enum:
     STATUS_OK = 0
@@ -194,29 +193,45 @@ cdef inline void prefetch_sample(const floating* X, const floating* y, const flo
     cgd_prefetch(sw + i, sizeof(floating))
 
 
+cdef struct Job:
+    # What every thread of a dense epoch reads, fixed for the epoch. (X itself is passed
+    # typed beside it: it picks the float32 or float64 version of the functions.)
+    Py_ssize_t d, K, P
+    Py_ssize_t batch_size
+    Py_ssize_t n_order
+    const intp_t* order         # (n_order,) visiting order
+    const void* y               # (n_samples,) targets or class indices (floating)
+    const void* sw              # (n_samples,) sample weights (floating)
+    const void* ysw             # (2 n_order,) y and sw in visiting order, or NULL
+    const void* params          # (P,) (floating)
+    const void* pos_w           # (K,) (floating)
+    const void* neg_w           # (K,) (floating)
+    const unsigned char* active # (K,)
+    EpochConfig* cfg
+
+
 cdef void chunk_gradient(
+    Job* job,
     const floating* X,          # IN  (n_samples, d) row-major
-    Py_ssize_t d,
-    const floating* y,          # IN  (n_samples,) targets or class indices
-    const floating* sw,         # IN  (n_samples,) sample weights
-    const intp_t* order,        # IN  (n_order,) visiting order
-    const floating* ysw,        # IN  (2 n_order,) y and sw in visiting order, or NULL
     Py_ssize_t p0,              # IN  first position in `order` of this chunk
     Py_ssize_t p1,              # IN  one past its last position
     Py_ssize_t q0,              # IN  the positions the caller visits next, [q0, q1): their
     Py_ssize_t q1,              #     rows are prefetched while this chunk ends
     bint warm,                  # IN  ask for this chunk's first rows first (nobody has)
-    const floating* params,     # IN  (P,)
-    Py_ssize_t K,
-    const floating* pos_w,      # IN  (K,)
-    const floating* neg_w,      # IN  (K,)
-    const unsigned char* active,  # IN (K,)
-    EpochConfig* cfg,
     floating* grad,             # OUT (P,) sum over the chunk of s_i dl/dz x_i (intercepts: of s_i dl/dz)
     double* obj,                # OUT (K,) sum over the chunk of s_i l_i (multinomial: obj[0])
     floating* z,                # scratch (K,)
 ) noexcept nogil:
-    cdef Py_ssize_t p, i, k, j, c = 0, P = K * (d + 1)
+    cdef Py_ssize_t p, i, k, j, c = 0, d = job.d, K = job.K, P = job.P
+    cdef const intp_t* order = job.order
+    cdef const floating* y = <const floating*>job.y
+    cdef const floating* sw = <const floating*>job.sw
+    cdef const floating* ysw = <const floating*>job.ysw
+    cdef const floating* params = <const floating*>job.params
+    cdef const floating* pos_w = <const floating*>job.pos_w
+    cdef const floating* neg_w = <const floating*>job.neg_w
+    cdef const unsigned char* active = job.active
+    cdef EpochConfig* cfg = job.cfg
     cdef const floating* x
     cdef floating* g
     cdef double dl
@@ -412,76 +427,32 @@ cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:
     return nch if nch < MAX_CHUNKS else MAX_CHUNKS
 
 
-cdef void batch_gradient(
-    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sw,
-    const intp_t* order, Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
-    const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg,
-    floating[:, ::1] work_grad,     # OUT row 0: the batch's gradient sum (rows 1.. scratch)
-    double[:, ::1] work_obj,        # OUT row 0: the batch's loss sums (rows 1.. scratch)
-    floating[:, ::1] work_z,        # scratch
-) noexcept nogil:
-    """Gradient sum of one batch, reduced deterministically into work_grad[0]."""
-    cdef Py_ssize_t d = X.shape[1], P = K * (d + 1)
-    cdef Py_ssize_t nch = n_chunks_for(mb), c, k, blk, nblk
-    cdef Py_ssize_t nt = cfg.n_threads
-    # Chunk boundaries never depend on nt, so using fewer threads for small batches
-    # changes no bit of the result, only the time.
-    if <double>mb * K * d < cfg.parallel_min_work:
-        nt = 1
-    if nch == 1 or nt == 1:
-        for c in range(nch):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
-                           start + ((c + 1) * mb) // nch, n_order, False,
-                           params, K, pos_w, neg_w, active, cfg,
-                           &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
-    else:
-        for c in prange(nch, schedule="static", num_threads=nt):
-            chunk_gradient(&X[0, 0], d, &y[0], &sw[0], order, NULL,
-                           start + (c * mb) // nch, start + ((c + 1) * mb) // nch,
-                           start + ((c + 1) * mb) // nch, n_order, False,
-                           params, K, pos_w, neg_w, active, cfg,
-                           &work_grad[c, 0], &work_obj[c, 0], &work_z[c, 0])
-    if nch > 1:
-        nblk = (P + REDUCE_BLOCK - 1) // REDUCE_BLOCK
-        if nt > 1 and nblk > 1 and P * nch >= 65536:
-            for blk in prange(nblk, schedule="static", num_threads=nt):
-                reduce_chunks(&work_grad[0, 0], P, nch, blk * REDUCE_BLOCK,
-                              min((blk + 1) * REDUCE_BLOCK, P))
-        else:
-            reduce_chunks(&work_grad[0, 0], P, nch, 0, P)
-        for c in range(1, nch):
-            for k in range(K):
-                work_obj[0, k] += work_obj[c, k]
-
-
 # ---------------------------------------------------------------- the epoch's team
 # A dense epoch with n_jobs > 1 runs in ONE parallel region: thread 0 (the master) runs
-# the epoch loop; the others (helpers) wait for work. For each batch the master
-# publishes its chunks as tasks; every thread, the master included, claims the next
-# unclaimed chunk until none is left (so a thread that another process slows down does
-# less of the batch instead of holding it up); the master waits until the claimed ones
-# are finished, then reduces in chunk order and steps alone while the helpers spin. No
-# fork / join per batch, so small batches (2 chunks and up) go parallel too. Which
-# thread computes a chunk never changes its bits: chunk boundaries and the summation
-# order depend on the batch size only.
+# the epoch loop; the others (helpers) wait for batches. For each batch the master
+# publishes its description (where it starts, its size) under a new generation number;
+# thread h of the nt threads computes the fixed share chunk_bounds(nch, nt, h) of the
+# batch's chunks (the master the first one), into rows of its own, and counts each
+# chunk done in a progress word of its own cache line. The master computes its share,
+# waits for each helper's count, sums all chunks in chunk order, and steps alone. No
+# fork / join per batch, and per batch one cache line goes from the master to each
+# helper and one back, so small batches (2 chunks and up) go parallel too. Which thread
+# computes a chunk never changes its bits: chunk boundaries and the summation order
+# depend on the batch size only.
 #
-# One atomic word hands out the tasks: generation << 40 | (kind << 19 | number of
-# tasks) << 20 | next task. A claim is one fetch-and-add, whose old value says which generation and task it
-# got, so a helper late by a whole batch can never run a task of the wrong one; a task
-# description is read only after a valid claim, which the master waits for before it
-# writes the next one.
+# A thread's chunks are consecutive positions of the visiting order, so it prefetches
+# across its chunks as one pass does, and at the end of its share it asks for the first
+# rows of its share of the next batch (known in advance: the next batch's size and the
+# thread count fix it), so that a batch never starts on cold rows.
 #
-# Two threads are not always faster (a loaded machine, a slow second core): the master
-# measures rows per second in windows of TEAM_WINDOW seconds, first with the team, then
-# alone, and keeps the team only while it is faster by TEAM_GAIN; otherwise the helpers
-# leave and the rest of the epoch runs on one thread. The results are the same either way.
-
-cdef enum:
-    TASK_CHUNK = 0
-    TASK_REDUCE = 1
+# Two threads are not always faster (a loaded machine, a slow second core). A helper
+# whose core is taken by another process would hold up every batch, so the master, when
+# a helper keeps it waiting too long, takes over the chunks that helper has not counted
+# yet (one compare-and-swap on the helper's progress word; the late helper's next count
+# fails and it drops its result) and computes them itself. And the master measures rows
+# per second in windows of TEAM_WINDOW seconds, first with the team, then alone, and
+# keeps the team only while it is faster by TEAM_GAIN; otherwise the helpers leave and
+# the rest of the epoch runs on one thread. The results are the same either way.
 
 cdef enum:
     MODE_SOLO = 0        # one thread for the rest of the epoch
@@ -492,23 +463,36 @@ cdef enum:
 
 cdef extern from *:
     """
-    #define CGD_TASK_BITS 20
-    #define CGD_TASK_MASK ((1LL << 20) - 1)
-    #define CGD_GEN_MASK ((1LL << 23) - 1)
-    #define CGD_TASKS_EXIT CGD_TASK_MASK
-    #define CGD_KIND_SHIFT 19
+    /* A helper's progress word, its chunks counted from the start of its share:
+       generation << 32 | TAKEN (the master took over the chunks not done) |
+       limit << 16 (the helper's share ends there: the master takes the rest) |
+       next << 8 (the first chunk nobody has begun) | done (chunks finished). */
+    #define CGD_GEN_SHIFT 32
+    #define CGD_TAKEN (1LL << 24)
+    #define CGD_LIMIT_ONE (1LL << 16)
+    #define CGD_NEXT_ONE (1LL << 8)
+    #define CGD_FIELD(st, shift) (((st) >> (shift)) & 0xffLL)
+    /* The master's post: the generation of the batch on offer, or this: leave. */
+    #define CGD_POST_EXIT (-1LL)
     /* Busy-wait iterations (a pause each) before a waiting helper starts napping. */
     #define CGD_SPIN_LIMIT 4000
+    /* The master takes over a helper's chunks after waiting this long plus four
+       times its own last chunk's time. (A held-up helper is common even on an idle
+       virtual machine, whose host takes a virtual core away for milliseconds every
+       few milliseconds: so it costs little, and it alone never drops the team.) */
+    #define CGD_TAKEOVER_SECONDS 20e-6
     """
-    long long TASK_BITS "CGD_TASK_BITS"
-    long long TASK_MASK "CGD_TASK_MASK"
-    long long GEN_MASK "CGD_GEN_MASK"
-    long long TASKS_EXIT "CGD_TASKS_EXIT"
-    long long KIND_SHIFT "CGD_KIND_SHIFT"
+    long long GEN_SHIFT "CGD_GEN_SHIFT"
+    long long TAKEN "CGD_TAKEN"
+    long long LIMIT_ONE "CGD_LIMIT_ONE"
+    long long NEXT_ONE "CGD_NEXT_ONE"
+    long long st_field "CGD_FIELD"(long long st, int shift) noexcept nogil
+    long long POST_EXIT "CGD_POST_EXIT"
     int SPIN_LIMIT "CGD_SPIN_LIMIT"
+    double TAKEOVER_SECONDS "CGD_TAKEOVER_SECONDS"
 
 # Seconds per measuring window, and the speed-up the team must show to be kept.
-cdef double TEAM_WINDOW = 2e-3
+cdef double TEAM_WINDOW = 4e-3
 cdef double TEAM_GAIN = 1.05
 
 
@@ -522,66 +506,121 @@ def set_team_window(double seconds):
     return old
 
 
-cdef struct Team:
-    long long claim       # the task word (see above)
+# Tests: take over every helper's share not yet counted as soon as the master waits, and
+# keep the team after doing so (the races of the takeover, at every batch).
+cdef bint TAKEOVER_EAGER = False
+
+
+def set_takeover_eager(bint eager):
+    """For tests: the master takes over helpers' chunks at once (see the team's notes).
+    Returns the previous setting."""
+    global TAKEOVER_EAGER
+    old = TAKEOVER_EAGER
+    TAKEOVER_EAGER = eager
+    return old
+
+
+# Where the team's time goes (profiling): off unless asked for; then each epoch's
+# config["team_stats"] has the seconds each thread spent computing and waiting.
+cdef bint TEAM_STATS = False
+
+
+def set_team_stats(bint on):
+    """Record the team's time split in config["team_stats"]; returns the previous
+    setting."""
+    global TEAM_STATS
+    old = TEAM_STATS
+    TEAM_STATS = on
+    return old
+
+
+cdef struct Slot:
+    # Helper h's: its progress word (written by h, and by the master when it takes over),
+    # then what only h writes (its chunk rows, set before the region) and reads.
+    long long state
     char pad0[120]
-    long long done        # tasks of the current generation finished
-    char pad1[120]
-    long long cstate[64]  # per chunk: generation << 2 | CHUNK_FREE / _CLAIMED / ...
-    char pad3[120]
-    long long finished    # set by the master when its epoch loop is over
-    char pad4[120]
-    # written by the master only, before it publishes a generation
-    long long gen
+    void* grad                  # (chunks of the largest batch, gstride) its chunk gradients
+    double* obj                 # (same, ostride) its chunk losses
+    void* z                     # (K,) scratch
+    double busy, wait           # seconds computing / waiting for a batch (TEAM_STATS)
+    char pad1[88]
+
+
+cdef struct Team:
+    char pad0[120]
+    # The batch on offer: its description, written by the master before it stores the
+    # generation in `post`; read by the helpers after they load `post`.
+    long long post
     Py_ssize_t start, mb, nch
-    int status            # the epoch's (set by the master)
-    int team_at_end       # the team was still on when the epoch ended
-    int stalled           # the master finished chunks a helper held for too long
-    double chunk_time     # seconds the master's last chunk took
-    void* ysw             # y and sample_weight in visiting order (floating), or NULL
+    int nt                      # threads sharing it
+    char pad1[120]
+    int finished                # set by the master when its epoch loop is over
+    char pad2[120]
+    Slot* slots                 # (n_threads,); slot 0 unused
+    Py_ssize_t gstride, ostride # elements between two chunk rows of a helper
+    long long gen               # the master's last generation
+    int status                  # the epoch's (set by the master)
+    int team_at_end             # the team was still on when the epoch ended
+    int stalled                 # times the master took over a held-up helper's chunks
+    double chunk_time           # seconds per chunk of the master's last share
+    void* ysw                   # y and sample_weight in visiting order (floating), or NULL
     # the master's bookkeeping of the adaptive thread count
     int mode
     int n_threads
-    Py_ssize_t win_batches
+    Py_ssize_t win_batches, win_unbegun  # batches of the window; shared ones whose
+                                         # helper had not begun when the master was done
     double win_t0, win_rows, rate_solo, rate_team
-    char pad2[120]
+    int losses                  # probes in a row that found the team no faster
+    int lost                    # the team was dropped as slower: the next epochs go alone
+    # TEAM_STATS: the master's seconds computing its share, waiting for (or doing)
+    # the helpers' shares, and between two batch gradients (reduction excluded);
+    # batches shared
+    double t_busy, t_wait, t_serial, t_mark
+    Py_ssize_t n_shared
+    char pad3[120]
 
 
 cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
-    tm.claim = 0            # generation 0, no task: a helper waits for the next one
-    tm.done = 0
+    tm.post = 0                 # generation 0: no batch yet
+    tm.gen = 0
+    tm.finished = 0
+    tm.slots = NULL
     tm.status = STATUS_OK
     tm.team_at_end = 0
     tm.stalled = 0
     tm.chunk_time = 0.0
-    tm.finished = 0
-    memset(tm.cstate, 0, sizeof(tm.cstate))
-    tm.gen = 0
     tm.n_threads = n_threads
     tm.mode = MODE_WARM_UP if n_threads > 1 else MODE_SOLO
     tm.win_batches = 0
+    tm.win_unbegun = 0
+    tm.losses = 0
+    tm.lost = 0
     tm.win_rows = 0.0
     tm.win_t0 = cgd_now()
     tm.rate_solo = 0.0
     tm.rate_team = 0.0
-
-
-cdef inline void team_publish(Team* tm, long long ntasks) noexcept nogil:
-    tm.gen = (tm.gen + 1) & GEN_MASK
-    cgd_atomic_store(&tm.done, 0)
-    cgd_atomic_store(&tm.claim, (tm.gen << (2 * TASK_BITS)) | (ntasks << TASK_BITS))
+    tm.t_busy = 0.0
+    tm.t_wait = 0.0
+    tm.t_serial = 0.0
+    tm.t_mark = 0.0
+    tm.n_shared = 0
 
 
 cdef inline void team_dismiss(Team* tm) noexcept nogil:
-    """Tell the helpers to leave the parallel region."""
+    """Tell the helpers to leave (they wait for the end of the epoch off the CPU)."""
     if tm.n_threads > 1:
-        team_publish(tm, TASKS_EXIT)
+        cgd_atomic_store(&tm.post, POST_EXIT)
         tm.n_threads = 1
     tm.mode = MODE_SOLO
 
 
 cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
-    """Count a finished batch of mb rows; at the end of a window, choose who does the next."""
+    """Count a finished batch of mb rows; at the end of a window, choose who does the next.
+
+    Windows of a few milliseconds are noisy (a shared machine, a virtual one): the team
+    is dropped after two probes in a row found it no faster than the master alone, or at
+    once when the helpers had mostly not begun their shares by the time the master had
+    done its own (they do not get a core)."""
     cdef double now, rate
     if tm.mode == MODE_SOLO:
         return
@@ -593,288 +632,320 @@ cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
     if now - tm.win_t0 < TEAM_WINDOW:
         return
     rate = tm.win_rows / (now - tm.win_t0) if now > tm.win_t0 else 1e300
-    if tm.mode == MODE_WARM_UP:
-        tm.mode = MODE_PROBE_TEAM
-    elif tm.mode == MODE_PROBE_TEAM:
+    if tm.mode == MODE_PROBE_TEAM:
         tm.rate_team = rate
+    if (tm.mode == MODE_PROBE_TEAM or tm.mode == MODE_TEAM) and not TAKEOVER_EAGER \
+            and 2 * tm.win_unbegun > tm.win_batches:
+        tm.lost = 1
+        team_dismiss(tm)
+    elif tm.mode == MODE_WARM_UP:
+        # An earlier epoch of the fit found the team faster: keep it (still watched).
+        tm.mode = MODE_TEAM if tm.rate_team > TEAM_GAIN * tm.rate_solo > 0.0 \
+            else MODE_PROBE_TEAM
+    elif tm.mode == MODE_PROBE_TEAM:
         tm.mode = MODE_PROBE_SOLO
     elif tm.mode == MODE_PROBE_SOLO:
         tm.rate_solo = rate
         if tm.rate_team > TEAM_GAIN * tm.rate_solo:
             tm.mode = MODE_TEAM
+            tm.losses = 0
         else:
-            team_dismiss(tm)
+            tm.losses += 1
+            if tm.losses >= 2:
+                tm.lost = tm.rate_team < tm.rate_solo
+                team_dismiss(tm)
+            else:
+                tm.mode = MODE_PROBE_TEAM
     elif rate * TEAM_GAIN < tm.rate_team and rate < TEAM_GAIN * tm.rate_solo:
         # The team slowed down (another process took a core?): measure one thread again.
         tm.rate_team = rate
         tm.mode = MODE_PROBE_SOLO
     tm.win_rows = 0.0
     tm.win_batches = 0
+    tm.win_unbegun = 0
     tm.win_t0 = cgd_now()
 
 
 cdef inline bint team_active(Team* tm) noexcept nogil:
+    """The next batch is shared (the mode says so only while helpers are there)."""
     return tm.mode == MODE_PROBE_TEAM or tm.mode == MODE_TEAM or tm.mode == MODE_WARM_UP
 
 
-cdef inline Py_ssize_t own_bytes(Py_ssize_t P, Py_ssize_t K, Py_ssize_t itemsize) noexcept nogil:
-    """Bytes of a thread's own scratch (gradient, losses, decision values), with a cache
-    line free on both sides."""
-    return ((P * itemsize + 63) // 64) * 64 + K * (8 + itemsize) + 192
+cdef inline void chunk_bounds(Py_ssize_t nch, Py_ssize_t nt, Py_ssize_t h, Py_ssize_t* c0,
+                              Py_ssize_t* c1) noexcept nogil:
+    """Thread h's share [c0, c1) of a batch's nch chunks among nt threads: consecutive
+    chunks, thread 0 (the master, which also steps) the first and never the larger."""
+    c0[0] = (h * nch) // nt
+    c1[0] = ((h + 1) * nch) // nt
 
 
-cdef enum:
-    # A chunk's state in a generation. A thread computes a chunk it claimed only after
-    # moving it from FREE to CLAIMED, and copies its result to the chunk's row only
-    # after moving it from CLAIMED to COMMITTING. The master, when a helper keeps it
-    # waiting too long (another process has the helper's core), moves the chunks not
-    # yet committed to TAKEN and computes them itself: the late helper then fails its
-    # move and drops its result, so a chunk is counted and written once. Its bits do not
-    # depend on who computed it.
-    CHUNK_FREE = 0
-    CHUNK_CLAIMED = 1
-    CHUNK_COMMITTING = 2
-    CHUNK_TAKEN = 3
-
-cdef extern from *:
-    """
-    /* The master takes over a helper's chunks after waiting this long plus eight
-       times its own last chunk's time. */
-    #define CGD_TAKEOVER_SECONDS 50e-6
-    """
-    double TAKEOVER_SECONDS "CGD_TAKEOVER_SECONDS"
-
-# Tests: take over every chunk a helper has not committed as soon as the master waits,
-# and keep the team after doing so (the races of the takeover, at every batch).
-cdef bint TAKEOVER_EAGER = False
-
-
-def set_takeover_eager(bint eager):
-    """For tests: the master takes over helpers' chunks at once (see CHUNK_TAKEN).
-    Returns the previous setting."""
-    global TAKEOVER_EAGER
-    old = TAKEOVER_EAGER
-    TAKEOVER_EAGER = eager
-    return old
-
-
-cdef void run_task(
-    Team* tm, int kind, long long gen, Py_ssize_t i, Py_ssize_t nxt, bint warm, bint take_over,
-    char* own,
-    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
-) noexcept nogil:
-    """Chunk i of generation gen (prefetching into chunk nxt, unless it is -1), or block
-    i of its reduction; counts it done unless the master took it over. A chunk is
-    summed in the thread's own scratch (own, from malloc; the master's may be NULL:
-    then in place) and then copied to its row: chunks next to each other share cache
-    lines at their edges (and the loss sums, one line for all), and two threads adding
-    to one line at every row would pass it back and forth.
-
-    The batch's description is read before the chunk is claimed (CHUNK_FREE to
-    CHUNK_CLAIMED): a successful claim proves that the generation had not ended, so the
-    description was that generation's. take_over: the master's computing of a chunk it
-    has already moved to CHUNK_TAKEN."""
-    cdef Py_ssize_t P = K * (d + 1), nch = tm.nch, mb = tm.mb, start = tm.start
-    cdef const floating* ysw = <const floating*>tm.ysw
-    cdef Py_ssize_t p1 = start + ((i + 1) * mb) // nch, q0 = 0, q1 = 0
-    cdef long long g2 = gen << 2
-    cdef char* base
-    cdef floating* g
-    cdef floating* z
-    cdef double* o
-    if kind != TASK_CHUNK:
-        reduce_chunks(work_grad, P, nch, i * REDUCE_BLOCK, min((i + 1) * REDUCE_BLOCK, P))
-        cgd_atomic_fetch_add(&tm.done, 1)
+cdef inline void share_positions(Job* job, Py_ssize_t start, Py_ssize_t nt, Py_ssize_t h,
+                                 Py_ssize_t* q0, Py_ssize_t* q1) noexcept nogil:
+    """The positions [q0, q1) of thread h's share of the batch that starts at `start`
+    (empty past the end of the order)."""
+    cdef Py_ssize_t mb, nch, c0, c1
+    q0[0] = 0
+    q1[0] = 0
+    if start >= job.n_order:
         return
-    if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_FREE,
-                                            g2 | CHUNK_CLAIMED):
-        return  # the master has taken it over
-    if nxt >= 0:
-        q0 = start + (nxt * mb) // nch
-        q1 = start + ((nxt + 1) * mb) // nch
-    if own == NULL:  # in place
-        g, o, z = work_grad + i * P, work_obj + i * K, work_z + i * K
-    else:
-        base = <char*>((<size_t>own + 63) & ~(<size_t>63)) + 64
-        g = <floating*>base
-        o = <double*>(base + ((P * sizeof(floating) + 63) // 64) * 64)
-        z = <floating*>(o + K)
-    chunk_gradient(X, d, y, sw, order, ysw, start + (i * mb) // nch, p1, q0, q1, warm,
-                   params, K, pos_w, neg_w, active, cfg, g, o, z)
-    if own != NULL:
-        if not take_over and not cgd_atomic_cas(&tm.cstate[i], g2 | CHUNK_CLAIMED,
-                                                g2 | CHUNK_COMMITTING):
-            return  # taken over while it was computed: drop the result
-        memcpy(work_grad + i * P, g, P * sizeof(floating))
-        memcpy(work_obj + i * K, o, K * sizeof(double))
-    cgd_atomic_fetch_add(&tm.done, 1)
+    mb = min(job.batch_size, job.n_order - start)
+    nch = n_chunks_for(mb)
+    if nch < 2:
+        nt = 1
+    chunk_bounds(nch, nt, h, &c0, &c1)
+    q0[0] = start + (c0 * mb) // nch
+    q1[0] = start + (c1 * mb) // nch
 
 
-cdef long long take_tasks(
-    Team* tm, long long old, char* own, bint master,
-    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+cdef void share_gradient(
+    Job* job, const floating* X,
+    Py_ssize_t start, Py_ssize_t mb, Py_ssize_t nch,   # IN the batch
+    Py_ssize_t c0, Py_ssize_t c1,   # IN its chunks to compute
+    Py_ssize_t q0, Py_ssize_t q1,   # IN positions visited after them (prefetched)
+    floating* grad, Py_ssize_t gstride,  # OUT chunk c's gradient at grad + (c - c0) * gstride
+    double* obj, Py_ssize_t ostride,     # OUT its losses at obj + (c - c0) * ostride
+    floating* z,                    # scratch (K,)
 ) noexcept nogil:
-    """Run tasks of the generation of the claim `old` (the old value of a fetch-and-add
-    of the task word, not TASKS_EXIT) until none is left; returns the last claim, which
-    holds no task of that generation (it may hold one of a later generation).
-
-    While many chunks are left, a thread claims its next chunk before it computes the
-    current one, to prefetch the next chunk's first rows: a chunk's rows are scattered
-    in a shuffled order, and waiting for its first rows would stall every chunk."""
-    cdef long long gen = old >> (2 * TASK_BITS), ntasks = (old >> TASK_BITS) & TASK_MASK
-    cdef long long i = old & TASK_MASK, nxt
-    # The kind comes with the claim (the batch's description may already be a later
-    # generation's; a chunk's claim by CAS tells, a reduction block cannot be late).
-    cdef int kind = <int>(ntasks >> KIND_SHIFT)
-    ntasks &= (1LL << KIND_SHIFT) - 1
-    cdef bint warm = True
-    cdef double t0 = 0.0
-    while i < ntasks:
-        nxt = -1
-        if kind == TASK_CHUNK and ntasks - i > 2 * tm.n_threads:
-            old = cgd_atomic_fetch_add(&tm.claim, 1)
-            if (old >> (2 * TASK_BITS)) != gen:
-                return old  # (a helper the master did not wait for: its claim is stale)
-            nxt = old & TASK_MASK
-            if nxt >= ntasks:
-                nxt = -1
-        if master:
-            t0 = cgd_now()
-        run_task(tm, kind, gen, i, nxt, warm, False, own, X, d, y, sw, order, n_order, params,
-                 K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
-        if master:
-            tm.chunk_time = cgd_now() - t0
-        if nxt >= 0:
-            i = nxt
-            warm = False
-        else:
-            old = cgd_atomic_fetch_add(&tm.claim, 1)
-            if (old >> (2 * TASK_BITS)) != gen:
-                return old
-            i = old & TASK_MASK
-            warm = True
-    return old
+    """Chunks [c0, c1) of a batch, one pass of prefetches over their positions."""
+    cdef Py_ssize_t c, p1, n1, n2
+    for c in range(c0, c1):
+        p1 = start + ((c + 1) * mb) // nch
+        n1, n2 = q0, q1
+        if c + 1 < c1:
+            n1, n2 = p1, start + ((c + 2) * mb) // nch
+        chunk_gradient(job, X, start + (c * mb) // nch, p1, n1, n2, c == c0,
+                       grad + (c - c0) * gstride, obj + (c - c0) * ostride, z)
 
 
-cdef void team_run(
-    Team* tm, int kind, Py_ssize_t ntasks, char* own,
-    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+cdef void helper_share(
+    Team* tm, Job* job, const floating* X, Slot* sl, long long st,
+    Py_ssize_t start, Py_ssize_t mb, Py_ssize_t nch, Py_ssize_t c0,
+    Py_ssize_t q0, Py_ssize_t q1,
 ) noexcept nogil:
-    """Master: publish ntasks tasks, take its share, return when all are finished
-    (taking over the chunks a helper holds for too long)."""
-    cdef long long gen = (tm.gen + 1) & GEN_MASK, st
-    cdef Py_ssize_t j
-    cdef int spins = 0
-    cdef double t_wait = 0.0, now
-    if kind == TASK_CHUNK:
-        for j in range(ntasks):
-            cgd_atomic_store(&tm.cstate[j], (gen << 2) | CHUNK_FREE)
-    team_publish(tm, ntasks | (<long long>kind << KIND_SHIFT))
-    take_tasks(tm, cgd_atomic_fetch_add(&tm.claim, 1), own, True, X, d, y, sw, order,
-               n_order, params, K, pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
-    while cgd_atomic_load(&tm.done) < ntasks:
-        cgd_cpu_relax()
-        spins += 1
-        if kind != TASK_CHUNK or (spins % 256 != 0 and not TAKEOVER_EAGER):
-            continue
-        now = cgd_now()
-        if t_wait == 0.0 and not TAKEOVER_EAGER:
-            t_wait = now
-        elif TAKEOVER_EAGER or now - t_wait > TAKEOVER_SECONDS + 8.0 * tm.chunk_time:
-            for j in range(ntasks):
-                st = cgd_atomic_load(&tm.cstate[j])
-                if (st == ((gen << 2) | CHUNK_FREE) or st == ((gen << 2) | CHUNK_CLAIMED)) \
-                        and cgd_atomic_cas(&tm.cstate[j], st, (gen << 2) | CHUNK_TAKEN):
-                    run_task(tm, TASK_CHUNK, gen, j, -1, True, True, own, X, d, y, sw, order, n_order,
-                             params, K, pos_w, neg_w, active, cfg, work_grad, work_obj,
-                             work_z)
-            tm.stalled = not TAKEOVER_EAGER
-            t_wait = now
-
-
-cdef void team_helper(
-    Team* tm,
-    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t n_order, const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
-) noexcept nogil:
-    """Helper: claim tasks of each generation until told to leave."""
-    cdef long long old, gen
-    cdef int spins
-    cdef char* own = <char*>malloc(own_bytes(K * (d + 1), K, sizeof(floating)))
-    if own == NULL:
-        return  # (out of memory: the master does the work alone)
-    old = cgd_atomic_fetch_add(&tm.claim, 1)
+    """A helper's share of a batch, from chunk c0 on, `st` its progress word as it
+    began the batch: it begins chunk `next` unless that is the limit (the master has
+    taken the chunks from there), and counts each chunk done; it stops, dropping its
+    result, once the master has taken over (either move then fails)."""
+    cdef Py_ssize_t i, p0, p1, n1, n2
     while True:
-        if ((old >> TASK_BITS) & TASK_MASK) == TASKS_EXIT:
-            break
-        gen = old >> (2 * TASK_BITS)
-        old = take_tasks(tm, old, own, False, X, d, y, sw, order, n_order, params, K,
-                         pos_w, neg_w, active, cfg, work_grad, work_obj, work_z)
-        if (old >> (2 * TASK_BITS)) != gen:
-            continue  # a claim of a later generation: run it
-        # This generation has no task left: wait for the next one.
+        i = st_field(st, 8)
+        if i >= st_field(st, 16) or st & TAKEN:
+            return
+        if not cgd_atomic_cas(&sl.state, st, st + NEXT_ONE):
+            st = cgd_atomic_load(&sl.state)
+            continue
+        st += NEXT_ONE
+        p0 = start + ((c0 + i) * mb) // nch
+        p1 = start + ((c0 + i + 1) * mb) // nch
+        n1, n2 = q0, q1
+        if i + 1 < st_field(st, 16):
+            n1, n2 = p1, start + ((c0 + i + 2) * mb) // nch
+        chunk_gradient(job, X, p0, p1, n1, n2, i == 0, <floating*>sl.grad + i * tm.gstride,
+                       sl.obj + i * tm.ostride, <floating*>sl.z)
+        while not cgd_atomic_cas(&sl.state, st, st + 1):
+            st = cgd_atomic_load(&sl.state)  # (the master moved the limit meanwhile)
+            if st & TAKEN:
+                return
+        st += 1
+
+
+cdef void team_helper(Team* tm, Job* job, const floating* X, int h) noexcept nogil:
+    """Helper h: compute its share of each batch until told to leave, then wait off the
+    CPU for the end of the epoch (at the end of the parallel region the OpenMP runtime
+    would spin for milliseconds, taking CPU time from the master when another process
+    wants the cores)."""
+    cdef Slot* sl = &tm.slots[h]
+    cdef long long seen = 0, g, st
+    cdef Py_ssize_t start, mb, nch, nt, c0, c1, q0, q1
+    cdef int spins
+    cdef double t0 = 0.0, t1 = 0.0
+    cdef bint stats = TEAM_STATS
+    while True:
         spins = 0
-        while (cgd_atomic_load(&tm.claim) >> (2 * TASK_BITS)) == gen:
+        if stats:
+            t0 = cgd_now()
+        while True:
+            g = cgd_atomic_load(&tm.post)
+            if g != seen:
+                break
             if spins < SPIN_LIMIT:
                 spins += 1
                 cgd_cpu_relax()
             else:
                 cgd_thread_nap()
-        old = cgd_atomic_fetch_add(&tm.claim, 1)
-    free(own)
-    # Dismissed: nap until the master is done rather than wait at the end of the
-    # parallel region, where the OpenMP runtime would spin for milliseconds (taking
-    # CPU time from the master when another process wants the cores).
-    while cgd_atomic_load(&tm.finished) == 0:
-        cgd_thread_nap()
+        if g == POST_EXIT:
+            break
+        seen = g
+        start, mb, nch, nt = tm.start, tm.mb, tm.nch, tm.nt
+        chunk_bounds(nch, nt, h, &c0, &c1)
+        if c0 >= c1:
+            continue
+        # Begin generation g, unless the master has taken it over already.
+        st = cgd_atomic_load(&sl.state)
+        if (st >> GEN_SHIFT) == g:
+            continue
+        if not cgd_atomic_cas(&sl.state, st, (g << GEN_SHIFT) | ((c1 - c0) * LIMIT_ONE)):
+            continue
+        if stats:
+            t1 = cgd_now()
+            sl.wait += t1 - t0
+        share_positions(job, start + mb, nt, h, &q0, &q1)
+        helper_share(tm, job, X, sl, (g << GEN_SHIFT) | ((c1 - c0) * LIMIT_ONE), start, mb,
+                     nch, c0, q0, q1)
+        if stats:
+            sl.busy += cgd_now() - t1
+    cgd_flag_wait(&tm.finished)
 
 
-cdef void team_batch_gradient(
-    Team* tm, char* own,
-    const floating* X, Py_ssize_t d, const floating* y, const floating* sw,
-    const intp_t* order, Py_ssize_t start, Py_ssize_t mb, Py_ssize_t n_order,
-    const floating* params, Py_ssize_t K,
-    const floating* pos_w, const floating* neg_w, const unsigned char* active,
-    EpochConfig* cfg, floating* work_grad, double* work_obj, floating* work_z,
+cdef Py_ssize_t collect_share(Team* tm, Job* job, const floating* X, int h, long long g,
+                              Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t q0, Py_ssize_t q1,
+                              floating* work_grad, double* work_obj,
+                              floating* work_z) noexcept nogil:
+    """Master, its own share done: finish helper h's share [c0, c1) of generation g.
+    While the helper has chunks it has not begun, the master takes the last of them
+    (moving the helper's limit down) and computes it; then it waits for the chunks the
+    helper has begun, unless the helper keeps it waiting too long: then it takes over the
+    ones not done. A chunk the master computes goes to its row of work_grad / work_obj.
+    Returns how many of the share's chunks (its first ones) are in the helper's rows."""
+    cdef Slot* sl = &tm.slots[h]
+    cdef long long st
+    cdef Py_ssize_t P = job.P, K = job.K, i, lim, done
+    cdef int spins = 0
+    cdef double t_wait = 0.0, now
+    while True:
+        st = cgd_atomic_load(&sl.state)
+        if (st >> GEN_SHIFT) != g:
+            # The helper has not begun this batch while the master did its whole share:
+            # it is napping (or its core is taken), not about to begin. Waiting for it
+            # would cost more than its share.
+            if cgd_atomic_cas(&sl.state, st, (g << GEN_SHIFT) | TAKEN):
+                share_gradient(job, X, tm.start, tm.mb, tm.nch, c0, c1, q0, q1,
+                               work_grad + c0 * P, P, work_obj + c0 * K, K, work_z)
+                tm.win_unbegun += 1
+                return 0
+            continue
+        lim = st_field(st, 16)
+        done = st_field(st, 0)
+        if done == lim:
+            return lim
+        i = st_field(st, 8)
+        if i < lim:
+            if cgd_atomic_cas(&sl.state, st, st - LIMIT_ONE):
+                share_gradient(job, X, tm.start, tm.mb, tm.nch, c0 + lim - 1, c0 + lim, q0, q1,
+                               work_grad + (c0 + lim - 1) * P, P,
+                               work_obj + (c0 + lim - 1) * K, K, work_z)
+            continue
+        cgd_cpu_relax()
+        spins += 1
+        if spins % 256 != 0 and not TAKEOVER_EAGER:
+            continue
+        now = cgd_now()
+        if t_wait == 0.0 and not TAKEOVER_EAGER:
+            t_wait = now
+            continue
+        if TAKEOVER_EAGER or now - t_wait > TAKEOVER_SECONDS + 4.0 * tm.chunk_time:
+            if cgd_atomic_cas(&sl.state, st, st | TAKEN):
+                share_gradient(job, X, tm.start, tm.mb, tm.nch, c0 + done, c0 + lim, q0, q1,
+                               work_grad + (c0 + done) * P, P, work_obj + (c0 + done) * K, K,
+                               work_z)
+                if not TAKEOVER_EAGER:
+                    tm.stalled += 1
+                return done
+            # (the helper counted a chunk meanwhile: look again)
+
+
+cdef void batch_gradient(
+    Team* tm, Job* job, const floating* X,
+    Py_ssize_t start, Py_ssize_t mb,   # IN the batch: positions [start, start + mb)
+    floating* work_grad,        # OUT row 0: the batch's gradient sum; (chunks, P) scratch
+    double* work_obj,           # OUT row 0: the batch's loss sums; (chunks, K) scratch
+    floating* work_z,           # scratch (K,)
 ) noexcept nogil:
-    """batch_gradient's result (work_grad row 0, work_obj row 0), by the team when it is
-    on, else by the master alone: the same chunks, summed in the same order."""
-    cdef Py_ssize_t P = K * (d + 1), nch = n_chunks_for(mb), c, k, nblk
-    cdef bint team = team_active(tm) and tm.n_threads > 1 and nch > 1
-    tm.start = start
-    tm.mb = mb
-    tm.nch = nch
-    if team:
-        team_run(tm, TASK_CHUNK, nch, own, X, d, y, sw, order, n_order, params, K, pos_w,
-                 neg_w, active, cfg, work_grad, work_obj, work_z)
-    else:
-        for c in range(nch):
-            chunk_gradient(X, d, y, sw, order, <const floating*>tm.ysw,
-                           start + (c * mb) // nch,
-                           start + ((c + 1) * mb) // nch, start + ((c + 1) * mb) // nch,
-                           n_order, False, params, K, pos_w, neg_w, active, cfg,
-                           work_grad + c * P, work_obj + c * K, work_z + c * K)
-    if nch > 1:
-        nblk = (P + REDUCE_BLOCK - 1) // REDUCE_BLOCK
-        if team and nblk > 1 and P * nch >= 65536:
-            team_run(tm, TASK_REDUCE, nblk, own, X, d, y, sw, order, n_order, params, K, pos_w,
-                     neg_w, active, cfg, work_grad, work_obj, work_z)
-        else:
-            reduce_chunks(work_grad, P, nch, 0, P)
-        for c in range(1, nch):
-            for k in range(K):
-                work_obj[k] += work_obj[c * K + k]
+    """Gradient sum of one batch: each fixed chunk into a row of its own (the master's
+    and taken-over chunks in work_grad, a helper's in its slot), by the team when it is
+    on, else by the master alone; then all rows summed in chunk order."""
+    cdef Py_ssize_t P = job.P, K = job.K, nch = n_chunks_for(mb), nt = 1
+    cdef Py_ssize_t c, k, h, c0, c1, q0, q1, n_own
+    cdef long long g = 0
+    cdef floating* rows[MAX_CHUNKS]
+    cdef double* orows[MAX_CHUNKS]
+    cdef Slot* sl
+    cdef double t0 = 0.0, t1
+    cdef bint stats = TEAM_STATS
+    if team_active(tm) and nch > 1:
+        nt = tm.n_threads
+        tm.gen += 1
+        g = tm.gen
+        tm.start, tm.mb, tm.nch, tm.nt = start, mb, nch, <int>nt
+        cgd_atomic_store(&tm.post, g)
+    chunk_bounds(nch, nt, 0, &c0, &c1)
+    share_positions(job, start + mb, tm.n_threads, 0, &q0, &q1)
+    t0 = cgd_now()
+    if stats and tm.t_mark > 0.0:
+        tm.t_serial += t0 - tm.t_mark
+    share_gradient(job, X, start, mb, nch, c0, c1, q0, q1, work_grad + c0 * P, P,
+                   work_obj + c0 * K, K, work_z)
+    t1 = cgd_now()
+    if c1 > c0:
+        tm.chunk_time = (t1 - t0) / (c1 - c0)
+    for c in range(nch):
+        rows[c] = work_grad + c * P
+        orows[c] = work_obj + c * K
+    for h in range(1, nt):
+        chunk_bounds(nch, nt, h, &c0, &c1)
+        if c0 >= c1:
+            continue
+        n_own = collect_share(tm, job, X, <int>h, g, c0, c1, q0, q1, work_grad, work_obj,
+                              work_z)
+        sl = &tm.slots[h]
+        for c in range(c0, c0 + n_own):
+            rows[c] = <floating*>sl.grad + (c - c0) * tm.gstride
+            orows[c] = sl.obj + (c - c0) * tm.ostride
+    if stats:
+        tm.t_busy += t1 - t0
+        if nt > 1:
+            tm.n_shared += 1
+            tm.t_wait += cgd_now() - t1
+    reduce_rows(work_grad, rows, nch, P)
+    for k in range(K):
+        work_obj[k] = orows[0][k]
+    for c in range(1, nch):
+        for k in range(K):
+            work_obj[k] += orows[c][k]
+    if stats:
+        tm.t_mark = cgd_now()
+
+
+cdef inline Py_ssize_t row_stride(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Elements between two rows of n items that start on their own cache lines."""
+    return ((n * itemsize + 63) // 64) * 64 // itemsize
+
+
+cdef char* team_slots(Team* tm, Py_ssize_t nt, Py_ssize_t nch, Py_ssize_t P, Py_ssize_t K,
+                      Py_ssize_t itemsize) noexcept nogil:
+    """Allocate the helpers' slots and chunk rows (one block, freed by the caller);
+    NULL when out of memory."""
+    cdef Py_ssize_t gs = row_stride(P, itemsize), os = row_stride(K, 8)
+    cdef Py_ssize_t zb = row_stride(K, itemsize) * itemsize
+    cdef Py_ssize_t per = nch * (gs * itemsize + os * 8) + zb
+    cdef char* mem = <char*>malloc(nt * (sizeof(Slot) + per) + 128)
+    cdef char* q
+    cdef Py_ssize_t h
+    if mem == NULL:
+        return NULL
+    tm.slots = <Slot*>((<size_t>mem + 63) & ~(<size_t>63))
+    tm.gstride = gs
+    tm.ostride = os
+    q = <char*>(tm.slots + nt)
+    for h in range(nt):
+        tm.slots[h].state = 0
+        tm.slots[h].busy = 0.0
+        tm.slots[h].wait = 0.0
+        tm.slots[h].grad = q
+        tm.slots[h].obj = <double*>(q + nch * gs * itemsize)
+        tm.slots[h].z = q + nch * (gs * itemsize + os * 8)
+        q += per
+    return mem
 
 
 def grad_rows_needed(Py_ssize_t batch_size, Py_ssize_t n_train, bint per_sample_plain):
@@ -908,7 +979,7 @@ cdef void gather_targets(const floating* y, const floating* sw, const intp_t* or
 
 
 cdef void dense_epoch(
-    Team* tm,
+    Team* tm, Job* job,
     const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
     const intp_t[::1] order, const floating[::1] pos_weight,
     const floating[::1] neg_weight, const unsigned char[::1] active,
@@ -932,7 +1003,6 @@ cdef void dense_epoch(
     cdef floating* prm = &params[0]
     cdef floating* g
     cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
-    cdef char* own = NULL
     cdef const floating* ysw = <const floating*>tm.ysw
     cdef floating yj, sj
     # Per-sample plain SGD without averaging or L1 keeps each output's coefficients
@@ -941,8 +1011,6 @@ cdef void dense_epoch(
     cdef SparseOut* so = NULL
     if m == 1 and plain and cfg.average == 0.0 and cfg.l1 == 0.0:
         so = <SparseOut*>malloc(K * sizeof(SparseOut))
-    if tm.n_threads > 1:
-        own = <char*>malloc(own_bytes(P, K, sizeof(floating)))
 
     for k in range(K):
         reg[k] = penalty_value(cfg, prm + k * d, d)
@@ -976,12 +1044,7 @@ cdef void dense_epoch(
                            &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
                            &work_obj[0, 0], &work_z[0, 0], so)
         else:
-            team_batch_gradient(tm, own, &X[0, 0], d, &y[0], &sample_weight[0], &order[0],
-                                start, mb, n_order, prm, K, &pos_weight[0],
-                                &neg_weight[0], &active[0], cfg, wg, &work_obj[0, 0],
-                                &work_z[0, 0])
-            if tm.stalled and tm.n_threads > 1:
-                team_dismiss(tm)  # a helper's core is taken: one thread from here on
+            batch_gradient(tm, job, &X[0, 0], start, mb, wg, &work_obj[0, 0], &work_z[0, 0])
             g = wg
             gscale = 1.0 / mb
             for k in range(K):
@@ -1033,10 +1096,9 @@ cdef void dense_epoch(
         for k in range(K):
             fold_output(&so[k], prm + k * d, 1, NULL, d, False, False)
         free(so)
-    tm.team_at_end = team_active(tm) and tm.n_threads > 1
+    tm.team_at_end = team_active(tm)
     team_dismiss(tm)
-    cgd_atomic_store(&tm.finished, 1)
-    free(own)
+    cgd_flag_set(&tm.finished)
     if status == STATUS_OK:
         for j in range(P):
             if not isfinite(prm[j]):
@@ -1084,8 +1146,10 @@ def linear_epoch(
     cdef int status = STATUS_OK
     cdef bint plain = (cfg.optim.solver == SOLVER_SGD and cfg.optim.momentum == 0.0)
     cdef Team tm
+    cdef Job job
     cdef int nt = cfg.n_threads
     cdef floating* ysw
+    cdef char* slots = NULL
 
     if y.shape[0] != n or sample_weight.shape[0] != n or params.shape[0] != P:
         raise ValueError("inconsistent shapes passed to linear_epoch")
@@ -1117,6 +1181,13 @@ def linear_epoch(
         nt = 1
         config["team_backoff"] = (skip - 1, next_skip)
     team_init(&tm, nt)
+    if nt > 1 and TEAM_WINDOW > 0.0:
+        tm.rate_team, tm.rate_solo = config.get("team_known", (0.0, 0.0))
+    if nt > 1:
+        slots = team_slots(&tm, nt, n_chunks_for(min(m, n_order)), P, K, sizeof(floating))
+        if slots == NULL:  # (out of memory: one thread)
+            nt = 1
+            team_init(&tm, nt)
     ysw = <floating*>malloc(2 * n_order * sizeof(floating))
     if ysw != NULL:  # (else y and sample_weight are read where they are)
         with nogil:
@@ -1124,31 +1195,51 @@ def linear_epoch(
     # Freed only once the helpers have left: a helper that a busy machine holds up may
     # still read it after the master has finished the chunk in its place.
     tm.ysw = ysw
+    job.d, job.K, job.P = d, K, P
+    job.batch_size = m
+    job.n_order = n_order
+    job.order = &order[0]
+    job.y = &y[0]
+    job.sw = &sample_weight[0]
+    job.ysw = ysw
+    job.params = &params[0]
+    job.pos_w = &pos_weight[0]
+    job.neg_w = &neg_weight[0]
+    job.active = &active[0]
+    job.cfg = &cfg
     if nt > 1:
         with nogil, parallel(num_threads=nt):
             if threadid() == 0:
-                dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
-                            eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
-                            work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+                dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight,
+                            active, eta_base, params, opt_state, l1_q, l1_u, avg_params,
+                            avg_n, work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
             else:
-                team_helper(&tm, &X[0, 0], d, &y[0], &sample_weight[0], &order[0], n_order,
-                            &params[0], K, &pos_weight[0], &neg_weight[0], &active[0], &cfg,
-                            &work_grad[0, 0], &work_obj[0, 0], &work_z[0, 0])
+                team_helper(&tm, &job, &X[0, 0], threadid())
     else:
         with nogil:
-            dense_epoch(&tm, X, y, sample_weight, order, pos_weight, neg_weight, active,
+            dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight, active,
                         eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
                         work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
     free(ysw)
     status = tm.status
+    if TEAM_STATS:
+        config["team_stats"] = {
+            "master_busy": tm.t_busy, "master_wait": tm.t_wait, "master_serial": tm.t_serial,
+            "helper_busy": [tm.slots[j].busy for j in range(1, nt)] if nt > 1 else [],
+            "helper_wait": [tm.slots[j].wait for j in range(1, nt)] if nt > 1 else [],
+            "shared_batches": tm.n_shared, "takeovers": tm.stalled,
+            "lost": bool(tm.lost)}
+    free(slots)
     # What the adaptive thread count measured (rows per second), for tests and
     # benchmarks: (team, one thread, ended on the team, dropped a held-up helper).
     config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end),
-                            bool(tm.stalled))
+                            tm.stalled > 0)
     if nt > 1:
-        config["team_backoff"] = ((0, 1) if tm.team_at_end or (tm.rate_solo == 0.0
-                                                               and not tm.stalled)
-                                  else (next_skip, min(2 * next_skip, 16)))
+        config["team_backoff"] = ((next_skip, min(2 * next_skip, 16)) if tm.lost
+                                  else (0, 1))
+        # The next epoch skips the probes when this one ended on a team measured faster.
+        config["team_known"] = ((tm.rate_team, tm.rate_solo) if tm.team_at_end
+                                else (0.0, 0.0))
     if status == STATUS_INTERRUPTED:
         raise_pending()
     return status, t
@@ -1200,16 +1291,30 @@ def linear_objective_gradient(
     cdef floating[:, ::1] work_z = np.zeros((MAX_CHUNKS, K), dtype=dtype)
     cdef const intp_t[::1] order = np.arange(n, dtype=np.intp)
     cdef unsigned char[::1] active = np.ones(K, dtype=np.uint8)
+    cdef Team tm
+    cdef Job job
     obj = np.zeros(K)
     grad = np.zeros(P)
     cdef double[::1] o = obj
     cdef double[::1] gr = grad
     if params.shape[0] != P or y.shape[0] != n or sample_weight.shape[0] != n:
         raise ValueError("inconsistent shapes passed to linear_objective_gradient")
+    team_init(&tm, 1)
+    job.d, job.K, job.P = d, K, P
+    job.batch_size = n
+    job.n_order = n
+    job.order = &order[0]
+    job.y = &y[0]
+    job.sw = &sample_weight[0]
+    job.ysw = NULL
+    job.params = &params[0]
+    job.pos_w = &pos_weight[0]
+    job.neg_w = &neg_weight[0]
+    job.active = &active[0]
+    job.cfg = &cfg
     with nogil:
-        batch_gradient(X, y, sample_weight, &order[0], 0, n, n, &params[0], K,
-                       &pos_weight[0], &neg_weight[0], &active[0], &cfg,
-                       work_grad, work_obj, work_z)
+        batch_gradient(&tm, &job, &X[0, 0], 0, n, &work_grad[0, 0], &work_obj[0, 0],
+                       &work_z[0, 0])
         for k in range(K):
             o[k] = work_obj[0, k] / n
         for k in range(K):

@@ -43,6 +43,10 @@ cdef extern from *:
             return _InterlockedCompareExchange64(p, desired, expected) == expected; }
         static __inline void cgd_cpu_relax(void) { YieldProcessor(); }
         static __inline void cgd_thread_nap(void) { Sleep(0); }
+        static __inline void cgd_flag_wait(int* p) {
+            while (*(volatile int*)p == 0) Sleep(1); }
+        static __inline void cgd_flag_set(int* p) {
+            _ReadWriteBarrier(); *(volatile int*)p = 1; }
     #else
         #include <time.h>
         static inline long long cgd_atomic_load(long long* p) {
@@ -67,6 +71,32 @@ cdef extern from *:
            keeps a core busy. */
         static inline void cgd_thread_nap(void) {
             struct timespec ts = {0, 20000}; nanosleep(&ts, NULL); }
+        /* A thread with nothing left to do until a flag is set: off the CPU until then
+           (a futex on Linux: woken at once, never woken for nothing; elsewhere ~1 ms
+           naps). The futex wait also ends after 1 ms, so a wake-up that comes before
+           the wait cannot leave it asleep. */
+        #if defined(__linux__)
+            #include <linux/futex.h>
+            #include <sys/syscall.h>
+            #include <unistd.h>
+            #include <limits.h>
+            static inline void cgd_flag_wait(int* p) {
+                while (__atomic_load_n(p, __ATOMIC_ACQUIRE) == 0) {
+                    struct timespec ts = {0, 1000000};
+                    syscall(SYS_futex, p, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+                }
+            }
+            static inline void cgd_flag_set(int* p) {
+                __atomic_store_n(p, 1, __ATOMIC_RELEASE);
+                syscall(SYS_futex, p, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+            }
+        #else
+            static inline void cgd_flag_wait(int* p) {
+                while (__atomic_load_n(p, __ATOMIC_ACQUIRE) == 0) {
+                    struct timespec ts = {0, 1000000}; nanosleep(&ts, NULL); }
+            }
+            static inline void cgd_flag_set(int* p) { __atomic_store_n(p, 1, __ATOMIC_RELEASE); }
+        #endif
     #endif
     """
     long long cgd_atomic_load(long long* p) noexcept nogil
@@ -75,3 +105,5 @@ cdef extern from *:
     bint cgd_atomic_cas(long long* p, long long expected, long long desired) noexcept nogil
     void cgd_cpu_relax() noexcept nogil
     void cgd_thread_nap() noexcept nogil
+    void cgd_flag_wait(int* p) noexcept nogil
+    void cgd_flag_set(int* p) noexcept nogil

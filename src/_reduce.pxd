@@ -14,3 +14,18 @@ cdef inline void reduce_chunks(floating* buf, Py_ssize_t stride, Py_ssize_t nch,
         src = buf + c * stride
         for j in range(j0, j1):
             buf[j] = buf[j] + src[j]
+
+
+cdef inline void reduce_rows(floating* dst, floating** rows, Py_ssize_t nch,
+                             Py_ssize_t n) noexcept nogil:
+    """dst[j] = (((rows[0] + rows[1]) + rows[2]) + ...)[j] for j in [0, n): reduce_chunks'
+    order and bits, the rows anywhere (dst may be rows[0])."""
+    cdef Py_ssize_t c, j
+    cdef const floating* src
+    if dst != rows[0]:
+        for j in range(n):
+            dst[j] = rows[0][j]
+    for c in range(1, nch):
+        src = rows[c]
+        for j in range(n):
+            dst[j] = dst[j] + src[j]

@@ -263,15 +263,16 @@ def test_wide_model_threaded_reduction_is_bit_identical(kind, dtype):
 
 
 # ------------------------------------------------------------ the epoch's team
-# A dense epoch with n_jobs > 1 runs in one parallel region: the threads take a batch's
-# fixed chunks in whatever order they get to them, the master computes the chunks a
-# helper holds for too long (a late helper's result is dropped), and the kernel
-# measures whether the team beats one thread, dropping to one thread for the rest of
-# the epoch when it does not. None of this may change a bit.
+# A dense epoch with n_jobs > 1 runs in one parallel region: each thread computes its
+# share of a batch's fixed chunks, the master takes the chunks a helper has not begun
+# when it is done with its own and computes the ones a helper holds for too long (a late
+# helper's result is dropped), and the kernel measures whether the team beats one
+# thread, dropping to one thread for the rest of the epoch when it does not. None of
+# this may change a bit.
 # _linear.set_team_window(0) makes the kernel switch between the team and one thread
 # every two batches; a huge window keeps the team for whole epochs;
-# _linear.set_takeover_eager(True) makes the master take over every chunk not yet
-# committed as soon as it waits.
+# _linear.set_takeover_eager(True) makes the master take every chunk a helper has not
+# begun and take over the ones it has, as soon as it waits.
 from cgd import _linear  # noqa: E402
 
 TEAM_ESTIMATORS = {
@@ -288,7 +289,7 @@ TEAM_ESTIMATORS = {
 class _TeamLog:
     """Record what the kernel measured in each epoch (config["team_rates"]: rows per
     second of the team, of one thread, whether the team was on at the end, whether the
-    master dropped the team because a helper held chunks too long)."""
+    master took over chunks that a helper held too long)."""
 
     def __init__(self, monkeypatch):
         self.rates = []
@@ -360,3 +361,39 @@ def test_team_switching_on_wide_model_is_bit_identical(dtype):
     for f in fits[1:]:
         assert np.array_equal(f.coef_, fits[0].coef_)
         assert np.array_equal(f.intercept_, fits[0].intercept_)
+
+
+@requires_openmp
+def test_team_stats_account_for_the_shared_batches(monkeypatch):
+    """The profiling counters (set_team_stats) see the team's batches, and recording
+    them changes no bit."""
+    X, y = _data(np.float64, n=4000, d=30)
+    saved = _linear.set_team_window(1e9)
+    log = []
+    kernel = _linear.linear_epoch
+
+    def logged(*args):
+        out = kernel(*args)
+        log.append(args[19].get("team_stats"))
+        return out
+
+    monkeypatch.setattr(linear_model._linear, "linear_epoch", logged)
+    kw = dict(batch_size=256, n_jobs=2, max_iter=2, tol=None, random_state=0,
+              learning_rate="constant", eta0=0.01)
+    try:
+        plain = cgd.SGDRegressor(**kw).fit(X, y)
+        saved_stats = _linear.set_team_stats(True)
+        try:
+            profiled = cgd.SGDRegressor(**kw).fit(X, y)
+        finally:
+            _linear.set_team_stats(saved_stats)
+    finally:
+        _linear.set_team_window(saved)
+    assert log[:2] == [None, None]
+    n_batches = -(-4000 // 256)
+    for st in log[2:]:
+        assert 0 < st["shared_batches"] <= n_batches  # (the last batch may be one chunk)
+        assert st["master_busy"] > 0 and len(st["helper_busy"]) == 1
+        assert st["takeovers"] >= 0
+    assert np.array_equal(plain.coef_, profiled.coef_)
+    assert plain.loss_curve_ == profiled.loss_curve_
