@@ -221,11 +221,12 @@ def first_partial_fit_call(estimator, classes):
     return False
 
 
-def run_epochs(epochs, tracker, order, *, max_iter, shuffle, rng, early_stopping,
+def run_epochs(epochs, tracker, order, *, max_iter, shuffle, early_stopping,
                incremental=False):
     """The loop between the kernels' epochs, one for every estimator family.
 
-    Each pass shuffles the training rows, runs one compiled epoch, reads the epoch's
+    Each pass shuffles the training rows (``shuffle(order)`` in place, unless
+    ``shuffle`` is None), runs one compiled epoch, reads the epoch's
     loss (and with ``early_stopping`` the validation score), lets the stopping rule see
     them, and commits the epoch to the estimator; it ends when every problem has
     stopped, after ``max_iter`` epochs, or after one epoch when ``incremental``
@@ -257,8 +258,8 @@ def run_epochs(epochs, tracker, order, *, max_iter, shuffle, rng, early_stopping
     n_epochs = 0
     for _ in range(max_iter):
         epochs.start(n_epochs + 1)
-        if shuffle:
-            rng.shuffle(order)
+        if shuffle is not None:
+            shuffle(order)
         if not epochs.run(order, tracker):
             epochs.diverged(tracker)
             break

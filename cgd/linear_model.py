@@ -30,7 +30,7 @@ from sklearn.utils.extmath import safe_sparse_dot, softmax
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from . import _linear
+from . import _linear, _shuffle
 from ._codes import LOSS_CODES, SCHEDULE_CODES, SOLVER_CODES, Target
 from ._compat import Interval, StrOptions, check_sample_weight, fit_context
 from ._sparse import csr_arrays, validate_input
@@ -545,7 +545,7 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             coef_filled=writes_out, loss_curve=loss_curve, val_scores=val_scores,
             best_loss=best_loss, best_score=best_score)
         run_epochs(epochs, tracker, idx_train.copy(), max_iter=max_iter,
-                   shuffle=self.shuffle, rng=np.random.RandomState(seed),
+                   shuffle=_epoch_shuffler(seed) if self.shuffle else None,
                    early_stopping=self.early_stopping)
 
     def _commit(self, state, t, n_epochs, loss_curve, val_scores, best_loss, best_score,
@@ -1446,6 +1446,18 @@ class _StatePublisher:
                 out[k] = v
         self.spare, self.current = self.current, (copies, params_buf, coef)
         return out, coef
+
+
+def _epoch_shuffler(seed):
+    """Each epoch's shuffle of the training rows: native (cgd._shuffle; several times
+    NumPy's speed once the rows' indices outgrow the cache), seeded per epoch from one
+    NumPy stream, so that a fit is a function of ``random_state`` alone."""
+    seeds = np.random.RandomState(seed)
+
+    def shuffle(order):
+        _shuffle.shuffle_order(order, int(seeds.randint(0, 2**63 - 1, dtype=np.int64)))
+
+    return shuffle
 
 
 def _decision_rows(X, rows, params, K, n_threads):

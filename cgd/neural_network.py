@@ -415,7 +415,7 @@ class _BaseMLP(TransactionMixin, BaseEstimator):
         t_start = time.time()
         try:
             n_iter = run_epochs(epochs, tracker, idx_train.copy(), max_iter=self.max_iter,
-                                shuffle=self.shuffle, rng=rng,
+                                shuffle=rng.shuffle if self.shuffle else None,
                                 early_stopping=self.early_stopping, incremental=incremental)
             if n_iter == self.max_iter and not tracker.done and not incremental:
                 warnings.warn(

@@ -283,13 +283,18 @@ def test_every_format_and_index_type_gives_the_csr_result(params):
 def test_float32_csr_trains_in_float32():
     X, y = _data("iris")
     X32 = X.astype(np.float32)
-    est = cgd.SGDClassifier(loss="log_loss", random_state=0, max_iter=20).fit(X32, y)
-    ref = cgd.SGDClassifier(loss="log_loss", random_state=0, max_iter=20).fit(X, y)
+    # alpha=1e-3: at the default 1e-4 the 'optimal' schedule's first steps (~alpha^-1/4)
+    # amplify rounding chaotically (float32 and float64 fits then end 2e-4 to 2e-3 apart,
+    # depending on the shuffle); here they stay within a few float32 ulps' worth.
+    est = cgd.SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0, max_iter=20).fit(
+        X32, y)
+    ref = cgd.SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0, max_iter=20).fit(
+        X, y)
     assert est.coef_.dtype == est.intercept_.dtype == np.float32
     for method in ("decision_function", "predict_proba"):
         assert getattr(est, method)(X32).dtype == np.float32
     # Same steps in float32 arithmetic: close to the float64 fit.
-    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-3 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-5 * np.abs(ref.coef_).max())
     reg = cgd.SGDRegressor(batch_size=8, solver="adagrad", random_state=0).fit(
         *_data("regression")[:1], _data("regression")[1])
     assert reg.coef_.dtype == np.float64
