@@ -889,7 +889,7 @@ cdef object prepare(
 cdef enum:
     TEAM_MAX_ROWS = 4096    # larger batches take the blocks of batch_gradient instead
     GATHER_ROWS = 32        # rows of X per gathering task
-    UPDATE_TILE = 65536     # parameters per weight task (a whole row of W_l at least)
+    UPDATE_TILE = 131072    # parameters per weight task (a whole row of W_l at least)
     FIRST_TILE = 128        # columns per tile of layer 1 (rounded to an even count)
     PH_GATHER = 0
     PH_FIRST = 1

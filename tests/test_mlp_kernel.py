@@ -431,3 +431,35 @@ def test_adam_step_gives_the_bits_of_its_formula(dtype):
     np.testing.assert_array_equal(m, m_ref)
     np.testing.assert_array_equal(v, v_ref)
     np.testing.assert_array_equal(w, w_ref)
+
+
+@requires_openmp
+def test_team_epoch_with_several_tiles_per_layer_matches_numpy_and_thread_counts():
+    """Layers large enough to be cut into several weight-gradient tasks (W_0 600 x 520 and
+    W_1 520 x 300: more than one task's worth of parameters each) and layer 1 into four
+    column tiles: the result is NumPy's mini-batch Adam, with the same bits for 1, 2 and 3
+    threads while the team and the master alone take turns."""
+    hidden = (520, 300)
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=13, n=200, d=600)
+    params *= 0.05  # wide layers: keep the probabilities off 0 and 1 (the kernel clips them)
+    order = np.random.default_rng(4).permutation(200).astype(np.intp)
+    lr, alpha, batch_size = 0.01, 0.05, 70   # a short last batch of 60 rows
+    w, report, t_ref = _numpy_adam_epoch(X, Y, sw, sizes, params.copy(), order, batch_size,
+                                         lr, alpha, "relu", "multiclass")
+    old = _mlp.set_mlp_team_window(0.0)
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            p = params.copy()
+            status, t, loss, opt = _epoch(X, Y, sw, sizes, p, batch_size=batch_size, lr=lr,
+                                          alpha=alpha, solver=1, act="relu", task="multiclass",
+                                          order=order, n_threads=nt)
+            runs.append((status, t, loss, p, opt))
+    finally:
+        _mlp.set_mlp_team_window(old)
+    status, t, loss, p, opt = runs[0]
+    assert status == 0 and t == t_ref and loss == pytest.approx(report, rel=1e-12)
+    np.testing.assert_allclose(p, w, rtol=0, atol=1e-12 * max(1.0, np.abs(w).max()))
+    for r in runs[1:]:
+        assert r[:3] == runs[0][:3]
+        assert np.array_equal(r[3], p) and np.array_equal(r[4], opt)
