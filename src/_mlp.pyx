@@ -889,7 +889,11 @@ cdef object prepare(
 cdef enum:
     TEAM_MAX_ROWS = 4096    # larger batches take the blocks of batch_gradient instead
     GATHER_ROWS = 32        # rows of X per gathering task
-    UPDATE_TILE = 131072    # parameters per weight task (a whole row of W_l at least)
+    # Parameters per weight task (a whole row of W_l at least): each task repacks the
+    # batch's deltas for its GEMM, so fewer, larger tiles pack less; 131072 float32
+    # weights plus their Adam moments take 1.5 MiB; W3's first layer (784 x 256) makes
+    # two tasks, one per core.
+    UPDATE_TILE = 131072
     FIRST_TILE = 128        # columns per tile of layer 1 (rounded to an even count)
     PH_GATHER = 0
     PH_FIRST = 1
@@ -959,7 +963,6 @@ cdef struct Dense:
     const void* Y
     const void* sw
     const intp_t* order
-    void* prm
     void* m0                  # optimizer state rows
     void* m1
     void* xb[2]               # rows of X of the current and of the next batch
@@ -1380,7 +1383,6 @@ cdef object dense_mlp_epoch(
     dn.Y = &Y[0, 0]
     dn.sw = &sample_weight[0]
     dn.order = &order[0]
-    dn.prm = prm
     dn.m0 = &opt_state[0, 0]
     dn.m1 = &opt_state[1, 0]
     dn.eps = np.finfo(dtype).eps
@@ -1398,11 +1400,12 @@ cdef object dense_mlp_epoch(
         with nogil:
             dense_epoch(&dn, prm, &sample_weight[0], n_order, m, alpha, out_scale, &status,
                         &t, &loss_acc)
+    # (Before anything that calls Python: a Ctrl-C left its exception pending.)
+    if status == 3:
+        mlp_raise_pending()
     # What the team's timing saw (rows per second; windows timed on the master alone;
     # whether the team was on at the end), for tests and benchmarks.
     config["team_rates"] = (dn.rate_team, dn.rate_solo, dn.solo_windows, dn.team_at_end)
-    if status == 3:
-        mlp_raise_pending()
     if status == 0:
         with nogil:
             for i in range(net.P):
