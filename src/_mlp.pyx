@@ -932,7 +932,19 @@ cdef extern from "Python.h":
 # Seconds per timing window of the team / of the master alone, and the speed-up the
 # team must show to be kept.
 cdef double MLP_TEAM_WINDOW = 10e-3
+cdef double MLP_STALL_SECONDS = 1e-3  # the helpers' exit, longer: they lack a core
+cdef double MLP_WAIT_SHARE = 0.3      # of the epoch spent waiting for helpers: drop them
 cdef double MLP_TEAM_GAIN = 1.05
+
+
+def set_mlp_wait_share(double share):
+    """For tests: the share of an epoch the master may spend waiting for its helpers
+    before it drops them (a negative share drops them after the first four batches);
+    returns the previous one."""
+    global MLP_WAIT_SHARE
+    old = MLP_WAIT_SHARE
+    MLP_WAIT_SHARE = share
+    return old
 
 
 def set_mlp_team_window(double seconds):
@@ -955,7 +967,10 @@ cdef struct Dense:
     # written by the master only, before it publishes a phase
     long long gen
     int n_threads, mode, team_at_end, losses
-    Py_ssize_t win_batches, solo_windows
+    int stalled               # the master waited too long for the helpers (see dense_adapt)
+    double t_start, t_done    # when the master's epoch loop started and ended
+    double wait_total         # seconds the master waited for helpers' tasks this epoch
+    Py_ssize_t win_batches, solo_windows, win_total
     double win_t0, win_rows, rate_solo, rate_team
     Layout* net
     OptimConfig* oc
@@ -1143,10 +1158,15 @@ cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noe
         for i in range(ntasks):
             dense_task(dn, prm, kind, i, 0)
         return
+    cdef double t0
     dense_publish(dn, ntasks | (<long long>kind << MKIND_SHIFT))
     dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0)
+    t0 = cgd_now()
     while cgd_atomic_load(&dn.done) < ntasks:
         cgd_cpu_relax()
+    # Nothing takes over a task a helper holds: when its core is taken (another
+    # process, the host), the master waits; dense_adapt reads the total.
+    dn.wait_total += cgd_now() - t0
 
 
 cdef void dense_dismiss(Dense* dn) noexcept nogil:
@@ -1162,6 +1182,15 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
     cdef double now, rate
     if dn.mode == TMODE_SOLO:
         return
+    if dn.win_total >= 4:
+        now = cgd_now()
+        if dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
+            # The helpers keep the master waiting (they do not get a core): one thread
+            # for the rest of the epoch, and a back-off for the next (dense_mlp_epoch).
+            dn.stalled = 1
+            dense_dismiss(dn)
+            return
+    dn.win_total += 1
     dn.win_rows += mb
     dn.win_batches += 1
     if dn.win_batches < 2:
@@ -1241,6 +1270,7 @@ cdef void dense_epoch(
     cdef const intp_t* order = dn.order
     status[0] = 0
     dn.win_t0 = last_check
+    dn.t_start = last_check
     while start < n_order:
         mb = min(m, n_order - start)
         sw_sum = 0.0
@@ -1292,6 +1322,7 @@ cdef void dense_epoch(
     dn.team_at_end = dense_team_on(dn)
     dense_dismiss(dn)
     cgd_atomic_store(&dn.finished, 1)
+    dn.t_done = cgd_now()
     t_io[0] = t
     loss_out[0] = loss_acc
 
@@ -1363,6 +1394,13 @@ cdef object dense_mlp_epoch(
     cdef Py_ssize_t n_order = order.shape[0], mm = min(m, order.shape[0]), i
     cdef Dense dn
     memset(&dn, 0, sizeof(Dense))
+    # An epoch whose team was dropped (a helper lost its core, or the team was timed
+    # slower) makes the next 1, 2, 4, ... 16 epochs of this fit run on one thread: on a
+    # busy machine a waiting helper costs the master a time slice at every phase.
+    skip, next_skip = config.get("team_backoff", (0, 1))
+    if nt > 1 and skip > 0 and MLP_TEAM_WINDOW > 0.0:
+        nt = 1
+        config["team_backoff"] = (skip - 1, next_skip)
     keep = dense_setup(&dn, net, mm, nt, dtype)
     cdef floating[::1] fb = keep[1]
     cdef floating* p = &fb[0]
@@ -1396,6 +1434,10 @@ cdef object dense_mlp_epoch(
                             &status, &t, &loss_acc)
             else:
                 dense_helper(&dn, prm, threadid())
+        # The region ends when every helper has seen the end: a helper whose core
+        # another process holds makes the master wait here too.
+        if cgd_now() - dn.t_done > MLP_STALL_SECONDS:
+            dn.stalled = 1
     else:
         with nogil:
             dense_epoch(&dn, prm, &sample_weight[0], n_order, m, alpha, out_scale, &status,
@@ -1406,6 +1448,9 @@ cdef object dense_mlp_epoch(
     # What the team's timing saw (rows per second; windows timed on the master alone;
     # whether the team was on at the end), for tests and benchmarks.
     config["team_rates"] = (dn.rate_team, dn.rate_solo, dn.solo_windows, dn.team_at_end)
+    if nt > 1:
+        config["team_backoff"] = ((0, 1) if dn.team_at_end and not dn.stalled
+                                  else (next_skip, min(2 * next_skip, 16)))
     if status == 0:
         with nogil:
             for i in range(net.P):

@@ -463,3 +463,40 @@ def test_team_epoch_with_several_tiles_per_layer_matches_numpy_and_thread_counts
     for r in runs[1:]:
         assert r[:3] == runs[0][:3]
         assert np.array_equal(r[3], p) and np.array_equal(r[4], opt)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_team_dropped_for_waiting_backs_off_and_keeps_the_bits(dtype):
+    """When the master spends too much of an epoch waiting for its helpers (a busy
+    machine; forced here with a negative share), it drops them after four batches and
+    the fit's next epoch runs on one thread, the one after on the team again (back-off
+    1, then 2, ...). Whoever computes the tiles, the bits are those of one thread."""
+    X, Y, sw, sizes, params = _problem("multiclass", (64, 32), seed=5, n=1200, d=40,
+                                       dtype=dtype)
+    order = np.random.default_rng(4).permutation(1200).astype(np.intp)
+    old = _mlp.set_mlp_wait_share(-1.0)
+    try:
+        runs, rates, backoffs = [], [], []
+        for nt in (1, 2):
+            p = params.copy()
+            opt = np.zeros((2, p.size), dtype)
+            cfg = _cfg(64, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
+            t = 1.0
+            for epoch in range(3):
+                with threadpool_limits(1, user_api="blas"):
+                    status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw,
+                                                     order, sizes, p, opt, cfg, t)
+                assert status == 0
+                if nt == 2:
+                    rates.append(cfg["team_rates"])
+                    backoffs.append(cfg.get("team_backoff"))
+            runs.append((t, loss, p, opt))
+    finally:
+        _mlp.set_mlp_wait_share(old)
+    # epoch 1: team dropped (not on at the end), back-off (1, 2); epoch 2: one thread
+    # (the back-off consumed: (0, 2)); epoch 3: the team again, dropped again: (2, 4)
+    assert not rates[0][3] and backoffs[0] == (1, 2)
+    assert backoffs[1] == (0, 2)
+    assert not rates[2][3] and backoffs[2] == (2, 4)
+    assert runs[1][:2] == runs[0][:2]
+    assert np.array_equal(runs[1][2], runs[0][2]) and np.array_equal(runs[1][3], runs[0][3])
