@@ -210,6 +210,26 @@ cdef struct Job:
     EpochConfig* cfg
 
 
+cdef inline void job_init(Job* job, Py_ssize_t d, Py_ssize_t K, Py_ssize_t batch_size,
+                          const intp_t[::1] order, const floating[::1] y,
+                          const floating[::1] sample_weight, const void* ysw,
+                          const floating[::1] params, const floating[::1] pos_weight,
+                          const floating[::1] neg_weight, const unsigned char[::1] active,
+                          EpochConfig* cfg) noexcept:
+    job.d, job.K, job.P = d, K, K * (d + 1)
+    job.batch_size = batch_size
+    job.n_order = order.shape[0]
+    job.order = &order[0]
+    job.y = &y[0]
+    job.sw = &sample_weight[0]
+    job.ysw = ysw
+    job.params = &params[0]
+    job.pos_w = &pos_weight[0]
+    job.neg_w = &neg_weight[0]
+    job.active = &active[0]
+    job.cfg = cfg
+
+
 cdef void chunk_gradient(
     Job* job,
     const floating* X,          # IN  (n_samples, d) row-major
@@ -1195,18 +1215,8 @@ def linear_epoch(
     # Freed only once the helpers have left: a helper that a busy machine holds up may
     # still read it after the master has finished the chunk in its place.
     tm.ysw = ysw
-    job.d, job.K, job.P = d, K, P
-    job.batch_size = m
-    job.n_order = n_order
-    job.order = &order[0]
-    job.y = &y[0]
-    job.sw = &sample_weight[0]
-    job.ysw = ysw
-    job.params = &params[0]
-    job.pos_w = &pos_weight[0]
-    job.neg_w = &neg_weight[0]
-    job.active = &active[0]
-    job.cfg = &cfg
+    job_init(&job, d, K, m, order, y, sample_weight, ysw, params, pos_weight, neg_weight,
+             active, &cfg)
     if nt > 1:
         with nogil, parallel(num_threads=nt):
             if threadid() == 0:
@@ -1300,18 +1310,8 @@ def linear_objective_gradient(
     if params.shape[0] != P or y.shape[0] != n or sample_weight.shape[0] != n:
         raise ValueError("inconsistent shapes passed to linear_objective_gradient")
     team_init(&tm, 1)
-    job.d, job.K, job.P = d, K, P
-    job.batch_size = n
-    job.n_order = n
-    job.order = &order[0]
-    job.y = &y[0]
-    job.sw = &sample_weight[0]
-    job.ysw = NULL
-    job.params = &params[0]
-    job.pos_w = &pos_weight[0]
-    job.neg_w = &neg_weight[0]
-    job.active = &active[0]
-    job.cfg = &cfg
+    job_init(&job, d, K, n, order, y, sample_weight, NULL, params, pos_weight, neg_weight,
+             active, &cfg)
     with nogil:
         batch_gradient(&tm, &job, &X[0, 0], 0, n, &work_grad[0, 0], &work_obj[0, 0],
                        &work_z[0, 0])
