@@ -500,3 +500,25 @@ def test_team_dropped_for_waiting_backs_off_and_keeps_the_bits(dtype):
     assert not rates[2][3] and backoffs[2] == (2, 4)
     assert runs[1][:2] == runs[0][:2]
     assert np.array_equal(runs[1][2], runs[0][2]) and np.array_equal(runs[1][3], runs[0][3])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_team_epoch_in_float32_matches_numpy_adam_in_float64(n_threads):
+    """The float32 team epoch (the W3 path) against NumPy's Adam in float64 on the same
+    float32 data: float32 rounding only (the bits across thread counts are checked
+    above)."""
+    X, Y, sw, sizes, params = _problem("multiclass", (130, 67), seed=11, n=420, d=23,
+                                       dtype=np.float32)
+    params *= 0.3
+    order = np.random.default_rng(2).permutation(420).astype(np.intp)
+    w, report, t_ref = _numpy_adam_epoch(
+        X.astype(np.float64), Y.astype(np.float64), sw.astype(np.float64), sizes,
+        params.astype(np.float64), order, 129, 0.01, 0.05, "relu", "multiclass")
+    p = params.copy()
+    status, t, loss, _ = _epoch(X, Y, sw, sizes, p, batch_size=129, lr=0.01, alpha=0.05,
+                                solver=1, act="relu", task="multiclass", order=order,
+                                n_threads=n_threads)
+    assert p.dtype == np.float32
+    # Measured: weights 2.9e-7 of max |w| apart (they moved 7e-2), loss 7e-9.
+    assert status == 0 and t == t_ref and loss == pytest.approx(report, rel=1e-6)
+    np.testing.assert_allclose(p, w, rtol=0, atol=3e-6 * np.abs(w).max())
