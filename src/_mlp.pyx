@@ -97,8 +97,8 @@ cdef void times_derivative_bias_grad(int act, floating* delta, const floating* a
                                      Py_ssize_t m, Py_ssize_t n,
                                      floating* gb) noexcept nogil:
     """delta *= f'(h) on an m x n block, f' written in terms of the activation a = f(h),
-    and gb <- the column sums of the result, in row order (the bias gradient of the
-    layer below), in the same pass. Branch-free so that it vectorises."""
+    and, unless gb is NULL, gb <- the column sums of the result, in row order (the bias
+    gradient of the layer below), in the same pass. Branch-free so that it vectorises."""
     cdef Py_ssize_t r, j
     cdef floating* d
     cdef const floating* x
@@ -114,6 +114,8 @@ cdef void times_derivative_bias_grad(int act, floating* delta, const floating* a
         elif act == ACT_RELU:
             for j in range(n):
                 d[j] = 0 if x[j] <= 0 else d[j]
+        if gb == NULL:
+            continue
         if r == 0:
             memcpy(gb, d, n * sizeof(floating))
         else:
@@ -1021,21 +1023,6 @@ cdef void bias_activate_ld(int act, floating* a, Py_ssize_t lda, const floating*
         bias_activate(act, a + r * lda, b, 1, n)
 
 
-cdef void times_derivative(int act, floating* delta, const floating* a, Py_ssize_t m,
-                           Py_ssize_t n) noexcept nogil:
-    """delta *= f'(h) on an m x n block, f' written in terms of a = f(h)."""
-    cdef Py_ssize_t i, size = m * n
-    if act == ACT_LOGISTIC:
-        for i in range(size):
-            delta[i] = delta[i] * a[i] * (1 - a[i])
-    elif act == ACT_TANH:
-        for i in range(size):
-            delta[i] = delta[i] * (1 - a[i] * a[i])
-    elif act == ACT_RELU:
-        for i in range(size):
-            delta[i] = 0 if a[i] <= 0 else delta[i]
-
-
 cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) noexcept nogil:
     """Task i of phase `kind` of the current batch (see the section comment)."""
     cdef Layout* net = dn.net
@@ -1082,7 +1069,8 @@ cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) 
             gemm(False, True, <int>mr, <int>sz[l], <int>sz[l + 1], 1.0,
                  deltas + dn.a_start[l + 1] + r0 * sz[l + 1], <int>sz[l + 1],
                  prm + net.offsets[l], <int>sz[l + 1], 0.0, d, <int>sz[l])
-            times_derivative(net.hidden_act, d, acts + dn.a_start[l] + r0 * sz[l], mr, sz[l])
+            times_derivative_bias_grad(net.hidden_act, d, acts + dn.a_start[l] + r0 * sz[l],
+                                       mr, sz[l], NULL)
     elif kind == PH_UPDATE and i < dn.n_upd:
         l = dn.upd_layer[i]
         g = <floating*>dn.scratch + tid * dn.scratch_stride
