@@ -24,8 +24,8 @@ from _math cimport dot, sigmoid
 from _optim cimport OptimConfig, optimizer_step, read_optim_config
 from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
-from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_cpu_relax,
-                      cgd_thread_nap)
+from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
+                      cgd_cpu_relax, cgd_thread_nap, cgd_flag_wait, cgd_flag_set)
 
 ctypedef Py_ssize_t intp_t
 
@@ -925,6 +925,34 @@ cdef extern from *:
     long long MKIND_SHIFT "CGD_MLP_KIND_SHIFT"
     int MSPIN_LIMIT "CGD_MLP_SPIN_LIMIT"
 
+cdef extern from *:
+    """
+    /* The calling thread's CPU time in seconds (-1 where it cannot be read): with the
+       wall time, whether the thread had a core to itself. */
+    #if defined(_WIN32)
+    #include <windows.h>
+    static double cgd_thread_cpu(void) {
+        FILETIME c, e, k, u;
+        if (!GetThreadTimes(GetCurrentThread(), &c, &e, &k, &u)) return -1.0;
+        return 1e-7 * ((double)(((unsigned long long)k.dwHighDateTime << 32) | k.dwLowDateTime)
+                       + (double)(((unsigned long long)u.dwHighDateTime << 32) | u.dwLowDateTime));
+    }
+    #else
+    #include <time.h>
+    #endif
+    #if defined(_WIN32)
+    #elif defined(CLOCK_THREAD_CPUTIME_ID)
+    static double cgd_thread_cpu(void) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1.0;
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    #else
+    static double cgd_thread_cpu(void) { return -1.0; }
+    #endif
+    """
+    double cgd_thread_cpu() noexcept nogil
+
 cdef extern from "Python.h":
     # Without exception propagation: the master calls it inside the parallel region,
     # which it must leave normally (helpers dismissed first); the pending exception is
@@ -937,6 +965,32 @@ cdef double MLP_TEAM_WINDOW = 10e-3
 cdef double MLP_STALL_SECONDS = 1e-3  # the helpers' exit, longer: they lack a core
 cdef double MLP_WAIT_SHARE = 0.3      # of the epoch spent waiting for helpers: drop them
 cdef double MLP_TEAM_GAIN = 1.05
+# The master's share of the wall time spent on its CPU, measured over at least
+# MLP_CPU_WINDOW seconds, below which the team leaves (see dense_adapt).
+cdef double MLP_CPU_SHARE = 0.8
+cdef double MLP_CPU_WINDOW = 2e-3
+# Tests: seconds a helper waits between claiming a task and beginning it.
+cdef double MLP_HELPER_DELAY = 0.0
+
+
+def set_mlp_cpu_share(double share):
+    """For tests: the share of the wall time the master must spend on its CPU to keep
+    the team (above 1: the team leaves after its first four batches and the first
+    window); returns the previous one."""
+    global MLP_CPU_SHARE
+    old = MLP_CPU_SHARE
+    MLP_CPU_SHARE = share
+    return old
+
+
+def set_mlp_helper_delay(double seconds):
+    """For tests: hold every helper up for this long between claiming a task and
+    beginning it (the master then runs the tasks claimed but not begun); returns the
+    previous delay."""
+    global MLP_HELPER_DELAY
+    old = MLP_HELPER_DELAY
+    MLP_HELPER_DELAY = seconds
+    return old
 
 
 def set_mlp_wait_share(double share):
@@ -964,14 +1018,25 @@ cdef struct Dense:
     char pad0[120]
     long long done            # tasks of the current generation finished
     char pad1[120]
-    long long finished        # set when the master's epoch loop is over
+    int finished              # set when the master's epoch loop is over (a futex)
     char pad2[120]
+    long long phase           # the number of the phase on offer (its generation's bits
+                              # in the task word), counted from 1, never wrapped
+    long long* started        # (tasks of the largest phase,) the phase in which each task
+                              # was last begun: a task runs once, by whoever marks it first
+    char pad5[112]
+    long long helper_tasks    # tasks the helpers ran this epoch (tests, stats)
+    char pad4[120]
     # written by the master only, before it publishes a phase
     long long gen
     int n_threads, mode, team_at_end, losses
     int stalled               # the master waited too long for the helpers (see dense_adapt)
     double t_start, t_done    # when the master's epoch loop started and ended
     double wait_total         # seconds the master waited for helpers' tasks this epoch
+    double cpu_start, cpu_done  # the master thread's CPU time at t_start and t_done
+    double cpu_w0, cpu_c0     # start of the window of the CPU-share rule: wall, CPU time
+    Py_ssize_t n_meet         # phases published to the team
+    Py_ssize_t n_taken        # tasks a helper had claimed but not begun, run by the master
     Py_ssize_t win_batches, solo_windows, win_total
     double win_t0, win_rows, rate_solo, rate_team
     Layout* net
@@ -1110,6 +1175,21 @@ cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) 
     cgd_atomic_fetch_add(&dn.done, 1)
 
 
+cdef inline bint dense_begin(Dense* dn, long long i, long long gen) noexcept nogil:
+    """Mark task i of the phase of generation `gen` begun; False when it was begun
+    already (the master took it over) or its phase is over."""
+    cdef long long ph = cgd_atomic_load(&dn.phase), v
+    # the claim's phase: the latest whose generation bits are gen (the claim was made
+    # a few instructions ago, far fewer than 2^23 phases)
+    ph -= (ph - gen) & MGEN_MASK
+    v = cgd_atomic_load(&dn.started[i])
+    while v < ph:
+        if cgd_atomic_cas(&dn.started[i], v, ph):
+            return True
+        v = cgd_atomic_load(&dn.started[i])
+    return False
+
+
 cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noexcept nogil:
     """Run tasks of the generation of the claim `old` until none is left; returns the
     last claim (holding no task of that generation)."""
@@ -1117,8 +1197,17 @@ cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noex
     cdef long long i = old & MTASK_MASK
     cdef int kind = <int>(ntasks >> MKIND_SHIFT)
     ntasks &= (1LL << MKIND_SHIFT) - 1
+    cdef double until
     while i < ntasks:
-        dense_task(dn, prm, kind, i, tid)
+        if tid != 0 and MLP_HELPER_DELAY > 0.0:
+            # tests: a helper held up between its claim and the task's start
+            until = cgd_now() + MLP_HELPER_DELAY
+            while cgd_now() < until:
+                cgd_thread_nap()
+        if dense_begin(dn, i, gen):
+            dense_task(dn, prm, kind, i, tid)
+            if tid != 0:
+                cgd_atomic_fetch_add(&dn.helper_tasks, 1)
         old = cgd_atomic_fetch_add(&dn.claim, 1)
         if (old >> (2 * MTASK_BITS)) != gen:
             return old
@@ -1127,7 +1216,8 @@ cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noex
 
 
 cdef inline void dense_publish(Dense* dn, long long word) noexcept nogil:
-    dn.gen = (dn.gen + 1) & MGEN_MASK
+    cgd_atomic_store(&dn.phase, dn.phase + 1)
+    dn.gen = dn.phase & MGEN_MASK
     cgd_atomic_store(&dn.done, 0)
     cgd_atomic_store(&dn.claim, (dn.gen << (2 * MTASK_BITS)) | (word << MTASK_BITS))
 
@@ -1148,12 +1238,21 @@ cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noe
         return
     cdef double t0
     dense_publish(dn, ntasks | (<long long>kind << MKIND_SHIFT))
+    dn.n_meet += 1
     dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0)
+    # Every task is claimed now. A helper held up between its claim and the task's
+    # start (descheduled: another process, the host) would keep the master waiting
+    # for a whole time slice: the master runs the tasks nobody has begun, and the
+    # late helper's own mark then fails.
+    for i in range(ntasks):
+        if dense_begin(dn, i, dn.gen):
+            dense_task(dn, prm, kind, i, 0)
+            dn.n_taken += 1
     t0 = cgd_now()
     while cgd_atomic_load(&dn.done) < ntasks:
         cgd_cpu_relax()
-    # Nothing takes over a task a helper holds: when its core is taken (another
-    # process, the host), the master waits; dense_adapt reads the total.
+    # A task a helper has begun is waited for (its outputs are written in place, and an
+    # UPDATE task's step must not run twice); dense_adapt reads the total.
     dn.wait_total += cgd_now() - t0
 
 
@@ -1170,6 +1269,7 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
     cdef double now, rate
     if dn.mode == TMODE_SOLO:
         return
+    cdef double cpu
     if dn.win_total >= 4:
         now = cgd_now()
         if dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
@@ -1178,6 +1278,19 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
             dn.stalled = 1
             dense_dismiss(dn)
             return
+        if now - dn.cpu_w0 >= MLP_CPU_WINDOW and MLP_TEAM_WINDOW > 0.0:
+            # The master off its core for a good part of the time: more threads want
+            # to run than there are cores (another process), and the team's helper
+            # takes the master's turns. Seen in small epochs too, whose meetings are
+            # each short (no long wait) and shorter than a timing window.
+            cpu = cgd_thread_cpu()
+            if cpu >= 0.0 and cpu - dn.cpu_c0 < MLP_CPU_SHARE * (now - dn.cpu_w0):
+                dn.stalled = 1
+                dense_dismiss(dn)
+                return
+            if now - dn.cpu_w0 >= 5 * MLP_CPU_WINDOW:
+                dn.cpu_w0 = now
+                dn.cpu_c0 = cpu
     dn.win_total += 1
     dn.win_rows += mb
     dn.win_batches += 1
@@ -1237,11 +1350,11 @@ cdef void dense_helper(Dense* dn, floating* prm, int tid) noexcept nogil:
             else:
                 cgd_thread_nap()
         old = cgd_atomic_fetch_add(&dn.claim, 1)
-    # Dismissed: nap until the master is done rather than wait at the end of the
-    # parallel region, where the OpenMP runtime would spin (taking CPU time from the
-    # master when another process wants the cores).
-    while cgd_atomic_load(&dn.finished) == 0:
-        cgd_thread_nap()
+    # Dismissed: off the CPU until the master is done (a futex), rather than wait at the
+    # end of the parallel region, where the OpenMP runtime would spin, or nap in a loop,
+    # whose wake-ups would each take the master's core for a moment when another
+    # process wants the cores.
+    cgd_flag_wait(&dn.finished)
 
 
 cdef void dense_epoch(
@@ -1259,6 +1372,9 @@ cdef void dense_epoch(
     status[0] = 0
     dn.win_t0 = last_check
     dn.t_start = last_check
+    dn.cpu_start = cgd_thread_cpu()
+    dn.cpu_w0 = last_check
+    dn.cpu_c0 = dn.cpu_start
     while start < n_order:
         mb = min(m, n_order - start)
         sw_sum = 0.0
@@ -1309,8 +1425,9 @@ cdef void dense_epoch(
             last_check = cgd_now()
     dn.team_at_end = dense_team_on(dn)
     dense_dismiss(dn)
-    cgd_atomic_store(&dn.finished, 1)
+    cgd_flag_set(&dn.finished)
     dn.t_done = cgd_now()
+    dn.cpu_done = cgd_thread_cpu()
     t_io[0] = t
     loss_out[0] = loss_acc
 
@@ -1362,7 +1479,12 @@ cdef object dense_setup(Dense* dn, Layout* net, Py_ssize_t m, int nt, dtype):
     cdef double[::1] db = dbuf
     dn.block_loss = &db[0]
     dn.task_sq = &db[0] + (m + BLOCK_ROWS - 1) // BLOCK_ROWS
-    return table, fbuf, dbuf
+    # tasks of the largest phase: UPDATE with the gathering, ROWS or FIRST
+    sbuf = np.zeros(max(dn.n_upd + (m + GATHER_ROWS - 1) // GATHER_ROWS,
+                        (m + BLOCK_ROWS - 1) // BLOCK_ROWS, dn.n_first) + 1, dtype=np.longlong)
+    cdef long long[::1] sb = sbuf
+    dn.started = &sb[0]
+    return table, fbuf, dbuf, sbuf
 
 
 cdef int mlp_raise_pending() except -1:
@@ -1436,6 +1558,10 @@ cdef object dense_mlp_epoch(
     # What the team's timing saw (rows per second; windows timed on the master alone;
     # whether the team was on at the end), for tests and benchmarks.
     config["team_rates"] = (dn.rate_team, dn.rate_solo, dn.solo_windows, dn.team_at_end)
+    config["team_stats"] = {"helper_tasks": dn.helper_tasks, "taken": dn.n_taken,
+                            "wait": dn.wait_total, "wall": dn.t_done - dn.t_start,
+                            "cpu": dn.cpu_done - dn.cpu_start, "meetings": dn.n_meet,
+                            "threads": nt, "stalled": dn.stalled}
     if nt > 1:
         config["team_backoff"] = ((0, 1) if dn.team_at_end and not dn.stalled
                                   else (next_skip, min(2 * next_skip, 16)))
