@@ -123,6 +123,39 @@ cdef void times_derivative_bias_grad(int act, floating* delta, const floating* a
                 gb[j] = gb[j] + d[j]
 
 
+cdef void column_sums(const floating* d, Py_ssize_t m, Py_ssize_t n,
+                      floating* out) noexcept nogil:
+    """out <- the column sums of the m x n block d, in row order (a bias gradient)."""
+    cdef Py_ssize_t r, j
+    memcpy(out, d, n * sizeof(floating))
+    for r in range(1, m):
+        for j in range(n):
+            out[j] = out[j] + d[r * n + j]
+
+
+cdef inline double squared_norm(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum_j x_j^2, summed in double whatever the dtype (the loss's L2 term: in float32,
+    a sum of 10^5 squares can lose three of its seven digits); for float64, dot(x, x)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, v0, v1, v2, v3
+    cdef Py_ssize_t j, n4 = n - n % 4
+    if floating is double:
+        return dot(x, x, n)
+    else:
+        for j in range(0, n4, 4):
+            v0 = x[j]
+            v1 = x[j + 1]
+            v2 = x[j + 2]
+            v3 = x[j + 3]
+            s0 += v0 * v0
+            s1 += v1 * v1
+            s2 += v2 * v2
+            s3 += v3 * v3
+        for j in range(n4, n):
+            v0 = x[j]
+            s0 += v0 * v0
+        return (s0 + s1) + (s2 + s3)
+
+
 cdef double output_loss_and_delta(
     int out_act, const floating* a, const floating* y, floating* delta,
     Py_ssize_t n_out, double sw, double eps,
@@ -224,10 +257,7 @@ cdef void backward_layers(
         gemm(True, False, <int>sizes[l], <int>sizes[l + 1], <int>m, 1.0,
              a, <int>sizes[l], d, <int>sizes[l + 1], 0.0, gW, <int>sizes[l + 1])
         if l == L - 1:
-            memcpy(gb, d, sizes[l + 1] * sizeof(floating))
-            for r in range(1, m):
-                for j in range(sizes[l + 1]):
-                    gb[j] = gb[j] + d[r * sizes[l + 1] + j]
+            column_sums(d, m, sizes[l + 1], gb)
         if l > 0:
             d_prev = deltas + a_start[l]
             gemm(False, True, <int>m, <int>sizes[l], <int>sizes[l + 1], 1.0,
@@ -347,10 +377,7 @@ cdef double sparse_loss_grad_rows(
     backward_layers(acts, deltas, m, 1, params, net.sizes, net.offsets, net.L,
                     net.hidden_act, grad, net.n_features * h)
     if net.L == 1:
-        memcpy(grad, deltas, h * sizeof(floating))
-        for r in range(1, m):
-            for j in range(h):
-                grad[j] = grad[j] + deltas[r * h + j]
+        column_sums(deltas, m, h, grad)
     memcpy(delta1, deltas, m * h * sizeof(floating))
     return loss
 
@@ -721,7 +748,7 @@ cdef void finish_batch(
                 sum_slots(task_scratch + threadid() * tk.scratch, gs, Pb, nslots, n)
                 gs = task_scratch + threadid() * tk.scratch
         if grad_out == NULL:
-            seg_sq[s] = dot(prm + j0, prm + j0, n) if pen else 0.0
+            seg_sq[s] = squared_norm(prm + j0, n) if pen else 0.0
             optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
                            l2 if pen else 0.0, t)
         else:
@@ -820,25 +847,35 @@ cdef object check_x(const floating[::1] data, const csr_index[::1] indices,
         raise ValueError("CSR column indices out of range")
 
 
-cdef object prepare(
-    Layout* net, Tasks* tk, Scratch* sc,                        # OUT
+cdef object check_inputs(
+    Layout* net,                                                # OUT
     const floating[::1] data, const csr_index[::1] indices, const csr_index[::1] indptr,
     Py_ssize_t n_features, const floating[:, ::1] Y, const floating[::1] sample_weight,
-    const intp_t[::1] rows, const intp_t[::1] sizes, params, dict config,
-    Py_ssize_t m,             # IN rows per batch: each batch is m consecutive entries of rows
+    const intp_t[::1] rows, const intp_t[::1] sizes, params, dict config, Py_ssize_t m,
 ):
-    """Check a training kernel's inputs and fill net, tk and sc for its batches. Returns
-    the scratch buffer of X's dtype and the other arrays they point into: both must
-    outlive them."""
-    import numpy as np
+    """Check a training kernel's inputs (m: rows per batch) and fill net. Returns the
+    offsets array it points into, which must outlive it."""
     check_x(data, indices, indptr, n_features, Y.shape[0])
     offsets = make_layout(net, sizes, n_features, Y.shape[1], config["hidden_activation"],
                           config["out_activation"])
     check_common(net, Y.shape[0], Y, sample_weight, rows, params)
+    if m < 1 or config["n_threads"] < 1:
+        raise ValueError("batch_size and n_threads must be >= 1")
+    return offsets
+
+
+cdef object prepare(
+    Layout* net,                                                # IN  (check_inputs)
+    Tasks* tk, Scratch* sc,                                     # OUT
+    const csr_index[::1] indptr, const intp_t[::1] rows, dict config,
+    Py_ssize_t m,             # IN rows per batch: each batch is m consecutive entries of rows
+    dtype,
+):
+    """Fill tk and sc for the batches of a checked input. Returns the scratch buffer of
+    X's dtype and the other arrays they point into: both must outlive them."""
+    import numpy as np
     cdef int nt = config["n_threads"]
     cdef Py_ssize_t n = rows.shape[0], start, i, nnz, max_nnz = 0
-    if m < 1 or nt < 1:
-        raise ValueError("batch_size and n_threads must be >= 1")
     if indptr is not None:
         for start in range(0, n, m):
             nnz = 0
@@ -846,9 +883,8 @@ cdef object prepare(
                 nnz += indptr[rows[i] + 1] - indptr[rows[i]]
             max_nnz = max(max_nnz, nnz)
     seg = make_tasks(tk, net, indptr is not None)
-    bufs = alloc_scratch(sc, tk, net, min(m, n), max_nnz, nt,
-                         np.float32 if floating is float else np.float64)
-    return bufs[0], (offsets, seg, bufs[1], bufs[2])
+    bufs = alloc_scratch(sc, tk, net, min(m, n), max_nnz, nt, dtype)
+    return bufs[0], (seg, bufs[1], bufs[2])
 
 
 # ---------------------------------------------------------------- the dense epoch's team
@@ -973,13 +1009,14 @@ cdef double MLP_CPU_WINDOW = 2e-3
 cdef double MLP_HELPER_DELAY = 0.0
 
 
-def set_mlp_cpu_share(double share):
+def set_mlp_cpu_share(double share, double window):
     """For tests: the share of the wall time the master must spend on its CPU to keep
-    the team (above 1: the team leaves after its first four batches and the first
-    window); returns the previous one."""
-    global MLP_CPU_SHARE
-    old = MLP_CPU_SHARE
+    the team, and the shortest window (seconds) it is measured over (share above 1 and
+    window 0: the team leaves after its first four batches); returns the previous pair."""
+    global MLP_CPU_SHARE, MLP_CPU_WINDOW
+    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW)
     MLP_CPU_SHARE = share
+    MLP_CPU_WINDOW = window
     return old
 
 
@@ -1149,15 +1186,12 @@ cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) 
                  d, <int>sz[l + 1], 0.0, g, <int>sz[l + 1])
             off = net.offsets[l] + f0 * sz[l + 1]
             n = (f1 - f0) * sz[l + 1]
-            dn.task_sq[i] = dot(prm + off, prm + off, n)
+            dn.task_sq[i] = squared_norm(prm + off, n)
             optimizer_step(dn.oc, prm + off, g, dn.gscale, <floating*>dn.m0 + off,
                            <floating*>dn.m1 + off, n, dn.lr, dn.l2, dn.t)
         else:
             n = sz[l + 1]
-            memcpy(g, d, n * sizeof(floating))
-            for r in range(1, mb):
-                for j in range(n):
-                    g[j] = g[j] + d[r * n + j]
+            column_sums(d, mb, n, g)
             off = net.offsets[l] + sz[l] * n
             dn.task_sq[i] = 0.0
             optimizer_step(dn.oc, prm + off, g, dn.gscale, <floating*>dn.m0 + off,
@@ -1612,25 +1646,18 @@ def mlp_epoch(
     cdef Tasks tk
     cdef Scratch sc
     cdef Py_ssize_t n_order = order.shape[0], m = config["batch_size"], start, mb, i, s
-    if indptr is None and 1 <= min(m, n_order) <= TEAM_MAX_ROWS:
-        check_x(data, indices, indptr, n_features, Y.shape[0])
-        offsets = make_layout(&net, sizes, n_features, Y.shape[1],
-                              config["hidden_activation"], config["out_activation"])
-        check_common(&net, Y.shape[0], Y, sample_weight, order, params)
-    if indptr is None and 1 <= min(m, n_order) <= TEAM_MAX_ROWS \
-            and dense_tasks_fit(&net, min(m, n_order)):
-        if config["n_threads"] < 1:
-            raise ValueError("batch_size and n_threads must be >= 1")
-        if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
-            raise ValueError("opt_state must have shape (2, P)")
-        return dense_mlp_epoch(&net, data, Y, sample_weight, order, params, opt_state,
-                               config, t, m, <int>config["n_threads"])
-    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
-                         sample_weight, order, sizes, params, config, m)
+    offsets = check_inputs(&net, data, indices, indptr, n_features, Y, sample_weight, order,
+                           sizes, params, config, m)
     if opt_state.shape[0] < 2 or opt_state.shape[1] != net.P:
         raise ValueError("opt_state must have shape (2, P)")
     if n_order == 0:
         return 0, t, 0.0
+    if indptr is None and min(m, n_order) <= TEAM_MAX_ROWS \
+            and dense_tasks_fit(&net, min(m, n_order)):
+        return dense_mlp_epoch(&net, data, Y, sample_weight, order, params, opt_state,
+                               config, t, m, <int>config["n_threads"])
+    fbuf, keep = prepare(&net, &tk, &sc, indptr, order, config, m,
+                         np.float32 if floating is float else np.float64)
     cdef floating[::1] fb = fbuf
     cdef floating* buf = &fb[0]
     cdef const floating* X = &data[0]
@@ -1719,8 +1746,10 @@ def mlp_objective(
     cdef Py_ssize_t m = rows.shape[0], i, s
     if m < 1:
         raise ValueError("rows must not be empty")
-    fbuf, keep = prepare(&net, &tk, &sc, data, indices, indptr, n_features, Y,
-                         sample_weight, rows, sizes, params, config, m)   # one batch: all rows
+    offsets = check_inputs(&net, data, indices, indptr, n_features, Y, sample_weight, rows,
+                           sizes, params, config, m)
+    fbuf, keep = prepare(&net, &tk, &sc, indptr, rows, config, m,  # one batch: all rows
+                         np.float32 if floating is float else np.float64)
     if grad.shape[0] != net.P:
         raise ValueError(f"grad must have {net.P} entries")
     cdef floating[::1] fb = fbuf

@@ -218,10 +218,13 @@ def test_zero_weight_batch_is_skipped():
 
 @requires_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch_size", [64, 200, 1000, 3000])
+# up to 3000 rows: the dense team's tiles; 5000 (over 4096): the blocks of batch_gradient,
+# 79 of 64 rows in five waves of up to 16, several per thread
+@pytest.mark.parametrize("batch_size", [64, 200, 1000, 3000, 5000])
 def test_epoch_is_bit_identical_for_any_thread_count(dtype, batch_size):
-    X, Y, sw, sizes, params = _problem("multiclass", (40, 20), seed=5, n=3000, d=30, dtype=dtype)
-    order = np.random.default_rng(0).permutation(3000).astype(np.intp)
+    n = max(3000, batch_size)
+    X, Y, sw, sizes, params = _problem("multiclass", (40, 20), seed=5, n=n, d=30, dtype=dtype)
+    order = np.random.default_rng(0).permutation(n).astype(np.intp)
     results = []
     for nt in (1, 2, 3):
         p = params.copy()
@@ -286,7 +289,9 @@ def test_team_epoch_matches_numpy_adam(task, act, hidden, n_threads):
 def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, batch_size):
     """Window 0: the team and the master alone take turns every two batches, so that
     tiles of one epoch are computed by either; every thread count gives the same bits,
-    and the one-thread kernel too."""
+    and the one-thread kernel too. The helpers must have run tasks (counted by the
+    kernel), else the bits would prove nothing: a helper may sleep through an epoch this
+    short on a busy machine, so each thread count gets up to three tries to show it."""
     X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=12, n=1100, d=150,
                                        dtype=dtype)
     order = np.random.default_rng(3).permutation(1100).astype(np.intp)
@@ -294,16 +299,20 @@ def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, bat
     try:
         runs = []
         for nt in (1, 2, 3):
-            p = params.copy()
-            opt = np.zeros((2, p.size), dtype)
-            cfg = _cfg(batch_size, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
-            with threadpool_limits(1, user_api="blas"):
-                status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw, order,
-                                                 sizes, p, opt, cfg, 1.0)
-            rate_team, rate_solo, solo_windows, _ = cfg["team_rates"]
-            if nt > 1:  # both ways ran
+            for attempt in range(3 if nt > 1 else 1):
+                p = params.copy()
+                opt = np.zeros((2, p.size), dtype)
+                cfg = _cfg(batch_size, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
+                with threadpool_limits(1, user_api="blas"):
+                    status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw,
+                                                     order, sizes, p, opt, cfg, 1.0)
+                runs.append((status, t, loss, p, opt))
+                if nt == 1 or cfg["team_stats"]["helper_tasks"] > 0:
+                    break
+            if nt > 1:  # both ways ran, and the helpers did run tasks of the team's turns
+                rate_team, rate_solo, solo_windows, _ = cfg["team_rates"]
                 assert rate_team > 0 and rate_solo > 0 and solo_windows > 0
-            runs.append((status, t, loss, p, opt))
+                assert cfg["team_stats"]["helper_tasks"] > 0
     finally:
         _mlp.set_mlp_team_window(old)
     for status, t, loss, p, opt in runs[1:]:
@@ -465,16 +474,20 @@ def test_team_epoch_with_several_tiles_per_layer_matches_numpy_and_thread_counts
         assert np.array_equal(r[3], p) and np.array_equal(r[4], opt)
 
 
+@pytest.mark.parametrize("rule", ["wait", "cpu"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_team_dropped_for_waiting_backs_off_and_keeps_the_bits(dtype):
-    """When the master spends too much of an epoch waiting for its helpers (a busy
-    machine; forced here with a negative share), it drops them after four batches and
-    the fit's next epoch runs on one thread, the one after on the team again (back-off
-    1, then 2, ...). Whoever computes the tiles, the bits are those of one thread."""
+def test_team_dropped_on_a_busy_machine_backs_off_and_keeps_the_bits(dtype, rule):
+    """When the master spends too much of an epoch waiting for its helpers, or too little
+    of it on its CPU (a busy machine; forced here with a negative wait share or a CPU
+    share above 1), it drops them after four batches and the fit's next epoch runs on one
+    thread, the one after on the team again (back-off 1, then 2, ...). Whoever computes
+    the tiles, the bits are those of one thread."""
     X, Y, sw, sizes, params = _problem("multiclass", (64, 32), seed=5, n=1200, d=40,
                                        dtype=dtype)
     order = np.random.default_rng(4).permutation(1200).astype(np.intp)
-    old = _mlp.set_mlp_wait_share(-1.0)
+    setter, forced = ((_mlp.set_mlp_wait_share, (-1.0,)) if rule == "wait"
+                      else (_mlp.set_mlp_cpu_share, (2.0, 0.0)))
+    old = setter(*forced)
     try:
         runs, rates, backoffs = [], [], []
         for nt in (1, 2):
@@ -492,7 +505,7 @@ def test_team_dropped_for_waiting_backs_off_and_keeps_the_bits(dtype):
                     backoffs.append(cfg.get("team_backoff"))
             runs.append((t, loss, p, opt))
     finally:
-        _mlp.set_mlp_wait_share(old)
+        setter(*np.atleast_1d(old))
     # epoch 1: team dropped (not on at the end), back-off (1, 2); epoch 2: one thread
     # (the back-off consumed: (0, 2)); epoch 3: the team again, dropped again: (2, 4)
     assert not rates[0][3] and backoffs[0] == (1, 2)
@@ -522,3 +535,79 @@ def test_team_epoch_in_float32_matches_numpy_adam_in_float64(n_threads):
     # Measured: weights 2.9e-7 of max |w| apart (they moved 7e-2), loss 7e-9.
     assert status == 0 and t == t_ref and loss == pytest.approx(report, rel=1e-6)
     np.testing.assert_allclose(p, w, rtol=0, atol=3e-6 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("n,d,hidden", [(64, 600, (520,)), (4200, 10, (300,))])
+def test_float32_l2_penalty_is_summed_in_double(n, d, hidden):
+    """The reported loss's L2 term sums the squared float32 weights in double: one batch
+    at two values of alpha differs by exactly (|B| / S) alpha/2 ||W||^2 (the data loss
+    is the same in both), against NumPy's float64 sum of the same float32 weights. The
+    team's weight tasks (W_0 in three tasks of ~10^5 weights) and the blocks' segments
+    (over 4096 rows); float32 sums would be ~1e-5 and ~3e-7 off here."""
+    X, Y, sw, sizes, params = _problem("multiclass", hidden, seed=14, n=n, d=d,
+                                       dtype=np.float32)
+    exact = np.sum(_l2_mask(sizes) * params.astype(np.float64) ** 2)
+    losses = []
+    for alpha in (1.0, 2.0):
+        status, _, loss, _ = _epoch(X, Y, sw, sizes, params.copy(), batch_size=n, lr=0.0,
+                                    alpha=alpha, solver=1, act="relu")
+        assert status == 0
+        losses.append(loss)
+    S = np.float64(sw).sum()
+    assert (losses[1] - losses[0]) / (n / S * 0.5) == pytest.approx(exact, rel=1e-11)
+
+
+HELD_UP_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+from cgd import _mlp
+from cgd._codes import HIDDEN_ACTIVATION_CODES, OUT_ACTIVATION_CODES
+rng = np.random.default_rng(21)
+dtype = np.dtype(sys.argv[1])
+n, d, sizes = 900, 50, np.array([50, 90, 40, 5], dtype=np.intp)
+X = rng.standard_normal((n, d)).astype(dtype)
+Y = np.eye(5, dtype=dtype)[rng.integers(0, 5, n)]
+sw = rng.uniform(0.5, 1.5, n).astype(dtype)
+P = sum((sizes[l] + 1) * sizes[l + 1] for l in range(3))
+params = (0.3 * rng.standard_normal(P)).astype(dtype)
+order = rng.permutation(n).astype(np.intp)
+out = {}
+for nt, delay in ((1, 0.0), (2, float(sys.argv[2]))):
+    _mlp.set_mlp_helper_delay(delay)
+    p, opt = params.copy(), np.zeros((2, P), dtype)
+    cfg = dict(batch_size=100, hidden_activation=HIDDEN_ACTIVATION_CODES["relu"],
+               out_activation=OUT_ACTIVATION_CODES["softmax"], n_threads=nt, alpha=1e-3,
+               learning_rate=0.01, solver=1, momentum=0.0, nesterov=False, beta_1=0.9,
+               beta_2=0.999, adam_epsilon=1e-8)
+    t0 = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"):
+        status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, d, Y, sw, order, sizes, p, opt,
+                                         cfg, 1.0)
+    out[nt] = dict(status=status, t=t, loss=loss, p=p.tobytes().hex(), opt=opt.tobytes().hex(),
+                   seconds=time.perf_counter() - t0, stats=cfg.get("team_stats"))
+print(json.dumps(out))
+"""
+
+
+@requires_openmp
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_held_up_helper_tasks_are_run_by_the_master(dtype):
+    """A helper held up between claiming a task and beginning it (a test hook: one
+    second per claim, as a descheduled thread): the master runs the tasks nobody has
+    begun and finishes the epoch without waiting for it (its loop far under one second;
+    waiting, it would lose a second per phase until the wait rule dismissed the helper,
+    or hang until the subprocess's timeout), with the bits of one thread; the late
+    helper's claims are dropped."""
+    import json
+    import sys
+    from _helpers import run_subprocess
+    proc = run_subprocess([sys.executable, "-c", HELD_UP_SCRIPT, dtype, "1.0"], timeout=25)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    one, two = out["1"], out["2"]
+    assert (two["status"], two["t"], two["loss"]) == (one["status"], one["t"], one["loss"])
+    assert two["p"] == one["p"] and two["opt"] == one["opt"]
+    stats = two["stats"]
+    assert stats["threads"] == 2 and stats["taken"] > 0 and stats["meetings"] > 0
+    assert stats["wall"] < 0.5
