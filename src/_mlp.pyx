@@ -918,10 +918,22 @@ cdef object prepare(
 # number of tasks) << 20 | next task, as in the linear kernel (a phase has fewer than
 # 2^17 tasks: dense_tasks_fit): a claim's generation tells a late helper from a current one.
 #
+# A task is begun by whoever marks it first with the phase's number (dense_begin): once
+# every task of a phase is claimed, the master runs those a held-up helper has claimed
+# but not begun, and the helper's mark then fails. A task already begun is waited for:
+# it writes its outputs in place, and an UPDATE task's optimizer step must not run twice.
+#
 # Two threads are not always faster (another process busy on a core; small layers):
 # the master times windows of batches with the team and alone, and keeps the team only
 # while it is faster by TEAM_GAIN; when it loses twice in a row, the helpers leave for
-# the rest of the epoch.
+# the rest of the epoch. The helpers also leave when the master spends over 30% of the
+# epoch waiting for their tasks, or when the master's thread is on its CPU for under 80%
+# of a window of 2 ms or more (its CPU clock against the wall clock): more threads want
+# the cores than there are, and a helper takes the master's turns in meetings too short
+# for the wait rule, in epochs shorter than a timing window. In an epoch longer than
+# MLP_SHORT_EPOCH the master first times itself alone over as long, and the team stays
+# if it was faster all the same. An epoch whose team left that way makes the next 1, 2,
+# 4, ... 16 epochs of the fit run on one thread (dense_mlp_epoch).
 # The results are the same either way.
 
 cdef enum:
@@ -946,6 +958,7 @@ cdef enum:
     TMODE_PROBE_SOLO = 2  # timing the master alone (helpers wait)
     TMODE_TEAM = 3        # the team, timed faster
     TMODE_WARM_UP = 4     # the team's first window (threads waking up): not timed
+    TMODE_CPU_PROBE = 5   # timing the master alone: it was off its CPU too often
 
 cdef extern from *:
     """
@@ -1002,21 +1015,28 @@ cdef double MLP_STALL_SECONDS = 1e-3  # the helpers' exit, longer: they lack a c
 cdef double MLP_WAIT_SHARE = 0.3      # of the epoch spent waiting for helpers: drop them
 cdef double MLP_TEAM_GAIN = 1.05
 # The master's share of the wall time spent on its CPU, measured over at least
-# MLP_CPU_WINDOW seconds, below which the team leaves (see dense_adapt).
+# MLP_CPU_WINDOW seconds, below which the master times itself alone over as long, and
+# the speed-up the team must have shown over that time to stay (see dense_adapt).
 cdef double MLP_CPU_SHARE = 0.8
 cdef double MLP_CPU_WINDOW = 2e-3
+cdef double MLP_CPU_GAIN = 1.05
+# Epochs expected to be shorter than this (seconds) drop the team at a low CPU share
+# without timing the master alone.
+cdef double MLP_SHORT_EPOCH = 50e-3
 # Tests: seconds a helper waits between claiming a task and beginning it.
 cdef double MLP_HELPER_DELAY = 0.0
 
 
-def set_mlp_cpu_share(double share, double window):
-    """For tests: the share of the wall time the master must spend on its CPU to keep
-    the team, and the shortest window (seconds) it is measured over (share above 1 and
-    window 0: the team leaves after its first four batches); returns the previous pair."""
-    global MLP_CPU_SHARE, MLP_CPU_WINDOW
-    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW)
+def set_mlp_cpu_share(double share, double window, double gain):
+    """For tests: the share of the wall time the master must spend on its CPU, the
+    shortest window (seconds) it is measured over, and the speed-up over the master
+    alone the team must then show to stay (share above 1, window 0, gain 1e300: the
+    team leaves after eight batches); returns the previous three."""
+    global MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN
+    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN)
     MLP_CPU_SHARE = share
     MLP_CPU_WINDOW = window
+    MLP_CPU_GAIN = gain
     return old
 
 
@@ -1071,7 +1091,11 @@ cdef struct Dense:
     double t_start, t_done    # when the master's epoch loop started and ended
     double wait_total         # seconds the master waited for helpers' tasks this epoch
     double cpu_start, cpu_done  # the master thread's CPU time at t_start and t_done
-    double cpu_w0, cpu_c0     # start of the window of the CPU-share rule: wall, CPU time
+    double cpu_w0, cpu_c0     # start of the window of the CPU-share rule: wall, CPU time,
+    double cpu_rows, cpu_span #   rows since then, its length before the next look
+    Py_ssize_t cpu_batches    # batches of a TMODE_CPU_PROBE window
+    Py_ssize_t batches, n_batches  # batches done, and in the epoch
+    int cpu_prev_mode         # the mode to return to when the team wins that probe
     Py_ssize_t n_meet         # phases published to the team
     Py_ssize_t n_taken        # tasks a helper had claimed but not begun, run by the master
     Py_ssize_t win_batches, solo_windows, win_total
@@ -1300,10 +1324,36 @@ cdef void dense_dismiss(Dense* dn) noexcept nogil:
 
 cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
     """Count a finished batch of mb rows; at the end of a window, choose who runs the next."""
-    cdef double now, rate
+    cdef double now, rate, cpu
+    dn.batches += 1
     if dn.mode == TMODE_SOLO:
         return
-    cdef double cpu
+    dn.cpu_rows += mb
+    if dn.mode == TMODE_CPU_PROBE:
+        dn.cpu_batches += 1
+        now = cgd_now()
+        if dn.cpu_batches < 4 or now - dn.cpu_w0 < MLP_CPU_WINDOW:
+            return
+        dn.rate_solo = dn.cpu_rows / (now - dn.cpu_w0) if now > dn.cpu_w0 else 1e300
+        dn.solo_windows += 1
+        if dn.rate_team > MLP_CPU_GAIN * dn.rate_solo:
+            # The team is faster all the same (a passing hiccup, or a thread that
+            # spins for a while): keep it, and look at the CPU share again only after
+            # a longer window.
+            dn.mode = dn.cpu_prev_mode
+            dn.cpu_span = 5 * MLP_CPU_WINDOW
+            dn.cpu_w0 = now
+            dn.cpu_c0 = cgd_thread_cpu()
+            dn.cpu_rows = 0.0
+            dn.win_rows = 0.0
+            dn.win_batches = 0
+            dn.win_t0 = now
+        else:
+            # One thread for the rest of the epoch, and a back-off for the next
+            # (dense_mlp_epoch).
+            dn.stalled = 1
+            dense_dismiss(dn)
+        return
     if dn.win_total >= 4:
         now = cgd_now()
         if dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
@@ -1312,19 +1362,33 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
             dn.stalled = 1
             dense_dismiss(dn)
             return
-        if now - dn.cpu_w0 >= MLP_CPU_WINDOW and MLP_TEAM_WINDOW > 0.0:
+        if now - dn.cpu_w0 >= dn.cpu_span and MLP_TEAM_WINDOW > 0.0:
             # The master off its core for a good part of the time: more threads want
             # to run than there are cores (another process), and the team's helper
-            # takes the master's turns. Seen in small epochs too, whose meetings are
-            # each short (no long wait) and shorter than a timing window.
+            # may take the master's turns, in meetings each too short for the wait
+            # rule, and in epochs shorter than a timing window. In a short epoch (a
+            # small data set) the team leaves at once; in a longer one the master
+            # times itself alone first, over as long as the team was just timed:
+            # a thread that spins for a while (another library's, after its call)
+            # takes CPU time too, without making the team slower than one thread.
             cpu = cgd_thread_cpu()
             if cpu >= 0.0 and cpu - dn.cpu_c0 < MLP_CPU_SHARE * (now - dn.cpu_w0):
-                dn.stalled = 1
-                dense_dismiss(dn)
+                if (now - dn.t_start) * dn.n_batches < MLP_SHORT_EPOCH * dn.batches:
+                    dn.stalled = 1
+                    dense_dismiss(dn)
+                    return
+                dn.rate_team = dn.cpu_rows / (now - dn.cpu_w0)
+                dn.cpu_prev_mode = dn.mode
+                dn.mode = TMODE_CPU_PROBE
+                dn.cpu_w0 = now
+                dn.cpu_rows = 0.0
+                dn.cpu_batches = 0
                 return
             if now - dn.cpu_w0 >= 5 * MLP_CPU_WINDOW:
+                dn.cpu_span = MLP_CPU_WINDOW
                 dn.cpu_w0 = now
                 dn.cpu_c0 = cpu
+                dn.cpu_rows = 0.0
     dn.win_total += 1
     dn.win_rows += mb
     dn.win_batches += 1
@@ -1409,6 +1473,8 @@ cdef void dense_epoch(
     dn.cpu_start = cgd_thread_cpu()
     dn.cpu_w0 = last_check
     dn.cpu_c0 = dn.cpu_start
+    dn.cpu_span = MLP_CPU_WINDOW
+    dn.n_batches = (n_order + m - 1) // m
     while start < n_order:
         mb = min(m, n_order - start)
         sw_sum = 0.0

@@ -296,6 +296,9 @@ def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, bat
                                        dtype=dtype)
     order = np.random.default_rng(3).permutation(1100).astype(np.intp)
     old = _mlp.set_mlp_team_window(0.0)
+    # three threads on a two-core machine: a helper descheduled in a task may keep the
+    # master waiting long enough for the wait rule, which would end the turns
+    old_share = _mlp.set_mlp_wait_share(1e9)
     try:
         runs = []
         for nt in (1, 2, 3):
@@ -315,6 +318,7 @@ def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, bat
                 assert cfg["team_stats"]["helper_tasks"] > 0
     finally:
         _mlp.set_mlp_team_window(old)
+        _mlp.set_mlp_wait_share(old_share)
     for status, t, loss, p, opt in runs[1:]:
         assert (status, t, loss) == runs[0][:3]
         assert np.array_equal(p, runs[0][3]) and np.array_equal(opt, runs[0][4])
@@ -478,15 +482,16 @@ def test_team_epoch_with_several_tiles_per_layer_matches_numpy_and_thread_counts
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_team_dropped_on_a_busy_machine_backs_off_and_keeps_the_bits(dtype, rule):
     """When the master spends too much of an epoch waiting for its helpers, or too little
-    of it on its CPU (a busy machine; forced here with a negative wait share or a CPU
-    share above 1), it drops them after four batches and the fit's next epoch runs on one
+    of it on its CPU (a busy machine; forced here with a negative wait share, or a CPU
+    share above 1 and a team that can never be timed faster than the master alone), it
+    drops them after a few batches and the fit's next epoch runs on one
     thread, the one after on the team again (back-off 1, then 2, ...). Whoever computes
     the tiles, the bits are those of one thread."""
     X, Y, sw, sizes, params = _problem("multiclass", (64, 32), seed=5, n=1200, d=40,
                                        dtype=dtype)
     order = np.random.default_rng(4).permutation(1200).astype(np.intp)
     setter, forced = ((_mlp.set_mlp_wait_share, (-1.0,)) if rule == "wait"
-                      else (_mlp.set_mlp_cpu_share, (2.0, 0.0)))
+                      else (_mlp.set_mlp_cpu_share, (2.0, 0.0, 1e300)))
     old = setter(*forced)
     try:
         runs, rates, backoffs = [], [], []
