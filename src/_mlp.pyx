@@ -1027,16 +1027,18 @@ cdef double MLP_SHORT_EPOCH = 50e-3
 cdef double MLP_HELPER_DELAY = 0.0
 
 
-def set_mlp_cpu_share(double share, double window, double gain):
+def set_mlp_cpu_share(double share, double window, double gain, double short_epoch):
     """For tests: the share of the wall time the master must spend on its CPU, the
-    shortest window (seconds) it is measured over, and the speed-up over the master
-    alone the team must then show to stay (share above 1, window 0, gain 1e300: the
-    team leaves after eight batches); returns the previous three."""
-    global MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN
-    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN)
+    shortest window (seconds) it is measured over, the speed-up over the master alone
+    the team must then show to stay, and the epoch length (seconds) under which the
+    team leaves without that timing (share above 1 and window 0: the CPU rule fires
+    after four batches); returns the previous four."""
+    global MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN, MLP_SHORT_EPOCH
+    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN, MLP_SHORT_EPOCH)
     MLP_CPU_SHARE = share
     MLP_CPU_WINDOW = window
     MLP_CPU_GAIN = gain
+    MLP_SHORT_EPOCH = short_epoch
     return old
 
 

@@ -491,7 +491,7 @@ def test_team_dropped_on_a_busy_machine_backs_off_and_keeps_the_bits(dtype, rule
                                        dtype=dtype)
     order = np.random.default_rng(4).permutation(1200).astype(np.intp)
     setter, forced = ((_mlp.set_mlp_wait_share, (-1.0,)) if rule == "wait"
-                      else (_mlp.set_mlp_cpu_share, (2.0, 0.0, 1e300)))
+                      else (_mlp.set_mlp_cpu_share, (2.0, 0.0, 1e300, 1e9)))
     old = setter(*forced)
     try:
         runs, rates, backoffs = [], [], []
@@ -616,3 +616,41 @@ def test_held_up_helper_tasks_are_run_by_the_master(dtype):
     stats = two["stats"]
     assert stats["threads"] == 2 and stats["taken"] > 0 and stats["meetings"] > 0
     assert stats["wall"] < 0.5
+
+
+@pytest.mark.parametrize("team_wins", [True, False])
+def test_low_cpu_share_times_the_master_alone_and_keeps_the_bits(team_wins):
+    """On a low CPU share in an epoch that is not short, the master times itself alone
+    (forced: share above 1, window 0, every epoch counted long) and keeps the team when
+    it was faster (forced: gain 0; the team is on at the end, no back-off), else drops
+    it (gain 1e300: back-off). The master alone was timed either way; the bits are those
+    of one thread. (19 batches: with gain 0 the team and the master alone take turns of
+    one and four batches from the fifth batch on, the team's turn last.)"""
+    X, Y, sw, sizes, params = _problem("multiclass", (64, 32), seed=6, n=1200, d=40)
+    order = np.random.default_rng(5).permutation(1200).astype(np.intp)
+    old = _mlp.set_mlp_cpu_share(2.0, 0.0, 0.0 if team_wins else 1e300, 0.0)
+    # the other rules kept out of it (a slow machine could end the epoch in their probes)
+    old_window, old_wait = _mlp.set_mlp_team_window(1e9), _mlp.set_mlp_wait_share(1e9)
+    try:
+        runs = []
+        for nt in (1, 2):
+            p = params.copy()
+            opt = np.zeros((2, p.size))
+            cfg = _cfg(64, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
+            with threadpool_limits(1, user_api="blas"):
+                status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw,
+                                                 order, sizes, p, opt, cfg, 1.0)
+            runs.append((status, t, loss, p, opt))
+    finally:
+        _mlp.set_mlp_cpu_share(*old)
+        _mlp.set_mlp_team_window(old_window)
+        _mlp.set_mlp_wait_share(old_wait)
+    rate_team, rate_solo, solo_windows, team_at_end = cfg["team_rates"]
+    assert rate_team > 0 and rate_solo > 0 and solo_windows >= 1
+    if team_wins:
+        assert team_at_end and cfg["team_backoff"] == (0, 1)
+    else:
+        assert not team_at_end and cfg["team_backoff"] == (1, 2)
+        assert cfg["team_stats"]["stalled"] == 1
+    assert runs[1][:3] == runs[0][:3]
+    assert np.array_equal(runs[1][3], runs[0][3]) and np.array_equal(runs[1][4], runs[0][4])
