@@ -44,6 +44,7 @@ from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_cas, cgd_cpu
 ctypedef Py_ssize_t intp_t
 
 from cgd._codes cimport SOLVER_SGD, TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL
+from cgd._codes cimport SCHEDULE_OPTIMAL
 
 cdef enum:
     CHUNK_ROWS = 32
@@ -392,6 +393,259 @@ cdef inline double axpy_sum_squares(floating* v, const floating* x, Py_ssize_t d
         v[j] = <floating>a0
         s0 += a0 * a0
     return (s0 + s1) + (s2 + s3)
+
+
+# ---------------------------------------------------------------- per-sample epochs
+# A row's dot products with several coefficient rows at once. dot() (in _math.pxd) sums
+# a row in four accumulators, so a 64-wide dot is a chain of 16 dependent additions:
+# one output at a time, per-sample SGD waits on that chain. Here each output keeps
+# dot()'s own accumulators and order (accumulator r sums w_j x_j for j = r mod 4 up to
+# d - d % 4, in increasing j; the last d % 4 products go to accumulator 0; the result is
+# (s_0 + s_1) + (s_2 + s_3)), so every value has dot()'s bits, but four to eight outputs
+# run side by side: independent chains that fill the pipelines, and x is loaded once
+# for all of them. With AVX (chosen at run time; never FMA, so nothing is contracted)
+# one 4-double register holds an output's four accumulators.
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #include <emmintrin.h>
+    #define CGD_ROWDOTS_SSE2 1
+    #else
+    #define CGD_ROWDOTS_SSE2 0
+    #endif
+    #if CGD_AVX_DISPATCH
+    #include <immintrin.h>
+    #endif
+
+    /* dot() of _math.pxd, in C: the fallback for outputs left over after the groups */
+    #define CGD_DOT_SCALAR(T, w, x, d, d4, out) {                                \
+        T s0_ = 0, s1_ = 0, s2_ = 0, s3_ = 0; Py_ssize_t j_;                     \
+        for (j_ = 0; j_ < d4; j_ += 4) {                                         \
+            s0_ = s0_ + w[j_] * x[j_];         s1_ = s1_ + w[j_ + 1] * x[j_ + 1]; \
+            s2_ = s2_ + w[j_ + 2] * x[j_ + 2]; s3_ = s3_ + w[j_ + 3] * x[j_ + 3]; \
+        }                                                                        \
+        for (j_ = d4; j_ < d; j_++) s0_ = s0_ + w[j_] * x[j_];                   \
+        out = (s0_ + s1_) + (s2_ + s3_); }
+
+    /* the tail products into accumulator 0, then (s0 + s1) + (s2 + s3) */
+    #define CGD_DOT_FINISH(T, s, w, x, d, d4, out) {                             \
+        T s0_ = s[0]; Py_ssize_t j_;                                             \
+        for (j_ = d4; j_ < d; j_++) s0_ = s0_ + w[j_] * x[j_];                   \
+        out = (s0_ + s[1]) + (s[2] + s[3]); }
+
+    static void cgd_rowdots_f64_base(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                     const double* x, Py_ssize_t d, double* out) {
+        Py_ssize_t a = 0, j, d4 = d - d % 4;
+    #if CGD_ROWDOTS_SSE2
+        /* two registers per output: accumulators (0, 1) and (2, 3) */
+        for (; a + 4 <= n; a += 4) {
+            const double *w0 = W + rows[a] * d, *w1 = W + rows[a + 1] * d;
+            const double *w2 = W + rows[a + 2] * d, *w3 = W + rows[a + 3] * d;
+            __m128d p0 = _mm_setzero_pd(), q0 = p0, p1 = p0, q1 = p0;
+            __m128d p2 = p0, q2 = p0, p3 = p0, q3 = p0;
+            double s[4];
+            for (j = 0; j < d4; j += 4) {
+                __m128d xl = _mm_loadu_pd(x + j), xh = _mm_loadu_pd(x + j + 2);
+                p0 = _mm_add_pd(p0, _mm_mul_pd(_mm_loadu_pd(w0 + j), xl));
+                q0 = _mm_add_pd(q0, _mm_mul_pd(_mm_loadu_pd(w0 + j + 2), xh));
+                p1 = _mm_add_pd(p1, _mm_mul_pd(_mm_loadu_pd(w1 + j), xl));
+                q1 = _mm_add_pd(q1, _mm_mul_pd(_mm_loadu_pd(w1 + j + 2), xh));
+                p2 = _mm_add_pd(p2, _mm_mul_pd(_mm_loadu_pd(w2 + j), xl));
+                q2 = _mm_add_pd(q2, _mm_mul_pd(_mm_loadu_pd(w2 + j + 2), xh));
+                p3 = _mm_add_pd(p3, _mm_mul_pd(_mm_loadu_pd(w3 + j), xl));
+                q3 = _mm_add_pd(q3, _mm_mul_pd(_mm_loadu_pd(w3 + j + 2), xh));
+            }
+            _mm_storeu_pd(s, p0); _mm_storeu_pd(s + 2, q0); CGD_DOT_FINISH(double, s, w0, x, d, d4, out[a])
+            _mm_storeu_pd(s, p1); _mm_storeu_pd(s + 2, q1); CGD_DOT_FINISH(double, s, w1, x, d, d4, out[a + 1])
+            _mm_storeu_pd(s, p2); _mm_storeu_pd(s + 2, q2); CGD_DOT_FINISH(double, s, w2, x, d, d4, out[a + 2])
+            _mm_storeu_pd(s, p3); _mm_storeu_pd(s + 2, q3); CGD_DOT_FINISH(double, s, w3, x, d, d4, out[a + 3])
+        }
+    #endif
+        for (; a < n; a++) {
+            const double* w = W + rows[a] * d;
+            CGD_DOT_SCALAR(double, w, x, d, d4, out[a])
+        }
+    }
+
+    static void cgd_rowdots_f32_base(const float* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                     const float* x, Py_ssize_t d, float* out) {
+        Py_ssize_t a = 0, j, d4 = d - d % 4;
+    #if CGD_ROWDOTS_SSE2
+        /* one register per output: accumulators (0, 1, 2, 3) */
+        for (; a + 4 <= n; a += 4) {
+            const float *w0 = W + rows[a] * d, *w1 = W + rows[a + 1] * d;
+            const float *w2 = W + rows[a + 2] * d, *w3 = W + rows[a + 3] * d;
+            __m128 p0 = _mm_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+            float s[4];
+            for (j = 0; j < d4; j += 4) {
+                __m128 xv = _mm_loadu_ps(x + j);
+                p0 = _mm_add_ps(p0, _mm_mul_ps(_mm_loadu_ps(w0 + j), xv));
+                p1 = _mm_add_ps(p1, _mm_mul_ps(_mm_loadu_ps(w1 + j), xv));
+                p2 = _mm_add_ps(p2, _mm_mul_ps(_mm_loadu_ps(w2 + j), xv));
+                p3 = _mm_add_ps(p3, _mm_mul_ps(_mm_loadu_ps(w3 + j), xv));
+            }
+            _mm_storeu_ps(s, p0); CGD_DOT_FINISH(float, s, w0, x, d, d4, out[a])
+            _mm_storeu_ps(s, p1); CGD_DOT_FINISH(float, s, w1, x, d, d4, out[a + 1])
+            _mm_storeu_ps(s, p2); CGD_DOT_FINISH(float, s, w2, x, d, d4, out[a + 2])
+            _mm_storeu_ps(s, p3); CGD_DOT_FINISH(float, s, w3, x, d, d4, out[a + 3])
+        }
+    #endif
+        for (; a < n; a++) {
+            const float* w = W + rows[a] * d;
+            CGD_DOT_SCALAR(float, w, x, d, d4, out[a])
+        }
+    }
+
+    #if CGD_AVX_DISPATCH
+    CGD_TARGET_AVX static void cgd_rowdots_f64_avx(const double* W, const Py_ssize_t* rows,
+                                                   Py_ssize_t n, const double* x,
+                                                   Py_ssize_t d, double* out) {
+        Py_ssize_t a = 0, j, d4 = d - d % 4;
+        double s[4];
+        /* one register per output: accumulators (0, 1, 2, 3) */
+        for (; a + 4 <= n; a += 4) {
+            const double *w0 = W + rows[a] * d, *w1 = W + rows[a + 1] * d;
+            const double *w2 = W + rows[a + 2] * d, *w3 = W + rows[a + 3] * d;
+            __m256d p0 = _mm256_setzero_pd(), p1 = p0, p2 = p0, p3 = p0;
+            for (j = 0; j < d4; j += 4) {
+                __m256d xv = _mm256_loadu_pd(x + j);
+                p0 = _mm256_add_pd(p0, _mm256_mul_pd(_mm256_loadu_pd(w0 + j), xv));
+                p1 = _mm256_add_pd(p1, _mm256_mul_pd(_mm256_loadu_pd(w1 + j), xv));
+                p2 = _mm256_add_pd(p2, _mm256_mul_pd(_mm256_loadu_pd(w2 + j), xv));
+                p3 = _mm256_add_pd(p3, _mm256_mul_pd(_mm256_loadu_pd(w3 + j), xv));
+            }
+            _mm256_storeu_pd(s, p0); CGD_DOT_FINISH(double, s, w0, x, d, d4, out[a])
+            _mm256_storeu_pd(s, p1); CGD_DOT_FINISH(double, s, w1, x, d, d4, out[a + 1])
+            _mm256_storeu_pd(s, p2); CGD_DOT_FINISH(double, s, w2, x, d, d4, out[a + 2])
+            _mm256_storeu_pd(s, p3); CGD_DOT_FINISH(double, s, w3, x, d, d4, out[a + 3])
+        }
+        for (; a < n; a++) {
+            const double* w = W + rows[a] * d;
+            __m256d p0 = _mm256_setzero_pd();
+            for (j = 0; j < d4; j += 4)
+                p0 = _mm256_add_pd(p0, _mm256_mul_pd(_mm256_loadu_pd(w + j), _mm256_loadu_pd(x + j)));
+            _mm256_storeu_pd(s, p0); CGD_DOT_FINISH(double, s, w, x, d, d4, out[a])
+        }
+    }
+    #endif
+
+    static void cgd_rowdots_f64(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                const double* x, Py_ssize_t d, double* out) {
+    #if CGD_AVX_DISPATCH
+        if (cgd_use_avx()) { cgd_rowdots_f64_avx(W, rows, n, x, d, out); return; }
+    #endif
+        cgd_rowdots_f64_base(W, rows, n, x, d, out);
+    }
+    #define cgd_rowdots_f32 cgd_rowdots_f32_base
+    """
+    void cgd_rowdots_f64(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                         const double* x, Py_ssize_t d, double* out) noexcept nogil
+    void cgd_rowdots_f32(const float* W, const Py_ssize_t* rows, Py_ssize_t n,
+                         const float* x, Py_ssize_t d, float* out) noexcept nogil
+
+
+cdef inline void row_dots(const floating* W, const Py_ssize_t* rows, Py_ssize_t n,
+                          const floating* x, Py_ssize_t d, floating* out) noexcept nogil:
+    """out[a] = dot(W + rows[a] * d, x, d) for a < n, with dot()'s bits (see above)."""
+    if floating is double:
+        cgd_rowdots_f64(W, rows, n, x, d, out)
+    else:
+        cgd_rowdots_f32(W, rows, n, x, d, out)
+
+
+cdef Py_ssize_t per_sample_epoch(
+    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
+    const floating* ysw, const intp_t[::1] order, const floating* pos_w,
+    const floating* neg_w, const unsigned char* active, const double[::1] eta_base,
+    floating* prm, SparseOut* so, double* reg, floating* z, double[::1] obj_out,
+    EpochConfig* cfg, double* t_io, int* status, double* work, double* next_clock,
+    double* last_check,
+) noexcept nogil:
+    """dense_epoch's loop for plain per-sample SGD with the coefficients as scale * v
+    (``so``: no averaging, no L1) and one output per problem (regression, one-vs-rest):
+    the same arithmetic as sgd_single_row and the loop around it, in the same order for
+    each output, so the same bits, with less done per row. The outputs' dot products
+    are computed together (row_dots: an output's update touches its own coefficients
+    only, so its dot never depends on another's step); the learning rate, and the decay
+    it sets, is computed once per row when every output has the same one (always with
+    the 'optimal' schedule); the objective is added up as record_objective does, without
+    a pass over the outputs of its own. Returns the number of rows done: all of them,
+    or 0 (out of memory) to leave the epoch to the general loop."""
+    cdef Py_ssize_t n_order = order.shape[0], d = X.shape[1], K = eta_base.shape[0]
+    cdef Py_ssize_t p, a, k, i, n_act = 0
+    cdef Py_ssize_t* act = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    cdef double t = t_io[0], e = 0.0, decay = 1.0, step, zk, tk, sk, l, dl, lk
+    cdef double lsum, rsum
+    cdef bint same_eta = True, weighted = cfg.weighted_objective
+    cdef const floating* x
+    cdef floating yj, sj
+    if act == NULL:
+        return 0
+    for k in range(K):
+        if active[k]:
+            act[n_act] = k
+            n_act += 1
+    for a in range(1, n_act):
+        if eta_base[act[a]] != eta_base[act[0]]:
+            same_eta = cfg.schedule == SCHEDULE_OPTIMAL  # (which reads no base rate)
+    for p in range(n_order):
+        i = order[p]
+        if ysw != NULL:
+            if p + DENSE_PREFETCH < n_order:
+                cgd_prefetch(&X[order[p + DENSE_PREFETCH], 0], d * sizeof(floating))
+            yj = ysw[2 * p]
+            sj = ysw[2 * p + 1]
+        else:
+            if p + DENSE_PREFETCH < n_order:
+                prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
+                                order[p + DENSE_PREFETCH])
+            yj = y[i]
+            sj = sample_weight[i]
+        x = &X[i, 0]
+        row_dots(prm, act, n_act, x, d, z)
+        if same_eta and n_act > 0:
+            e = schedule_eta(cfg.schedule, eta_base[act[0]], cfg.alpha, t, cfg.power_t,
+                             cfg.optimal_init)
+            decay = l2_decay(cfg, e)
+        lsum = 0.0
+        rsum = 0.0
+        for a in range(n_act):
+            k = act[a]
+            if not same_eta:
+                e = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t, cfg.power_t,
+                                 cfg.optimal_init)
+                decay = l2_decay(cfg, e)
+            # output_dloss, its loss into lk (an objective entry that starts at 0)
+            tk = target_and_weight(cfg, yj, sj, k, pos_w, neg_w, &sk)
+            zk = so[k].scale * z[a] + prm[K * d + k]
+            l = sample_loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+            lk = 0.0
+            lk += sk * l if weighted else l
+            step = e * (dl * sk)
+            # record_objective's terms: the loss at the weights before the step, and the
+            # penalty at those weights
+            obj_out[k] += lk + reg[k]
+            lsum += lk
+            rsum += reg[k]
+            if decay != 1.0:
+                scale_output(&so[k], decay, prm + k * d, 1, NULL, d, False, True)
+            if step != 0.0:
+                so[k].sq = axpy_sum_squares(prm + k * d, x, d, -step / so[k].scale)
+            intercept_step(cfg, prm + K * d + k, step)
+            reg[k] = 0.5 * cfg.l2 * so[k].scale * so[k].scale * so[k].sq
+        t += 1.0
+        if not isfinite(lsum + rsum):
+            status[0] = STATUS_DIVERGED
+            break
+        if signal_check_due(work, next_clock, last_check, K * d):
+            with gil:
+                if check_signals() != 0:
+                    status[0] = STATUS_INTERRUPTED
+            if status[0] != STATUS_OK:
+                break
+    free(act)
+    t_io[0] = t
+    return n_order
 
 
 # ---------------------------------------------------------------- per-batch steps
@@ -1042,6 +1296,11 @@ cdef void dense_epoch(
     last_check = cgd_now()
     tm.win_t0 = last_check
     start = 0
+    if so != NULL and not multinomial and tm.mode == MODE_SOLO:
+        start = per_sample_epoch(X, y, sample_weight, ysw, order, &pos_weight[0],
+                                 &neg_weight[0], &active[0], eta_base, prm, so, reg,
+                                 &work_z[0, 0], obj_out, cfg, &t, &status, &work,
+                                 &next_clock, &last_check)
     while start < n_order:
         mb = min(m, n_order - start)
         batch_rates(cfg, eta_base, eta, K, t)
