@@ -160,3 +160,80 @@ def test_per_sample_loop_diverges_where_the_general_loop_does(restore_switches):
             est.fit(X, y.astype(float))
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+# ---------------------------------------------------------------- a fit's fixed costs
+# Shortcuts around scikit-learn's per-fit checks; each must give what the check gives.
+
+from sklearn.base import BaseEstimator  # noqa: E402
+
+from cgd import linear_model  # noqa: E402
+
+
+@pytest.mark.parametrize("cls", [cgd.SGDClassifier, cgd.SGDRegressor])
+def test_param_names_are_scikit_learns(cls):
+    assert cls._get_param_names() == BaseEstimator._get_param_names.__func__(cls)
+    names = cls._get_param_names()
+    names.append("mutated")  # a copy: the cached names stay as they were
+    assert "mutated" not in cls._get_param_names()
+
+
+@pytest.mark.parametrize("bad", [dict(alpha=-1.0), dict(max_iter=0), dict(loss="nope"),
+                                 dict(eta0=0.0), dict(alpha=float("nan")),
+                                 dict(random_state=-3), dict(n_jobs=1.5)])
+def test_cached_parameter_check_refuses_as_scikit_learn(bad):
+    X, y = _digits()
+    cgd.SGDClassifier(max_iter=1, tol=None).fit(X, y)  # its values are now known valid
+    for _ in range(2):  # a refused value is refused again
+        est = cgd.SGDClassifier(**{"max_iter": 1, "tol": None, **bad})
+        with pytest.raises(Exception) as ours:
+            est.fit(X, y)
+        with pytest.raises(Exception) as theirs:
+            BaseEstimator._validate_params(est)
+        assert type(ours.value) is type(theirs.value)
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_plain_arrays_skip_validate_data_with_the_same_outcome():
+    pd = pytest.importorskip("pandas")
+    X, y = _digits()
+    for cls in (cgd.SGDClassifier, cgd.SGDRegressor):
+        est = cls(max_iter=1, tol=None, random_state=0)
+        est.fit(pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])]), y)
+        assert hasattr(est, "feature_names_in_")
+        est.fit(X[:, :10], y)  # plain arrays: no names any more, a new feature count
+        assert not hasattr(est, "feature_names_in_")
+        assert est.n_features_in_ == 10
+    assert linear_model._plain_arrays(X, y, False)
+    assert not linear_model._plain_arrays(np.asfortranarray(X), y, False)
+    assert not linear_model._plain_arrays(X.astype(np.float16), y, False)
+    assert not linear_model._plain_arrays(X, y.astype(float), False)      # classifier
+    assert linear_model._plain_arrays(X, y.astype(float), True)           # regressor
+    Xn = X.copy()
+    Xn[3, 4] = np.nan
+    assert not linear_model._plain_arrays(Xn, y, False)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        cgd.SGDClassifier(max_iter=1).fit(Xn, y)
+    yn = y.astype(float)
+    yn[0] = np.inf
+    with pytest.raises(ValueError, match="Input y contains infinity"):
+        cgd.SGDRegressor(max_iter=1).fit(X, yn)
+
+
+def test_reused_random_states_draw_as_new_ones():
+    MAX_INT = np.iinfo(np.int32).max
+    for r in [0, 1, 42, 2**32 - 1, np.int64(7), True]:
+        assert linear_model._first_seed(r) == np.random.RandomState(r).randint(MAX_INT)
+    rs = np.random.RandomState(5)
+    assert linear_model._first_seed(rs) == np.random.RandomState(5).randint(MAX_INT)
+    for seed in [3, 123456]:
+        shuffler = linear_model._EpochShuffler(seed)
+        ref = np.random.RandomState(seed)
+        for _ in range(3):
+            got = np.arange(50, dtype=np.intp)
+            shuffler(got)
+            want = np.arange(50, dtype=np.intp)
+            linear_model._shuffle.shuffle_order(
+                want, int(ref.randint(0, 2**63 - 1, dtype=np.int64)))
+            np.testing.assert_array_equal(got, want)
+        shuffler.release()
