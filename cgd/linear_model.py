@@ -61,16 +61,6 @@ TARGET_MULTINOMIAL = Target.TARGET_MULTINOMIAL
 # the huber / epsilon-insensitive threshold on scikit-learn's linear estimators.
 ADAPTIVE_EPSILON = 1e-8
 MAX_INT = np.iinfo(np.int32).max
-
-# Parameter values found valid, per estimator class: (name, type, value) of the simple
-# types below (see _BaseSGD._validate_params).
-_VALID_PARAMS = {}
-_SIMPLE_TYPES = (int, float, str, bool, type(None))
-
-
-@functools.lru_cache(maxsize=None)
-def _param_names(cls):
-    return tuple(super(_BaseSGD, cls)._get_param_names())
 # Multiply-adds a batch must hold before its chunks are spread over threads, for the
 # kernels that open a parallel region per batch (sparse X, the lbfgs-style objective):
 # below this a parallel region costs more than it saves. The dense epoch keeps one team
@@ -82,6 +72,16 @@ PARALLEL_MIN_WORK = 1 << 17
 # each coefficient only by the rows that hold its feature, so a full-size intercept
 # step would make the intercept move much faster than the weights.
 SPARSE_INTERCEPT_DECAY = 0.01
+
+# Parameter values found valid, per estimator class: (name, type, value) of the simple
+# types below (see _BaseSGD._validate_params).
+_VALID_PARAMS = {}
+_SIMPLE_TYPES = (int, float, str, bool, type(None))
+
+
+@functools.lru_cache(maxsize=None)
+def _param_names(cls):
+    return tuple(super(_BaseSGD, cls)._get_param_names())
 
 
 # ------------------------------------------------------------------ loss_functions

@@ -410,7 +410,8 @@ cdef inline double axpy_sum_squares(floating* v, const floating* x, Py_ssize_t d
 # one of 4 floats), up to 4 (8 for floats): what the 16 vector registers hold.
 cdef extern from *:
     """
-    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #if (defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)) \
+        && !defined(CGD_ROWDOTS_NO_SIMD)   /* (the latter to test the portable path) */
     #include <emmintrin.h>
     #define CGD_ROWDOTS_SSE2 1
     #else
