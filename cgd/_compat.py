@@ -24,10 +24,13 @@ Used from scikit-learn (private):
     not use.
 
 ``sklearn.utils._param_validation``: ``Interval``, ``Options``, ``StrOptions``,
-``InvalidParameterError``
+``InvalidParameterError``, ``validate_parameter_constraints``
     The constraint objects of ``_parameter_constraints``, read by
     ``BaseEstimator._validate_params``, so that a bad parameter value is refused as by
     scikit-learn's own estimators (the estimator checks test this). Here since 1.2.
+    The linear models call ``validate_parameter_constraints`` (what
+    ``BaseEstimator._validate_params`` calls) themselves, on the parameters whose values
+    they have not seen validated yet.
     No fallback: the constraints only mean something to scikit-learn's validation
     machinery, which would have moved with them; import them from their new home. If
     scikit-learn ever drops the machinery, replace ``_parameter_constraints`` by
@@ -67,6 +70,7 @@ from sklearn.utils._param_validation import (  # noqa: F401
     InvalidParameterError,
     Options,
     StrOptions,
+    validate_parameter_constraints,
 )
 
 __all__ = [
@@ -76,6 +80,7 @@ __all__ = [
     "StrOptions",
     "check_sample_weight",
     "fit_context",
+    "validate_parameter_constraints",
 ]
 
 

@@ -27,7 +27,7 @@ from libc.string cimport memset, memcpy
 from libc.stdlib cimport malloc, free
 
 from _math cimport (loss_and_dloss, log_loss_and_dloss, softmax_inplace, dot, abs_sum,
-                    LOSS_LOG)
+                    LOSS_LOG, LOSS_HINGE)
 from _optim cimport (OptimConfig, optimizer_step, l1_cumulative, running_average,
                      schedule_eta, read_optim_config)
 from _runtime cimport cgd_now, cgd_prefetch, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
@@ -44,6 +44,7 @@ from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_cas, cgd_cpu
 ctypedef Py_ssize_t intp_t
 
 from cgd._codes cimport SOLVER_SGD, TARGET_REGRESSION, TARGET_OVR, TARGET_MULTINOMIAL
+from cgd._codes cimport SCHEDULE_OPTIMAL
 
 cdef enum:
     CHUNK_ROWS = 32
@@ -392,6 +393,407 @@ cdef inline double axpy_sum_squares(floating* v, const floating* x, Py_ssize_t d
         v[j] = <floating>a0
         s0 += a0 * a0
     return (s0 + s1) + (s2 + s3)
+
+
+# ---------------------------------------------------------------- per-sample epochs
+# A row's dot products with several coefficient rows at once. dot() (in _math.pxd) sums
+# a row in four accumulators, so a 64-wide dot is a chain of 16 dependent additions:
+# one output at a time, per-sample SGD waits on that chain. Here each output keeps
+# dot()'s own accumulators and order (accumulator r sums w_j x_j for j = r mod 4 up to
+# d - d % 4, in increasing j; the last d % 4 products go to accumulator 0; the result is
+# (s_0 + s_1) + (s_2 + s_3)), so every value has dot()'s bits, but several outputs run
+# side by side, in groups of as even sizes as allow at most G_MAX each: independent
+# chains that fill the pipelines (an addition's result is needed 3-4 cycles after it
+# starts, and two can start per cycle), x loaded once for the group. With AVX (chosen at
+# run time; never FMA, so nothing is contracted) one 4-double register holds an output's
+# four accumulators and a group has up to 8; with SSE2, two registers of 2 doubles (or
+# one of 4 floats), up to 4 (8 for floats): what the 16 vector registers hold.
+cdef extern from *:
+    """
+    #if (defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)) \
+        && !defined(CGD_ROWDOTS_NO_SIMD)   /* (the latter to test the portable path) */
+    #include <emmintrin.h>
+    #define CGD_ROWDOTS_SSE2 1
+    #else
+    #define CGD_ROWDOTS_SSE2 0
+    #endif
+    #if CGD_AVX_DISPATCH
+    #include <immintrin.h>
+    #endif
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CGD_UNROLL _Pragma("GCC unroll 8")
+    #elif defined(__clang__)
+    #define CGD_UNROLL _Pragma("unroll")
+    #else
+    #define CGD_UNROLL
+    #endif
+
+    /* the tail products into accumulator 0, then (s0 + s1) + (s2 + s3) */
+    #define CGD_DOT_FINISH(T, s, w, x, d, d4, out) {                             \
+        T s0_ = s[0]; Py_ssize_t j_;                                             \
+        for (j_ = d4; j_ < d; j_++) s0_ = s0_ + w[j_] * x[j_];                   \
+        out = (s0_ + s[1]) + (s[2] + s[3]); }
+
+    /* one group of G outputs; w[r] is output r's coefficient row */
+    #define CGD_GROUP_SCALAR(T, G)                                               \
+    static void cgd_group_##T##_scalar_##G(const T* const* w, const T* x,          \
+                                           Py_ssize_t d, Py_ssize_t d4, T* out) {  \
+        T s[G][4]; int r; Py_ssize_t j;                                          \
+        CGD_UNROLL for (r = 0; r < G; r++) s[r][0] = s[r][1] = s[r][2] = s[r][3] = 0; \
+        for (j = 0; j < d4; j += 4) {                                            \
+            CGD_UNROLL for (r = 0; r < G; r++) {                                 \
+                s[r][0] = s[r][0] + w[r][j] * x[j];                              \
+                s[r][1] = s[r][1] + w[r][j + 1] * x[j + 1];                      \
+                s[r][2] = s[r][2] + w[r][j + 2] * x[j + 2];                      \
+                s[r][3] = s[r][3] + w[r][j + 3] * x[j + 3];                      \
+            }                                                                    \
+        }                                                                        \
+        CGD_UNROLL for (r = 0; r < G; r++) CGD_DOT_FINISH(T, s[r], w[r], x, d, d4, out[r]) \
+    }
+
+    #if CGD_ROWDOTS_SSE2
+    #define CGD_GROUP_SSE2_F64(G)                                                \
+    static void cgd_group_double_sse2_##G(const double* const* w, const double* x,  \
+                                          Py_ssize_t d, Py_ssize_t d4, double* out) { \
+        __m128d p[G], q[G]; double s[4]; int r; Py_ssize_t j;                    \
+        CGD_UNROLL for (r = 0; r < G; r++) p[r] = q[r] = _mm_setzero_pd();       \
+        for (j = 0; j < d4; j += 4) {                                            \
+            __m128d xl = _mm_loadu_pd(x + j), xh = _mm_loadu_pd(x + j + 2);      \
+            CGD_UNROLL for (r = 0; r < G; r++) {                                 \
+                p[r] = _mm_add_pd(p[r], _mm_mul_pd(_mm_loadu_pd(w[r] + j), xl)); \
+                q[r] = _mm_add_pd(q[r], _mm_mul_pd(_mm_loadu_pd(w[r] + j + 2), xh)); \
+            }                                                                    \
+        }                                                                        \
+        CGD_UNROLL for (r = 0; r < G; r++) {                                     \
+            _mm_storeu_pd(s, p[r]); _mm_storeu_pd(s + 2, q[r]);                  \
+            CGD_DOT_FINISH(double, s, w[r], x, d, d4, out[r])                    \
+        }                                                                        \
+    }
+    #define CGD_GROUP_SSE2_F32(G)                                                \
+    static void cgd_group_float_sse2_##G(const float* const* w, const float* x,     \
+                                         Py_ssize_t d, Py_ssize_t d4, float* out) {  \
+        __m128 p[G]; float s[4]; int r; Py_ssize_t j;                            \
+        CGD_UNROLL for (r = 0; r < G; r++) p[r] = _mm_setzero_ps();              \
+        for (j = 0; j < d4; j += 4) {                                            \
+            __m128 xv = _mm_loadu_ps(x + j);                                     \
+            CGD_UNROLL for (r = 0; r < G; r++)                                   \
+                p[r] = _mm_add_ps(p[r], _mm_mul_ps(_mm_loadu_ps(w[r] + j), xv)); \
+        }                                                                        \
+        CGD_UNROLL for (r = 0; r < G; r++) {                                     \
+            _mm_storeu_ps(s, p[r]); CGD_DOT_FINISH(float, s, w[r], x, d, d4, out[r]) \
+        }                                                                        \
+    }
+    CGD_GROUP_SSE2_F64(1) CGD_GROUP_SSE2_F64(2) CGD_GROUP_SSE2_F64(3) CGD_GROUP_SSE2_F64(4)
+    CGD_GROUP_SSE2_F32(1) CGD_GROUP_SSE2_F32(2) CGD_GROUP_SSE2_F32(3) CGD_GROUP_SSE2_F32(4)
+    CGD_GROUP_SSE2_F32(5) CGD_GROUP_SSE2_F32(6) CGD_GROUP_SSE2_F32(7) CGD_GROUP_SSE2_F32(8)
+    #define CGD_F64_BASE_MAX 4
+    #define CGD_F32_BASE_MAX 8
+    #define CGD_F64_BASE sse2
+    #define CGD_F32_BASE sse2
+    #else
+    CGD_GROUP_SCALAR(double, 1) CGD_GROUP_SCALAR(double, 2)
+    CGD_GROUP_SCALAR(float, 1) CGD_GROUP_SCALAR(float, 2)
+    #define CGD_F64_BASE_MAX 2
+    #define CGD_F32_BASE_MAX 2
+    #define CGD_F64_BASE scalar
+    #define CGD_F32_BASE scalar
+    #endif
+
+    #if CGD_AVX_DISPATCH
+    #define CGD_GROUP_AVX_F64(G)                                                 \
+    CGD_TARGET_AVX static void cgd_group_double_avx_##G(const double* const* w,     \
+            const double* x, Py_ssize_t d, Py_ssize_t d4, double* out) {          \
+        __m256d p[G]; double s[4]; int r; Py_ssize_t j;                          \
+        CGD_UNROLL for (r = 0; r < G; r++) p[r] = _mm256_setzero_pd();           \
+        for (j = 0; j < d4; j += 4) {                                            \
+            __m256d xv = _mm256_loadu_pd(x + j);                                 \
+            CGD_UNROLL for (r = 0; r < G; r++)                                   \
+                p[r] = _mm256_add_pd(p[r], _mm256_mul_pd(_mm256_loadu_pd(w[r] + j), xv)); \
+        }                                                                        \
+        CGD_UNROLL for (r = 0; r < G; r++) {                                     \
+            _mm256_storeu_pd(s, p[r]); CGD_DOT_FINISH(double, s, w[r], x, d, d4, out[r]) \
+        }                                                                        \
+    }
+    CGD_GROUP_AVX_F64(1) CGD_GROUP_AVX_F64(2) CGD_GROUP_AVX_F64(3) CGD_GROUP_AVX_F64(4)
+    CGD_GROUP_AVX_F64(5) CGD_GROUP_AVX_F64(6) CGD_GROUP_AVX_F64(7) CGD_GROUP_AVX_F64(8)
+    #endif
+
+    #define CGD_CAT4_(a, b, c, e) a##b##c##e
+    #define CGD_GROUP_FN(T, ISA, G) CGD_CAT4_(cgd_group_##T##_, ISA, _, G)
+
+    /* n outputs into ceil(n / gmax) groups of sizes that differ by at most one */
+    #define CGD_ROWDOTS_BODY(T, gmax, CALL)                                      \
+        const T* w[8];                                                           \
+        Py_ssize_t d4 = d - d % 4, a = 0, g, r, size;                            \
+        Py_ssize_t ng = (n + gmax - 1) / gmax;                                   \
+        for (g = 0; g < ng; g++) {                                               \
+            size = n / ng + (g < n % ng);                                        \
+            for (r = 0; r < size; r++) w[r] = W + rows[a + r] * d;               \
+            CALL                                                                 \
+            a += size;                                                           \
+        }
+
+    #define CGD_SWITCH8(T, ISA) switch (size) {                                  \
+        case 1: CGD_GROUP_FN(T, ISA, 1)(w, x, d, d4, out + a); break;            \
+        case 2: CGD_GROUP_FN(T, ISA, 2)(w, x, d, d4, out + a); break;            \
+        case 3: CGD_GROUP_FN(T, ISA, 3)(w, x, d, d4, out + a); break;            \
+        case 4: CGD_GROUP_FN(T, ISA, 4)(w, x, d, d4, out + a); break;            \
+        case 5: CGD_GROUP_FN(T, ISA, 5)(w, x, d, d4, out + a); break;            \
+        case 6: CGD_GROUP_FN(T, ISA, 6)(w, x, d, d4, out + a); break;            \
+        case 7: CGD_GROUP_FN(T, ISA, 7)(w, x, d, d4, out + a); break;            \
+        default: CGD_GROUP_FN(T, ISA, 8)(w, x, d, d4, out + a); break; }
+    #define CGD_SWITCH4(T, ISA) switch (size) {                                  \
+        case 1: CGD_GROUP_FN(T, ISA, 1)(w, x, d, d4, out + a); break;            \
+        case 2: CGD_GROUP_FN(T, ISA, 2)(w, x, d, d4, out + a); break;            \
+        case 3: CGD_GROUP_FN(T, ISA, 3)(w, x, d, d4, out + a); break;            \
+        default: CGD_GROUP_FN(T, ISA, 4)(w, x, d, d4, out + a); break; }
+    #define CGD_SWITCH2(T, ISA) switch (size) {                                  \
+        case 1: CGD_GROUP_FN(T, ISA, 1)(w, x, d, d4, out + a); break;            \
+        default: CGD_GROUP_FN(T, ISA, 2)(w, x, d, d4, out + a); break; }
+    #define CGD_SWITCH_(T, ISA, gmax) CGD_SWITCH##gmax(T, ISA)
+    #define CGD_SWITCH(T, ISA, gmax) CGD_SWITCH_(T, ISA, gmax)
+
+    static void cgd_rowdots_f64_base(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                     const double* x, Py_ssize_t d, double* out) {
+        CGD_ROWDOTS_BODY(double, CGD_F64_BASE_MAX, CGD_SWITCH(double, CGD_F64_BASE, CGD_F64_BASE_MAX))
+    }
+    static void cgd_rowdots_f32(const float* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                const float* x, Py_ssize_t d, float* out) {
+        CGD_ROWDOTS_BODY(float, CGD_F32_BASE_MAX, CGD_SWITCH(float, CGD_F32_BASE, CGD_F32_BASE_MAX))
+    }
+    #if CGD_AVX_DISPATCH
+    CGD_TARGET_AVX static void cgd_rowdots_f64_avx(const double* W, const Py_ssize_t* rows,
+                                                   Py_ssize_t n, const double* x,
+                                                   Py_ssize_t d, double* out) {
+        CGD_ROWDOTS_BODY(double, 8, CGD_SWITCH(double, avx, 8))
+    }
+    #endif
+    static int cgd_rowdots_avx_allowed = 1;   /* tests turn it off to check the base path */
+    static void cgd_rowdots_f64(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                                const double* x, Py_ssize_t d, double* out) {
+    #if CGD_AVX_DISPATCH
+        if (cgd_rowdots_avx_allowed && cgd_use_avx()) {
+            cgd_rowdots_f64_avx(W, rows, n, x, d, out);
+            return;
+        }
+    #endif
+        cgd_rowdots_f64_base(W, rows, n, x, d, out);
+    }
+    """
+    int cgd_rowdots_avx_allowed
+    void cgd_rowdots_f64(const double* W, const Py_ssize_t* rows, Py_ssize_t n,
+                         const double* x, Py_ssize_t d, double* out) noexcept nogil
+    void cgd_rowdots_f32(const float* W, const Py_ssize_t* rows, Py_ssize_t n,
+                         const float* x, Py_ssize_t d, float* out) noexcept nogil
+
+
+cdef inline void row_dots(const floating* W, const Py_ssize_t* rows, Py_ssize_t n,
+                          const floating* x, Py_ssize_t d, floating* out) noexcept nogil:
+    """out[a] = dot(W + rows[a] * d, x, d) for a < n, with dot()'s bits (see above)."""
+    if floating is double:
+        cgd_rowdots_f64(W, rows, n, x, d, out)
+    else:
+        cgd_rowdots_f32(W, rows, n, x, d, out)
+
+
+def _set_rowdots_avx(bint allowed):
+    """Let row_dots use AVX where the CPU has it (the default), or not: for the tests,
+    which check both builds against dot()."""
+    global cgd_rowdots_avx_allowed
+    cgd_rowdots_avx_allowed = allowed
+
+
+def _row_dots(const floating[:, ::1] W, const intp_t[::1] rows, const floating[::1] x):
+    """row_dots of x with the rows of W listed in rows, as a NumPy array (for tests)."""
+    import numpy as np
+    out = np.empty(rows.shape[0], dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] o = out
+    if W.shape[1] != x.shape[0]:
+        raise ValueError("W and x do not match")
+    for r in rows:
+        if not 0 <= r < W.shape[0]:
+            raise ValueError("row out of range")
+    if rows.shape[0] > 0:
+        row_dots(&W[0, 0], &rows[0], rows.shape[0], &x[0], x.shape[0], &o[0])
+    return out
+
+
+def _dot(const floating[::1] a, const floating[::1] b):
+    """dot() of _math.pxd (for tests)."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError("a and b do not match")
+    if a.shape[0] == 0:
+        return 0.0
+    return dot(&a[0], &b[0], a.shape[0])
+
+
+# Plain per-sample SGD runs per_sample_epoch where it applies (tests switch it off to
+# compare with the general loop, which takes sgd_single_row one row at a time).
+cdef bint PER_SAMPLE_LOOP = True
+
+
+def _set_per_sample_loop(bint on):
+    global PER_SAMPLE_LOOP
+    PER_SAMPLE_LOOP = on
+
+
+cdef inline const floating* next_row(
+    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
+    const floating* ysw, const intp_t[::1] order, Py_ssize_t p, floating* yj,
+    floating* sj) noexcept nogil:
+    """Row order[p] of X, its target and weight; asks for the row DENSE_PREFETCH places
+    ahead (with its target and weight, unless those were gathered in visiting order)."""
+    cdef Py_ssize_t n_order = order.shape[0], d = X.shape[1], i = order[p]
+    if ysw != NULL:
+        if p + DENSE_PREFETCH < n_order:
+            cgd_prefetch(&X[order[p + DENSE_PREFETCH], 0], d * sizeof(floating))
+        yj[0] = ysw[2 * p]
+        sj[0] = ysw[2 * p + 1]
+    else:
+        if p + DENSE_PREFETCH < n_order:
+            prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d, order[p + DENSE_PREFETCH])
+        yj[0] = y[i]
+        sj[0] = sample_weight[i]
+    return &X[i, 0]
+
+
+cdef inline double output_loss(EpochConfig* cfg, double zk, floating yi, floating si,
+                               Py_ssize_t k, const floating* pos_w, const floating* neg_w,
+                               double* step_dl) noexcept nogil:
+    """output_dloss without the objective array: returns the loss entry it would add (0
+    plus the loss, weighted if the objective is) and stores s_i * class weight * dl/dz in
+    step_dl[0]. The hinge loss written out (loss_and_dloss's arithmetic: dl/dz is -y or
+    0, which the clip leaves alone)."""
+    cdef double sk, dl, l, m
+    cdef double tk = target_and_weight(cfg, yi, si, k, pos_w, neg_w, &sk)
+    if cfg.loss == LOSS_HINGE:
+        m = tk * zk
+        if m <= 1.0:
+            l = 1.0 - m
+            dl = -tk
+        else:
+            l = 0.0
+            dl = 0.0
+    else:
+        l = sample_loss_and_dloss(cfg.loss, zk, tk, cfg.epsilon, &dl)
+    step_dl[0] = dl * sk
+    return 0.0 + (sk * l if cfg.weighted_objective else l)
+
+
+cdef Py_ssize_t per_sample_epoch(
+    const floating[:, ::1] X, const floating[::1] y, const floating[::1] sample_weight,
+    const floating* ysw, const intp_t[::1] order, const floating* pos_w,
+    const floating* neg_w, const unsigned char* active, const double[::1] eta_base,
+    floating* prm, SparseOut* so, double* reg, floating* z, double[::1] obj_out,
+    EpochConfig* cfg, double* t_io, int* status, double* work, double* next_clock,
+    double* last_check,
+) noexcept nogil:
+    """dense_epoch's loop for plain per-sample SGD with the coefficients as scale * v
+    (``so``: no averaging, no L1) and one output per problem (regression, one-vs-rest):
+    the same arithmetic as sgd_single_row and the loop around it, in the same order for
+    each output, so the same bits, with less done per row:
+
+    - the outputs' dot products are computed together (row_dots); an output's update
+      touches its own coefficients only, so its dot never depends on another's step;
+    - when every output has the same learning rate (always with the 'optimal' schedule,
+      which reads no base rate), the rate and its decay are computed once per row, and
+      the outputs, whose scales all start the epoch at 1, share one scale: the same
+      multiplications give each the same value, folded in at the same row; the penalty
+      0.5 l2 scale^2 sum v_j^2 then shares its first three factors;
+    - the objective is added up as record_objective does, without passes of its own.
+
+    Returns the number of rows done: all of them, or 0 (out of memory) to leave the
+    epoch to the general loop."""
+    cdef Py_ssize_t n_order = order.shape[0], d = X.shape[1], K = eta_base.shape[0]
+    cdef Py_ssize_t p, a, k, n_act = 0
+    cdef Py_ssize_t* act = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    cdef double* steps = <double*>malloc(K * sizeof(double))
+    cdef double t = t_io[0], e = 0.0, decay = 1.0, scale = 1.0, step, lk, lsum, rsum, c
+    cdef bint same_eta = True, has_b = cfg.fit_intercept
+    cdef const floating* x
+    cdef floating* b = prm + K * d
+    cdef floating yj, sj
+    if act == NULL or steps == NULL:
+        free(act)
+        free(steps)
+        return 0
+    for k in range(K):
+        if active[k]:
+            act[n_act] = k
+            n_act += 1
+    for a in range(n_act):
+        if so[act[a]].scale != 1.0 or (eta_base[act[a]] != eta_base[act[0]]
+                                       and cfg.schedule != SCHEDULE_OPTIMAL):
+            same_eta = False
+    for p in range(n_order):
+        x = next_row(X, y, sample_weight, ysw, order, p, &yj, &sj)
+        row_dots(prm, act, n_act, x, d, z)
+        lsum = 0.0
+        rsum = 0.0
+        if same_eta and n_act > 0:
+            e = schedule_eta(cfg.schedule, eta_base[act[0]], cfg.alpha, t, cfg.power_t,
+                             cfg.optimal_init)
+            decay = l2_decay(cfg, e)
+            for a in range(n_act):
+                k = act[a]
+                lk = output_loss(cfg, scale * z[a] + b[k], yj, sj, k, pos_w, neg_w, &step)
+                steps[a] = e * step
+                # record_objective's terms: the loss at the weights before the step, and
+                # the penalty at those weights
+                obj_out[k] += lk + reg[k]
+                lsum += lk
+                rsum += reg[k]
+            if decay != 1.0:
+                scale *= decay
+                if scale < SCALE_FOLD:
+                    for a in range(n_act):
+                        so[act[a]].scale = scale
+                        fold_output(&so[act[a]], prm + act[a] * d, 1, NULL, d, False, True)
+                    scale = 1.0
+            c = 0.5 * cfg.l2 * scale * scale
+            for a in range(n_act):
+                k = act[a]
+                step = steps[a]
+                if step != 0.0:
+                    so[k].sq = axpy_sum_squares(prm + k * d, x, d, -step / scale)
+                if has_b:  # (even for a zero step: -0.0 - -0.0 is +0.0)
+                    b[k] = <floating>(b[k] - step * cfg.intercept_decay)
+                reg[k] = c * so[k].sq
+        else:
+            for a in range(n_act):
+                k = act[a]
+                e = schedule_eta(cfg.schedule, eta_base[k], cfg.alpha, t, cfg.power_t,
+                                 cfg.optimal_init)
+                decay = l2_decay(cfg, e)
+                lk = output_loss(cfg, so[k].scale * z[a] + b[k], yj, sj, k, pos_w, neg_w,
+                                 &step)
+                step = e * step
+                obj_out[k] += lk + reg[k]
+                lsum += lk
+                rsum += reg[k]
+                if decay != 1.0:
+                    scale_output(&so[k], decay, prm + k * d, 1, NULL, d, False, True)
+                if step != 0.0:
+                    so[k].sq = axpy_sum_squares(prm + k * d, x, d, -step / so[k].scale)
+                intercept_step(cfg, b + k, step)
+                reg[k] = 0.5 * cfg.l2 * so[k].scale * so[k].scale * so[k].sq
+        t += 1.0
+        if not isfinite(lsum + rsum):
+            status[0] = STATUS_DIVERGED
+            break
+        if signal_check_due(work, next_clock, last_check, K * d):
+            with gil:
+                if check_signals() != 0:
+                    status[0] = STATUS_INTERRUPTED
+            if status[0] != STATUS_OK:
+                break
+    if same_eta:
+        for a in range(n_act):
+            so[act[a]].scale = scale
+    free(act)
+    free(steps)
+    t_io[0] = t
+    return n_order
 
 
 # ---------------------------------------------------------------- per-batch steps
@@ -1042,6 +1444,11 @@ cdef void dense_epoch(
     last_check = cgd_now()
     tm.win_t0 = last_check
     start = 0
+    if so != NULL and not multinomial and tm.mode == MODE_SOLO and PER_SAMPLE_LOOP:
+        start = per_sample_epoch(X, y, sample_weight, ysw, order, &pos_weight[0],
+                                 &neg_weight[0], &active[0], eta_base, prm, so, reg,
+                                 &work_z[0, 0], obj_out, cfg, &t, &status, &work,
+                                 &next_clock, &last_check)
     while start < n_order:
         mb = min(m, n_order - start)
         batch_rates(cfg, eta_base, eta, K, t)
