@@ -203,6 +203,8 @@ cdef struct Job:
     const void* y               # (n_samples,) targets or class indices (floating)
     const void* sw              # (n_samples,) sample weights (floating)
     const void* ysw             # (2 n_order,) y and sw in visiting order, or NULL
+    Py_ssize_t gather_from      # ysw from this position on is there only once
+    long long* gathered         #   *gathered == 2 (see gather_rest)
     const void* params          # (P,) (floating)
     const void* pos_w           # (K,) (floating)
     const void* neg_w           # (K,) (floating)
@@ -223,6 +225,8 @@ cdef inline void job_init(Job* job, Py_ssize_t d, Py_ssize_t K, Py_ssize_t batch
     job.y = &y[0]
     job.sw = &sample_weight[0]
     job.ysw = ysw
+    job.gather_from = job.n_order
+    job.gathered = NULL
     job.params = &params[0]
     job.pos_w = &pos_weight[0]
     job.neg_w = &neg_weight[0]
@@ -248,6 +252,8 @@ cdef void chunk_gradient(
     cdef const floating* sw = <const floating*>job.sw
     cdef const floating* ysw = <const floating*>job.ysw
     cdef const floating* params = <const floating*>job.params
+    if ysw != NULL and p1 > job.gather_from and cgd_atomic_load(job.gathered) != 2:
+        ysw = NULL  # (not gathered yet: read y and sample_weight where they are)
     cdef const floating* pos_w = <const floating*>job.pos_w
     cdef const floating* neg_w = <const floating*>job.neg_w
     cdef const unsigned char* active = job.active
@@ -560,18 +566,20 @@ def set_team_stats(bint on):
 
 
 # Who gathers an epoch's targets on a team (see gather_rest): 1 the master and a helper
-# half each; for tests, 0 the master all before the epoch, 2 the master first half, then
-# the rest when the epoch reaches it (what happens when the helper has not begun).
+# half each; for tests, 0 the master all before the epoch, 2 the master the first half,
+# then the rest when the epoch reaches it (what happens when the helper has not begun),
+# 3 the master the first half and nobody the rest (as when the helper that claimed it is
+# held up all epoch: every chunk there reads y and sample_weight where they are).
 cdef int GATHER_SPLIT = 1
 
 
 def set_gather_split(int mode):
     """For tests: who gathers the targets on a team (1, the default: the master and a
-    helper; 0: the master before the epoch; 2: the master in two steps). Returns the
-    previous mode."""
+    helper; 0: the master before the epoch; 2: the master in two steps; 3: the master
+    the first half only). Returns the previous mode."""
     global GATHER_SPLIT
-    if mode not in (0, 1, 2):
-        raise ValueError("mode must be 0, 1 or 2")
+    if mode not in (0, 1, 2, 3):
+        raise ValueError("mode must be 0, 1, 2 or 3")
     old = GATHER_SPLIT
     GATHER_SPLIT = mode
     return old
@@ -599,11 +607,10 @@ cdef struct Team:
     char pad1[120]
     int finished                # set by the master when its epoch loop is over
     char pad2[120]
-    long long gathered          # targets of positions [gather_from, n_order): 0 not yet
+    long long gathered          # targets of positions [job.gather_from, n_order): 0 not
                                 # gathered, 1 a thread is gathering them, 2 gathered
     char pad4[120]
-    Py_ssize_t gather_from      # (see gather_rest)
-    bint gather_pending         # the master has not seen gathered == 2 yet
+    bint gather_pending         # the master has not tried to claim them yet
     Slot* slots                 # (n_threads,); slot 0 unused
     Py_ssize_t gstride, ostride # elements between two chunk rows of a helper
     long long gen               # the master's last generation
@@ -631,7 +638,6 @@ cdef struct Team:
 cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
     tm.post = 0                 # generation 0: no batch yet
     tm.gathered = 2
-    tm.gather_from = 0
     tm.gather_pending = False
     tm.gen = 0
     tm.finished = 0
@@ -949,8 +955,8 @@ cdef void batch_gradient(
     cdef Slot* sl
     cdef double t0 = 0.0, t1
     cdef bint stats = TEAM_STATS
-    if tm.gather_pending and start + mb > tm.gather_from:
-        gather_rest(tm, job, X, True)
+    if tm.gather_pending and start + mb > job.gather_from:
+        gather_rest(tm, job, X)
         tm.gather_pending = False
     if team_active(tm) and nch > 1:
         nt = tm.n_threads
@@ -1059,26 +1065,18 @@ cdef void gather_targets(const floating* y, const floating* sw, const intp_t* or
         ysw[2 * p + 1] = sw[i]
 
 
-cdef void gather_rest(Team* tm, Job* job, const floating* X, bint wait) noexcept nogil:
-    """Gather the targets of positions [tm.gather_from, n_order) unless another thread
-    has claimed them (one compare-and-swap); with `wait`, return only once they are
-    there. On a team the master gathers the first half of the order while a helper
-    gathers the rest, and the master calls this before the first batch that reaches
-    the rest (a helper reads a batch's targets only after the master has posted it);
-    a helper that has not begun by then leaves its half to the master."""
-    cdef int spins = 0
+cdef void gather_rest(Team* tm, Job* job, const floating* X) noexcept nogil:
+    """Gather the targets of positions [job.gather_from, n_order) unless another thread
+    has claimed them (one compare-and-swap). On a team the master gathers the first half
+    of the order while a helper gathers the rest; the master calls this before the first
+    batch that reaches the rest, so that a helper that has not begun by then leaves it
+    to the master. Nobody waits for the gathering: until *job.gathered is 2 a chunk in
+    the rest reads y and sample_weight where they are (the same values)."""
     if cgd_atomic_load(&tm.gathered) == 0 and cgd_atomic_cas(&tm.gathered, 0, 1):
         gather_targets(<const floating*>job.y, <const floating*>job.sw,
-                       job.order + tm.gather_from, job.n_order - tm.gather_from,
-                       <floating*>tm.ysw + 2 * tm.gather_from)
+                       job.order + job.gather_from, job.n_order - job.gather_from,
+                       <floating*>tm.ysw + 2 * job.gather_from)
         cgd_atomic_store(&tm.gathered, 2)
-        return
-    while wait and cgd_atomic_load(&tm.gathered) != 2:
-        if spins < SPIN_LIMIT:
-            spins += 1
-            cgd_cpu_relax()
-        else:
-            cgd_thread_nap()
 
 
 cdef void dense_epoch(
@@ -1295,27 +1293,30 @@ def linear_epoch(
     # Freed only once the helpers have left: a helper that a busy machine holds up may
     # still read it after the master has finished the chunk in its place.
     tm.ysw = ysw
-    if ysw != NULL and nt > 1 and GATHER_SPLIT != 0:
-        # The team gathers: the master the first half, a helper the rest (gather_rest).
-        tm.gather_from = n_order // 2
-        tm.gathered = 0
+    job_init(&job, d, K, m, order, y, sample_weight, ysw, params, pos_weight, neg_weight,
+             active, &cfg)
+    # The team gathers: the master the first half, a helper the rest (gather_rest);
+    # not when the epoch ends on a one-row batch of plain SGD, whose per-sample step
+    # reads the gathered targets without asking whether they are there.
+    if ysw != NULL and nt > 1 and GATHER_SPLIT != 0 and not (plain and n_order % m == 1):
+        job.gather_from = n_order // 2
+        job.gathered = &tm.gathered
+        tm.gathered = 1 if GATHER_SPLIT == 3 else 0
         tm.gather_pending = True
     elif ysw != NULL:  # (else y and sample_weight are read where they are)
         with nogil:
             gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
-    job_init(&job, d, K, m, order, y, sample_weight, ysw, params, pos_weight, neg_weight,
-             active, &cfg)
     if nt > 1:
         with nogil, parallel(num_threads=nt):
             if threadid() == 0:
                 if tm.gather_pending:
-                    gather_targets(&y[0], &sample_weight[0], &order[0], tm.gather_from, ysw)
+                    gather_targets(&y[0], &sample_weight[0], &order[0], job.gather_from, ysw)
                 dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight,
                             active, eta_base, params, opt_state, l1_q, l1_u, avg_params,
                             avg_n, work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
             else:
                 if threadid() == 1 and GATHER_SPLIT == 1:
-                    gather_rest(&tm, &job, &X[0, 0], False)
+                    gather_rest(&tm, &job, &X[0, 0])
                 team_helper(&tm, &job, &X[0, 0], threadid())
     else:
         with nogil:
