@@ -204,6 +204,8 @@ cdef struct Job:
     const void* y               # (n_samples,) targets or class indices (floating)
     const void* sw              # (n_samples,) sample weights (floating)
     const void* ysw             # (2 n_order,) y and sw in visiting order, or NULL
+    Py_ssize_t gather_from      # ysw from this position on is there only once
+    long long* gathered         #   *gathered == 2 (see gather_rest)
     const void* params          # (P,) (floating)
     const void* pos_w           # (K,) (floating)
     const void* neg_w           # (K,) (floating)
@@ -224,6 +226,8 @@ cdef inline void job_init(Job* job, Py_ssize_t d, Py_ssize_t K, Py_ssize_t batch
     job.y = &y[0]
     job.sw = &sample_weight[0]
     job.ysw = ysw
+    job.gather_from = job.n_order
+    job.gathered = NULL
     job.params = &params[0]
     job.pos_w = &pos_weight[0]
     job.neg_w = &neg_weight[0]
@@ -249,6 +253,8 @@ cdef void chunk_gradient(
     cdef const floating* sw = <const floating*>job.sw
     cdef const floating* ysw = <const floating*>job.ysw
     cdef const floating* params = <const floating*>job.params
+    if ysw != NULL and p1 > job.gather_from and cgd_atomic_load(job.gathered) != 2:
+        ysw = NULL  # (not gathered yet: read y and sample_weight where they are)
     cdef const floating* pos_w = <const floating*>job.pos_w
     cdef const floating* neg_w = <const floating*>job.neg_w
     cdef const unsigned char* active = job.active
@@ -865,7 +871,12 @@ cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:
 # A thread's chunks are consecutive positions of the visiting order, so it prefetches
 # across its chunks as one pass does, and at the end of its share it asks for the first
 # rows of its share of the next batch (known in advance: the next batch's size and the
-# thread count fix it), so that a batch never starts on cold rows.
+# thread count fix it), so that a batch never starts on cold rows; and while it waits
+# for the other threads (a helper for the next batch, the master for the helpers'
+# chunks) it asks for the rest of that share's rows, one row per look at the word it
+# waits on: reading rows is what bounds the epoch, and the wait would otherwise be lost.
+# The targets and weights in visiting order (gather_targets) are gathered by the team
+# too: the master the first half of the order, a helper the rest.
 #
 # Two threads are not always faster (a loaded machine, a slow second core). A helper
 # whose core is taken by another process would hold up every batch, so the master, when
@@ -956,6 +967,26 @@ def set_team_stats(bint on):
     return old
 
 
+# Who gathers an epoch's targets on a team (see gather_rest): 1 the master and a helper
+# half each; for tests, 0 the master all before the epoch, 2 the master the first half,
+# then the rest when the epoch reaches it (what happens when the helper has not begun),
+# 3 the master the first half and nobody the rest (as when the helper that claimed it is
+# held up all epoch: every chunk there reads y and sample_weight where they are).
+cdef int GATHER_SPLIT = 1
+
+
+def set_gather_split(int mode):
+    """For tests: who gathers the targets on a team (1, the default: the master and a
+    helper; 0: the master before the epoch; 2: the master in two steps; 3: the master
+    the first half only). Returns the previous mode."""
+    global GATHER_SPLIT
+    if mode not in (0, 1, 2, 3):
+        raise ValueError("mode must be 0, 1, 2 or 3")
+    old = GATHER_SPLIT
+    GATHER_SPLIT = mode
+    return old
+
+
 cdef struct Slot:
     # Helper h's: its progress word (written by h, and by the master when it takes over),
     # then what only h writes (its chunk rows, set before the region) and reads.
@@ -978,6 +1009,10 @@ cdef struct Team:
     char pad1[120]
     int finished                # set by the master when its epoch loop is over
     char pad2[120]
+    long long gathered          # targets of positions [job.gather_from, n_order): 0 not
+                                # gathered, 1 a thread is gathering them, 2 gathered
+    char pad4[120]
+    bint gather_pending         # the master has not tried to claim them yet
     Slot* slots                 # (n_threads,); slot 0 unused
     Py_ssize_t gstride, ostride # elements between two chunk rows of a helper
     long long gen               # the master's last generation
@@ -1004,6 +1039,8 @@ cdef struct Team:
 
 cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
     tm.post = 0                 # generation 0: no batch yet
+    tm.gathered = 2
+    tm.gather_pending = False
     tm.gen = 0
     tm.finished = 0
     tm.slots = NULL
@@ -1119,6 +1156,23 @@ cdef inline void share_positions(Job* job, Py_ssize_t start, Py_ssize_t nt, Py_s
     q1[0] = start + (c1 * mb) // nch
 
 
+cdef inline Py_ssize_t prefetch_next(Job* job, const floating* X, Py_ssize_t p,
+                                      Py_ssize_t q1) noexcept nogil:
+    """A waiting thread's use of its time: ask for the row at position p of its coming
+    share, if p < q1; returns the next position to ask for. (A thread of the team
+    waits for the other once per batch; the rows of its next share are known, and
+    reading rows is what bounds the epoch, so the wait loads them into cache.)"""
+    cdef Py_ssize_t i
+    if p >= q1:
+        return p
+    i = job.order[p]
+    if job.ysw != NULL:
+        cgd_prefetch(X + i * job.d, job.d * sizeof(floating))
+    else:
+        prefetch_sample(X, <const floating*>job.y, <const floating*>job.sw, job.d, i)
+    return p + 1
+
+
 cdef void share_gradient(
     Job* job, const floating* X,
     Py_ssize_t start, Py_ssize_t mb, Py_ssize_t nch,   # IN the batch
@@ -1178,7 +1232,7 @@ cdef void team_helper(Team* tm, Job* job, const floating* X, int h) noexcept nog
     wants the cores)."""
     cdef Slot* sl = &tm.slots[h]
     cdef long long seen = 0, g, st
-    cdef Py_ssize_t start, mb, nch, nt, c0, c1, q0, q1
+    cdef Py_ssize_t start, mb, nch, nt, c0, c1, q0 = 0, q1 = 0, pf = 0
     cdef int spins
     cdef double t0 = 0.0, t1 = 0.0
     cdef bint stats = TEAM_STATS
@@ -1190,11 +1244,14 @@ cdef void team_helper(Team* tm, Job* job, const floating* X, int h) noexcept nog
             g = cgd_atomic_load(&tm.post)
             if g != seen:
                 break
-            if spins < SPIN_LIMIT:
+            if pf < q1:
+                pf = prefetch_next(job, X, pf, q1)
+            elif spins < SPIN_LIMIT:
                 spins += 1
                 cgd_cpu_relax()
             else:
                 cgd_thread_nap()
+        q1 = 0  # (nothing to prefetch unless this batch gives a share)
         if g == POST_EXIT:
             break
         seen = g
@@ -1214,6 +1271,7 @@ cdef void team_helper(Team* tm, Job* job, const floating* X, int h) noexcept nog
         share_positions(job, start + mb, nt, h, &q0, &q1)
         helper_share(tm, job, X, sl, (g << GEN_SHIFT) | ((c1 - c0) * LIMIT_ONE), start, mb,
                      nch, c0, q0, q1)
+        pf = min(q0 + DENSE_PREFETCH, q1)  # (its share's last rows asked for these)
         if stats:
             sl.busy += cgd_now() - t1
     cgd_flag_wait(&tm.finished)
@@ -1222,13 +1280,15 @@ cdef void team_helper(Team* tm, Job* job, const floating* X, int h) noexcept nog
 cdef Py_ssize_t collect_share(Team* tm, Job* job, const floating* X, int h, long long g,
                               Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t q0, Py_ssize_t q1,
                               floating* work_grad, double* work_obj,
-                              floating* work_z) noexcept nogil:
+                              floating* work_z, Py_ssize_t* pf) noexcept nogil:
     """Master, its own share done: finish helper h's share [c0, c1) of generation g.
     While the helper has chunks it has not begun, the master takes the last of them
     (moving the helper's limit down) and computes it; then it waits for the chunks the
     helper has begun, unless the helper keeps it waiting too long: then it takes over the
     ones not done. A chunk the master computes goes to its row of work_grad / work_obj.
-    Returns how many of the share's chunks (its first ones) are in the helper's rows."""
+    Returns how many of the share's chunks (its first ones) are in the helper's rows.
+    While it waits, it asks for the rows of its own next share, [q0, q1), from
+    position pf[0] on (see prefetch_next)."""
     cdef Slot* sl = &tm.slots[h]
     cdef long long st
     cdef Py_ssize_t P = job.P, K = job.K, i, lim, done
@@ -1257,7 +1317,10 @@ cdef Py_ssize_t collect_share(Team* tm, Job* job, const floating* X, int h, long
                                work_grad + (c0 + lim - 1) * P, P,
                                work_obj + (c0 + lim - 1) * K, K, work_z)
             continue
-        cgd_cpu_relax()
+        if pf[0] < q1:
+            pf[0] = prefetch_next(job, X, pf[0], q1)
+        else:
+            cgd_cpu_relax()
         spins += 1
         if spins % 256 != 0 and not TAKEOVER_EAGER:
             continue
@@ -1287,13 +1350,16 @@ cdef void batch_gradient(
     and taken-over chunks in work_grad, a helper's in its slot), by the team when it is
     on, else by the master alone; then all rows summed in chunk order."""
     cdef Py_ssize_t P = job.P, K = job.K, nch = n_chunks_for(mb), nt = 1
-    cdef Py_ssize_t c, k, h, c0, c1, q0, q1, n_own
+    cdef Py_ssize_t c, k, h, c0, c1, q0, q1, n_own, pf
     cdef long long g = 0
     cdef floating* rows[MAX_CHUNKS]
     cdef double* orows[MAX_CHUNKS]
     cdef Slot* sl
     cdef double t0 = 0.0, t1
     cdef bint stats = TEAM_STATS
+    if tm.gather_pending and start + mb > job.gather_from:
+        gather_rest(tm, job, X)
+        tm.gather_pending = False
     if team_active(tm) and nch > 1:
         nt = tm.n_threads
         tm.gen += 1
@@ -1310,6 +1376,7 @@ cdef void batch_gradient(
     t1 = cgd_now()
     if c1 > c0:
         tm.chunk_time = (t1 - t0) / (c1 - c0)
+    pf = min(q0 + DENSE_PREFETCH, q1)  # (its share's last rows asked for these)
     for c in range(nch):
         rows[c] = work_grad + c * P
         orows[c] = work_obj + c * K
@@ -1318,7 +1385,7 @@ cdef void batch_gradient(
         if c0 >= c1:
             continue
         n_own = collect_share(tm, job, X, <int>h, g, c0, c1, q0, q1, work_grad, work_obj,
-                              work_z)
+                              work_z, &pf)
         sl = &tm.slots[h]
         for c in range(c0, c0 + n_own):
             rows[c] = <floating*>sl.grad + (c - c0) * tm.gstride
@@ -1398,6 +1465,20 @@ cdef void gather_targets(const floating* y, const floating* sw, const intp_t* or
         i = order[p]
         ysw[2 * p] = y[i]
         ysw[2 * p + 1] = sw[i]
+
+
+cdef void gather_rest(Team* tm, Job* job, const floating* X) noexcept nogil:
+    """Gather the targets of positions [job.gather_from, n_order) unless another thread
+    has claimed them (one compare-and-swap). On a team the master gathers the first half
+    of the order while a helper gathers the rest; the master calls this before the first
+    batch that reaches the rest, so that a helper that has not begun by then leaves it
+    to the master. Nobody waits for the gathering: until *job.gathered is 2 a chunk in
+    the rest reads y and sample_weight where they are (the same values)."""
+    if cgd_atomic_load(&tm.gathered) == 0 and cgd_atomic_cas(&tm.gathered, 0, 1):
+        gather_targets(<const floating*>job.y, <const floating*>job.sw,
+                       job.order + job.gather_from, job.n_order - job.gather_from,
+                       <floating*>tm.ysw + 2 * job.gather_from)
+        cgd_atomic_store(&tm.gathered, 2)
 
 
 cdef void dense_epoch(
@@ -1616,21 +1697,33 @@ def linear_epoch(
             nt = 1
             team_init(&tm, nt)
     ysw = <floating*>malloc(2 * n_order * sizeof(floating))
-    if ysw != NULL:  # (else y and sample_weight are read where they are)
-        with nogil:
-            gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
     # Freed only once the helpers have left: a helper that a busy machine holds up may
     # still read it after the master has finished the chunk in its place.
     tm.ysw = ysw
     job_init(&job, d, K, m, order, y, sample_weight, ysw, params, pos_weight, neg_weight,
              active, &cfg)
+    # The team gathers: the master the first half, a helper the rest (gather_rest);
+    # not when the epoch ends on a one-row batch of plain SGD, whose per-sample step
+    # reads the gathered targets without asking whether they are there.
+    if ysw != NULL and nt > 1 and GATHER_SPLIT != 0 and not (plain and n_order % m == 1):
+        job.gather_from = n_order // 2
+        job.gathered = &tm.gathered
+        tm.gathered = 1 if GATHER_SPLIT == 3 else 0
+        tm.gather_pending = True
+    elif ysw != NULL:  # (else y and sample_weight are read where they are)
+        with nogil:
+            gather_targets(&y[0], &sample_weight[0], &order[0], n_order, ysw)
     if nt > 1:
         with nogil, parallel(num_threads=nt):
             if threadid() == 0:
+                if tm.gather_pending:
+                    gather_targets(&y[0], &sample_weight[0], &order[0], job.gather_from, ysw)
                 dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight,
                             active, eta_base, params, opt_state, l1_q, l1_u, avg_params,
                             avg_n, work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
             else:
+                if threadid() == 1 and GATHER_SPLIT == 1:
+                    gather_rest(&tm, &job, &X[0, 0])
                 team_helper(&tm, &job, &X[0, 0], threadid())
     else:
         with nogil:

@@ -397,3 +397,42 @@ def test_team_stats_account_for_the_shared_batches(monkeypatch):
         assert st["takeovers"] >= 0
     assert np.array_equal(plain.coef_, profiled.coef_)
     assert plain.loss_curve_ == profiled.loss_curve_
+
+
+@requires_openmp
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+@pytest.mark.parametrize("n, batch_size", [(2000, 64), (2000, 300), (1985, 64)])
+def test_team_gathered_targets_give_the_same_bits(mode, n, batch_size, monkeypatch):
+    """The epoch's targets and weights in visiting order are gathered by the master and
+    a helper, half each (mode 1), or by the master alone before the epoch (0), or by the
+    master in two steps, the second when the epoch reaches the second half (2: what
+    happens when the helper has not begun), or the second half never (3: as when the
+    helper that claimed it is held up all epoch; its chunks read y and sample_weight
+    where they are): every way and thread count, the same bits. 1985 rows at batch 64
+    end on a one-row batch (the per-sample step: not split)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((n, 20))
+    y = X @ rng.standard_normal(20) + 0.1 * rng.standard_normal(n)
+    sw = rng.uniform(0.2, 3.0, n)
+    kw = dict(batch_size=batch_size, max_iter=3, tol=None, learning_rate="constant",
+              eta0=0.01, random_state=0)
+    saved = _linear.set_team_window(1e9)
+    saved_split = _linear.set_gather_split(mode)
+    try:
+        log = _TeamLog(monkeypatch)
+        fits = [cgd.SGDRegressor(n_jobs=j, **kw).fit(X, y, sample_weight=sw) for j in (2, 3)]
+    finally:
+        _linear.set_team_window(saved)
+        _linear.set_gather_split(saved_split)
+    # The team was on (unless a held-up helper was dropped on a busy machine).
+    assert all(r[2] or r[3] for r in log.rates[:1])
+    ref = cgd.SGDRegressor(n_jobs=1, **kw).fit(X, y, sample_weight=sw)
+    for f in fits:
+        assert np.array_equal(f.coef_, ref.coef_)
+        assert np.array_equal(f.intercept_, ref.intercept_)
+        assert f.loss_curve_ == ref.loss_curve_
+
+
+def test_gather_split_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="mode"):
+        _linear.set_gather_split(4)
