@@ -355,10 +355,7 @@ cdef void sgd_single_row(
         if so == NULL:
             dense_step(params + k * d, x, d, decay, step)
         else:
-            if decay != 1.0:
-                scale_output(&so[k], decay, params + k * d, 1, NULL, d, False, True)
-            if step != 0.0:
-                so[k].sq = axpy_sum_squares(params + k * d, x, d, -step / so[k].scale)
+            dense_scaled_step(&so[k], decay, step, params + k * d, x, d)
         intercept_step(cfg, params + K * d + k, step)
 
 
@@ -777,10 +774,7 @@ cdef Py_ssize_t per_sample_epoch(
                 obj_out[k] += lk + reg[k]
                 lsum += lk
                 rsum += reg[k]
-                if decay != 1.0:
-                    scale_output(&so[k], decay, prm + k * d, 1, NULL, d, False, True)
-                if step != 0.0:
-                    so[k].sq = axpy_sum_squares(prm + k * d, x, d, -step / so[k].scale)
+                dense_scaled_step(&so[k], decay, step, prm + k * d, x, d)
                 intercept_step(cfg, b + k, step)
                 reg[k] = 0.5 * cfg.l2 * so[k].scale * so[k].scale * so[k].sq
         t += 1.0
@@ -1396,11 +1390,7 @@ cdef void batch_gradient(
             tm.n_shared += 1
             tm.t_wait += cgd_now() - t1
     reduce_rows(work_grad, rows, nch, P)
-    for k in range(K):
-        work_obj[k] = orows[0][k]
-    for c in range(1, nch):
-        for k in range(K):
-            work_obj[k] += orows[c][k]
+    reduce_rows(work_obj, orows, nch, K)
     if stats:
         tm.t_mark = cgd_now()
 
@@ -1508,6 +1498,7 @@ cdef void dense_epoch(
     cdef floating* wg = &work_grad[0, 0] if work_grad.shape[0] > 0 else NULL
     cdef const floating* ysw = <const floating*>tm.ysw
     cdef floating yj, sj
+    cdef const floating* x
     # Per-sample plain SGD without averaging or L1 keeps each output's coefficients
     # as a scale times v (see sgd_single_row): its objective's L2 term comes from
     # the scale and sum v_j^2, and the scale is folded in before the epoch returns.
@@ -1536,19 +1527,10 @@ cdef void dense_epoch(
         if mb == 1 and plain:
             for k in range(K):
                 work_obj[0, k] = 0.0
-            j = order[start]
-            if ysw != NULL:
-                if start + DENSE_PREFETCH < n_order:
-                    cgd_prefetch(&X[order[start + DENSE_PREFETCH], 0], d * sizeof(floating))
-                yj = ysw[2 * start]
-                sj = ysw[2 * start + 1]
-            else:
-                if start + DENSE_PREFETCH < n_order:
-                    prefetch_sample(&X[0, 0], &y[0], &sample_weight[0], d,
-                                    order[start + DENSE_PREFETCH])
-                yj = y[j]
-                sj = sample_weight[j]
-            sgd_single_row(&X[j, 0], yj, sj, prm, K, d,
+            # (yj and sj are set by next_row: a statement of its own, since C leaves the
+            # order in which a call's arguments are evaluated open)
+            x = next_row(X, y, sample_weight, ysw, order, start, &yj, &sj)
+            sgd_single_row(x, yj, sj, prm, K, d,
                            &pos_weight[0], &neg_weight[0], &active[0], eta, cfg,
                            &work_obj[0, 0], &work_z[0, 0], so)
         else:
@@ -2060,6 +2042,16 @@ cdef inline void csr_step(SparseOut* o, double decay, double step, floating* v,
         scale_output(o, decay, v, vs, D, d, track_avg, track_norms)
     if step != 0.0:
         add_row(o, v, vs, D, xd, xi, nnz, -step / o.scale, track_avg, track_norms)
+
+
+cdef inline void dense_scaled_step(SparseOut* o, double decay, double step, floating* v,
+                                  const floating* x, Py_ssize_t d) noexcept nogil:
+    """csr_step for a dense row (the per-sample dense kernels): the decay through the
+    scale, the step on all d coordinates, keeping sum v_j^2 for the penalty."""
+    if decay != 1.0:
+        scale_output(o, decay, v, 1, NULL, d, False, True)
+    if step != 0.0:
+        o.sq = axpy_sum_squares(v, x, d, -step / o.scale)
 
 
 cdef inline void sparse_dots(const floating* coef, Py_ssize_t K, const floating* xd,
