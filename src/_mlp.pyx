@@ -1326,6 +1326,13 @@ cdef void dense_dismiss(Dense* dn) noexcept nogil:
     dn.mode = TMODE_SOLO
 
 
+cdef inline void dense_drop(Dense* dn) noexcept nogil:
+    """The team lost on a busy machine: one thread for the rest of the epoch, and a
+    back-off for the next epochs (dense_mlp_epoch reads dn.stalled)."""
+    dn.stalled = 1
+    dense_dismiss(dn)
+
+
 cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
     """Count a finished batch of mb rows; at the end of a window, choose who runs the next."""
     cdef double now, rate, cpu
@@ -1353,18 +1360,13 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
             dn.win_batches = 0
             dn.win_t0 = now
         else:
-            # One thread for the rest of the epoch, and a back-off for the next
-            # (dense_mlp_epoch).
-            dn.stalled = 1
-            dense_dismiss(dn)
+            dense_drop(dn)
         return
     if dn.win_total >= 4:
         now = cgd_now()
         if dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
-            # The helpers keep the master waiting (they do not get a core): one thread
-            # for the rest of the epoch, and a back-off for the next (dense_mlp_epoch).
-            dn.stalled = 1
-            dense_dismiss(dn)
+            # The helpers keep the master waiting (they do not get a core).
+            dense_drop(dn)
             return
         if now - dn.cpu_w0 >= dn.cpu_span and MLP_TEAM_WINDOW > 0.0:
             # The master off its core for a good part of the time: more threads want
@@ -1378,8 +1380,7 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
             cpu = cgd_thread_cpu()
             if cpu >= 0.0 and cpu - dn.cpu_c0 < MLP_CPU_SHARE * (now - dn.cpu_w0):
                 if (now - dn.t_start) * dn.n_batches < MLP_SHORT_EPOCH * dn.batches:
-                    dn.stalled = 1
-                    dense_dismiss(dn)
+                    dense_drop(dn)
                     return
                 dn.rate_team = dn.cpu_rows / (now - dn.cpu_w0)
                 dn.cpu_prev_mode = dn.mode
