@@ -8,6 +8,9 @@ duplicate entries. A duplicate (i, j) entry means the sum of its values, as in e
 scipy.sparse product, so summing duplicates changes no dot product or gradient; sorted
 indices make a row's columns visit the weights in memory order. The caller's matrix is
 never modified: a matrix that is not canonical is copied first.
+
+Beside the wrapper of ``validate_data`` every entry point calls (``validate_input``)
+stands ``plain_arrays``: the dense arrays that call would return unchanged.
 """
 
 import numpy as np
@@ -93,6 +96,24 @@ def check_sparse_structure(X):
             if idx.size and (idx.min() < 0 or idx.max() >= dim):
                 raise ValueError("Malformed sparse coo matrix: a stored entry's index is out "
                                  f"of range [0, {dim}).")
+
+
+def plain_arrays(X, y, regression):
+    """X and y that scikit-learn's validate_data (dtype float64 / float32, C order, finite,
+    y numeric for a regressor) would return unchanged, with nothing to warn about: a
+    C-contiguous 2-D ndarray of float64 or float32 with at least one row and column,
+    finite, and a 1-D ndarray of as many integer (or, for a regressor, finite float)
+    labels. Anything else goes through validate_data, for its conversions and errors."""
+    if not (type(X) is np.ndarray and type(y) is np.ndarray and X.ndim == 2
+            and y.ndim == 1 and X.dtype in (np.float64, np.float32)
+            and X.flags.c_contiguous and X.shape[0] >= 1 and X.shape[1] >= 1
+            and y.shape[0] == X.shape[0]
+            and y.dtype.kind in ("iuf" if regression else "iu")):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(X.sum()):
+            return False
+        return y.dtype.kind != "f" or bool(np.isfinite(y.sum()))
 
 
 _NO_Y = object()

@@ -36,7 +36,7 @@ from . import _linear, _shuffle
 from ._codes import LOSS_CODES, SCHEDULE_CODES, SOLVER_CODES, Target
 from ._compat import (Interval, StrOptions, check_sample_weight, fit_context,
                       validate_parameter_constraints)
-from ._sparse import csr_arrays, validate_input
+from ._sparse import csr_arrays, plain_arrays, validate_input
 from ._fit_loop import (
     ConvergenceTracker,
     run_epochs,
@@ -628,7 +628,7 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        if reset and _plain_arrays(X, y, isinstance(self, RegressorMixin)):
+        if reset and plain_arrays(X, y, isinstance(self, RegressorMixin)):
             # What scikit-learn's validate_data does with such arrays, without its ~0.1 ms
             # (several times that on a cold cache): X and y as they are, the feature
             # count recorded, no feature names.
@@ -1550,24 +1550,6 @@ class _EpochShuffler:
         if self.seeds is not None:
             _RANDOM_STATES.give_back(self.seeds)
             self.seeds = None
-
-
-def _plain_arrays(X, y, regression):
-    """X and y that scikit-learn's validate_data (dtype float64 / float32, C order, finite,
-    y numeric for a regressor) would return unchanged, with nothing to warn about: a
-    C-contiguous 2-D ndarray of float64 or float32 with at least one row and column,
-    finite, and a 1-D ndarray of as many integer (or, for a regressor, finite float)
-    labels. Anything else goes through validate_data, for its conversions and errors."""
-    if not (type(X) is np.ndarray and type(y) is np.ndarray and X.ndim == 2
-            and y.ndim == 1 and X.dtype in (np.float64, np.float32)
-            and X.flags.c_contiguous and X.shape[0] >= 1 and X.shape[1] >= 1
-            and y.shape[0] == X.shape[0]
-            and y.dtype.kind in ("iuf" if regression else "iu")):
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(X.sum()):
-            return False
-        return y.dtype.kind != "f" or bool(np.isfinite(y.sum()))
 
 
 def _decision_rows(X, rows, params, K, n_threads):

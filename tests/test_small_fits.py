@@ -15,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import cgd
 from cgd import _linear
+from cgd._sparse import plain_arrays
 
 
 def _dot_reference(w, x):
@@ -204,14 +205,14 @@ def test_plain_arrays_skip_validate_data_with_the_same_outcome():
         est.fit(X[:, :10], y)  # plain arrays: no names any more, a new feature count
         assert not hasattr(est, "feature_names_in_")
         assert est.n_features_in_ == 10
-    assert linear_model._plain_arrays(X, y, False)
-    assert not linear_model._plain_arrays(np.asfortranarray(X), y, False)
-    assert not linear_model._plain_arrays(X.astype(np.float16), y, False)
-    assert not linear_model._plain_arrays(X, y.astype(float), False)      # classifier
-    assert linear_model._plain_arrays(X, y.astype(float), True)           # regressor
+    assert plain_arrays(X, y, False)
+    assert not plain_arrays(np.asfortranarray(X), y, False)
+    assert not plain_arrays(X.astype(np.float16), y, False)
+    assert not plain_arrays(X, y.astype(float), False)      # classifier
+    assert plain_arrays(X, y.astype(float), True)           # regressor
     Xn = X.copy()
     Xn[3, 4] = np.nan
-    assert not linear_model._plain_arrays(Xn, y, False)
+    assert not plain_arrays(Xn, y, False)
     with pytest.raises(ValueError, match="Input X contains NaN"):
         cgd.SGDClassifier(max_iter=1).fit(Xn, y)
     yn = y.astype(float)
