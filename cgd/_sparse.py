@@ -18,6 +18,8 @@ import scipy.sparse as sp
 
 from sklearn.utils.validation import validate_data
 
+from . import _checks
+
 
 def canonical_csr(X):
     """``X`` (a CSR matrix or array from ``validate_data``) with sorted column indices
@@ -98,22 +100,26 @@ def check_sparse_structure(X):
                                  f"of range [0, {dim}).")
 
 
-def plain_arrays(X, y, regression):
+def plain_arrays(X, y, regression, n_threads=1):
     """X and y that scikit-learn's validate_data (dtype float64 / float32, C order, finite,
     y numeric for a regressor) would return unchanged, with nothing to warn about: a
     C-contiguous 2-D ndarray of float64 or float32 with at least one row and column,
     finite, and a 1-D ndarray of as many integer (or, for a regressor, finite float)
-    labels. Anything else goes through validate_data, for its conversions and errors."""
+    labels. Anything else goes through validate_data, for its conversions and errors.
+
+    X's finiteness is checked natively on ``n_threads`` threads (the fit's): it is a pass
+    over all of X, as long as a mini-batch epoch of it, and on one thread it would hold
+    the other cores idle.
+    """
     if not (type(X) is np.ndarray and type(y) is np.ndarray and X.ndim == 2
             and y.ndim == 1 and X.dtype in (np.float64, np.float32)
             and X.flags.c_contiguous and X.shape[0] >= 1 and X.shape[1] >= 1
             and y.shape[0] == X.shape[0]
             and y.dtype.kind in ("iuf" if regression else "iu")):
         return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(X.sum()):
-            return False
-        return y.dtype.kind != "f" or bool(np.isfinite(y.sum()))
+    if not _checks.all_finite(X.reshape(-1), n_threads):
+        return False
+    return y.dtype.kind != "f" or bool(np.isfinite(y).all())
 
 
 _NO_Y = object()

@@ -628,7 +628,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        if reset and plain_arrays(X, y, isinstance(self, RegressorMixin)):
+        if reset and plain_arrays(X, y, isinstance(self, RegressorMixin),
+                                  effective_n_threads(self.n_jobs)):
             # What scikit-learn's validate_data does with such arrays, without its ~0.1 ms
             # (several times that on a cold cache): X and y as they are, the feature
             # count recorded, no feature names.

@@ -865,3 +865,59 @@ def test_class_weights_as_sklearn(class_weight):
     ours = class_weights(class_weight, classes, y)
     ref = compute_class_weight(class_weight, classes=classes, y=y)
     assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
+
+
+# ------------------------------------------- the native finiteness check of X
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_native_finiteness_check_is_exact(dtype):
+    """cgd._checks.all_finite against np.isfinite(...).all(): every kind of non-finite
+    value (NaN with any payload and sign, +-inf), at the first, last and block-boundary
+    positions, over one to three threads and on both sides of the size above which the
+    pass is shared out; finite values of every exponent (subnormals, the largest, -0)
+    pass, including arrays whose sum overflows (which NumPy's sum check would refuse)."""
+    from cgd import _checks
+
+    finfo = np.finfo(dtype)
+    uint = np.uint64 if dtype == np.float64 else np.uint32
+    nbits = 64 if dtype == np.float64 else 32
+    exp_mask = (1 << (nbits - 1)) - (1 << finfo.nmant)   # every exponent bit
+    bad = np.array([np.nan, -np.nan, np.inf, -np.inf], dtype=dtype)
+    # NaNs with other payloads: all exponent bits set, some mantissa bits
+    payloads = np.array([exp_mask | 1, exp_mask | (1 << (finfo.nmant - 1)) | 5,
+                         (1 << (nbits - 1)) | exp_mask | 3], dtype=uint).view(dtype)
+    assert np.isnan(payloads).all()
+    bad = np.concatenate([bad, payloads])
+    good = np.array([0.0, -0.0, finfo.max, -finfo.max, finfo.tiny, finfo.smallest_subnormal,
+                     -finfo.smallest_subnormal, 1.0, -3.5], dtype=dtype)
+    rng = np.random.default_rng(0)
+    block = 1 << 15
+    for n in [1, 2, 7, block - 1, block, block + 1, (1 << 18) - 1, (1 << 18) + 3 * block + 5]:
+        a = rng.choice(good, n)
+        assert np.isfinite(a).all()
+        for nt in [1, 2, 3]:
+            assert _checks.all_finite(a, nt) is True
+        for pos in sorted({0, n - 1, min(n - 1, block - 1), min(n - 1, block), n // 2}):
+            for v in bad:
+                b = a.copy()
+                b[pos] = v
+                for nt in [1, 2, 3]:
+                    assert _checks.all_finite(b, nt) is False, (n, pos, v, nt)
+    big = np.full(1 << 19, finfo.max, dtype=dtype)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())
+    assert _checks.all_finite(big, 2) is True
+    assert _checks.all_finite(np.empty(0, dtype=dtype), 2) is True
+
+
+def test_native_finiteness_check_reads_without_writing():
+    """A read-only X (a memory map, a Dask chunk) is checked in place, unchanged."""
+    from cgd import _checks
+
+    X = np.random.default_rng(1).standard_normal((3000, 100))
+    X[2999, 99] = np.inf
+    X.setflags(write=False)
+    before = X.copy()
+    assert _checks.all_finite(X.reshape(-1), 2) is False
+    np.testing.assert_array_equal(X, before)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        cgd.SGDRegressor(max_iter=1, n_jobs=2).fit(X, np.zeros(3000))
