@@ -122,6 +122,18 @@ def plain_arrays(X, y, regression, n_threads=1):
     return y.dtype.kind != "f" or bool(np.isfinite(y).all())
 
 
+def take_plain_arrays(estimator, X, y, regression, n_threads):
+    """A fit's ``validate_data(estimator, X, y, reset=True)`` for the arrays it would
+    return unchanged (see :func:`plain_arrays`), without its cost (~0.1 ms, several times
+    that on a cold cache, plus a one-thread pass over X): the feature count recorded, no
+    feature names. True when done; False sends the caller to :func:`validate_input`."""
+    if not plain_arrays(X, y, regression, n_threads):
+        return False
+    estimator.n_features_in_ = X.shape[1]
+    estimator.__dict__.pop("feature_names_in_", None)
+    return True
+
+
 _NO_Y = object()
 
 

@@ -36,7 +36,7 @@ from . import _linear, _shuffle
 from ._codes import LOSS_CODES, SCHEDULE_CODES, SOLVER_CODES, Target
 from ._compat import (Interval, StrOptions, check_sample_weight, fit_context,
                       validate_parameter_constraints)
-from ._sparse import csr_arrays, plain_arrays, validate_input
+from ._sparse import csr_arrays, take_plain_arrays, validate_input
 from ._fit_loop import (
     ConvergenceTracker,
     run_epochs,
@@ -628,13 +628,8 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         print(f"Total training time: {time.time() - t_start:.2f} seconds.")
 
     def _validate_X_y(self, X, y, reset):
-        if reset and plain_arrays(X, y, isinstance(self, RegressorMixin),
-                                  effective_n_threads(self.n_jobs)):
-            # What scikit-learn's validate_data does with such arrays, without its ~0.1 ms
-            # (several times that on a cold cache): X and y as they are, the feature
-            # count recorded, no feature names.
-            self.n_features_in_ = X.shape[1]
-            self.__dict__.pop("feature_names_in_", None)
+        if reset and take_plain_arrays(self, X, y, isinstance(self, RegressorMixin),
+                                       effective_n_threads(self.n_jobs)):
             return X, y
         # Sparse X as it comes: the CSR kernels read each row's entries in stored order
         # (as scikit-learn's), so unsorted indices need no sorted copy and duplicate

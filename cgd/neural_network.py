@@ -46,7 +46,7 @@ from ._fit_loop import (
     first_partial_fit_call,
     mlp_divergence_error,
 )
-from ._sparse import csr_arrays, is_sparse, validate_input
+from ._sparse import csr_arrays, is_sparse, take_plain_arrays, validate_input
 from ._threads import blas_limited, effective_n_threads
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -778,8 +778,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_.take(np.argmax(y_pred, axis=1))
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_input(self, X, y, multi_output=True,
-                              dtype=[np.float64, np.float32], order="C", reset=reset)
+        if not (reset and take_plain_arrays(self, X, y, False,
+                                            effective_n_threads(self.n_jobs))):
+            X, y = validate_input(self, X, y, multi_output=True,
+                                  dtype=[np.float64, np.float32], order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_class_labels(y)
@@ -996,8 +998,10 @@ n_outputs_, out_activation_
         return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_input(self, X, y, multi_output=True, y_numeric=True,
-                              dtype=[np.float64, np.float32], order="C", reset=reset)
+        if not (reset and take_plain_arrays(self, X, y, True,
+                                            effective_n_threads(self.n_jobs))):
+            X, y = validate_input(self, X, y, multi_output=True, y_numeric=True,
+                                  dtype=[np.float64, np.float32], order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):

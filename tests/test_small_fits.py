@@ -198,11 +198,17 @@ def test_cached_parameter_check_refuses_as_scikit_learn(bad):
 def test_plain_arrays_skip_validate_data_with_the_same_outcome():
     pd = pytest.importorskip("pandas")
     X, y = _digits()
-    for cls in (cgd.SGDClassifier, cgd.SGDRegressor):
+    for cls in (cgd.SGDClassifier, cgd.SGDRegressor, cgd.MLPClassifier, cgd.MLPRegressor):
         est = cls(max_iter=1, tol=None, random_state=0)
-        est.fit(pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])]), y)
+        if cls in (cgd.MLPClassifier, cgd.MLPRegressor):
+            est.set_params(hidden_layer_sizes=(5,), tol=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])]), y)
         assert hasattr(est, "feature_names_in_")
-        est.fit(X[:, :10], y)  # plain arrays: no names any more, a new feature count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X[:, :10], y)  # plain arrays: no names any more, a new feature count
         assert not hasattr(est, "feature_names_in_")
         assert est.n_features_in_ == 10
     assert plain_arrays(X, y, False)
@@ -213,12 +219,14 @@ def test_plain_arrays_skip_validate_data_with_the_same_outcome():
     Xn = X.copy()
     Xn[3, 4] = np.nan
     assert not plain_arrays(Xn, y, False)
-    with pytest.raises(ValueError, match="Input X contains NaN"):
-        cgd.SGDClassifier(max_iter=1).fit(Xn, y)
+    for cls in (cgd.SGDClassifier, cgd.MLPClassifier):
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            cls(max_iter=1).fit(Xn, y)
     yn = y.astype(float)
     yn[0] = np.inf
-    with pytest.raises(ValueError, match="Input y contains infinity"):
-        cgd.SGDRegressor(max_iter=1).fit(X, yn)
+    for cls in (cgd.SGDRegressor, cgd.MLPRegressor):
+        with pytest.raises(ValueError, match="Input y contains infinity"):
+            cls(max_iter=1).fit(X, yn)
 
 
 def test_reused_random_states_draw_as_new_ones():
