@@ -13,10 +13,10 @@ from cgd._codes cimport (SOLVER_SGD, SOLVER_ADAM, SOLVER_ADAGRAD, SCHEDULE_CONST
                      SCHEDULE_OPTIMAL, SCHEDULE_INVSCALING, SCHEDULE_ADAPTIVE)
 
 
-# Adam's step in C, built for the baseline instruction set, for AVX and (float32) for
-# AVX-512, chosen at run time. Its square root and division dominate the step (they are
-# not pipelined like additions), and AVX does four doubles or eight floats of each per
-# instruction where SSE2 does two or four (AVX-512: sixteen floats). Every build gives
+# Adam's step in C, built for the baseline instruction set, for AVX and for AVX-512,
+# chosen at run time. Its square root and division dominate the step (they are not
+# pipelined like additions), and AVX does four doubles or eight floats of each per
+# instruction where SSE2 does two or four (AVX-512 eight or sixteen). Every build gives
 # the same bits: every element takes the same IEEE operations in the same order (AVX
 # has no FMA, and the AVX-512 build is compiled without contraction, so nothing can be
 # fused), and vectorising an elementwise loop reorders nothing.
@@ -159,6 +159,34 @@ cdef extern from *:
         if (s) { _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1); }
         { CGD_ADAM_SQ_TAIL(n16) }
     }
+    __attribute__((target("avx512f")))
+    static void cgd_adam_f64_avx512(CGD_ADAM_ARGS(double)) {
+    #if defined(__clang__)
+        #pragma clang fp contract(off)
+    #endif
+        Py_ssize_t i, j, n8 = n - n % 8;
+        double gj;
+        __m512d G = _mm512_set1_pd(gscale), L = _mm512_set1_pd(l2), B1 = _mm512_set1_pd(b1);
+        __m512d B2 = _mm512_set1_pd(b2), C1 = _mm512_set1_pd(c1), C2 = _mm512_set1_pd(c2);
+        __m512d LR = _mm512_set1_pd(lr_t), E = _mm512_set1_pd(eps), W, GJ, M, V;
+        for (i = 0; i < n8; i += 8) {
+            W = _mm512_loadu_pd(w + i);
+            GJ = _mm512_add_pd(_mm512_mul_pd(G, _mm512_loadu_pd(g + i)), _mm512_mul_pd(L, W));
+            M = _mm512_add_pd(_mm512_mul_pd(B1, _mm512_loadu_pd(m + i)), _mm512_mul_pd(C1, GJ));
+            V = _mm512_add_pd(_mm512_mul_pd(B2, _mm512_loadu_pd(v + i)),
+                              _mm512_mul_pd(_mm512_mul_pd(C2, GJ), GJ));
+            _mm512_storeu_pd(m + i, M);
+            _mm512_storeu_pd(v + i, V);
+            _mm512_storeu_pd(w + i, _mm512_sub_pd(W, _mm512_div_pd(_mm512_mul_pd(LR, M),
+                                                  _mm512_add_pd(_mm512_sqrt_pd(V), E))));
+        }
+        for (j = n8; j < n; j++) {
+            gj = gscale * g[j] + l2 * w[j];
+            m[j] = b1 * m[j] + c1 * gj;
+            v[j] = b2 * v[j] + c2 * gj * gj;
+            w[j] = w[j] - lr_t * m[j] / (sqrt(v[j]) + eps);
+        }
+    }
     #endif
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
@@ -169,7 +197,7 @@ cdef extern from *:
         return has;
     }
     /* 2: AVX-512F, 1: AVX, 0: neither (what the CPU has); the tests may run a lower
-       level (cgd_simd_cap) */
+       level (cgd_simd_cap): which build of Adam's step runs */
     static int cgd_simd_max = -1, cgd_simd_level = -1;
     static int cgd_simd(void) {
         if (cgd_simd_max < 0) {
@@ -182,16 +210,25 @@ cdef extern from *:
         }
         return cgd_simd_level;
     }
-    #define CGD_ADAM_DISPATCH(name, ...) \\
-        if (cgd_use_avx()) name##_avx(__VA_ARGS__); else name##_base(__VA_ARGS__);
     #else
-    #define CGD_ADAM_DISPATCH(name, ...) name##_base(__VA_ARGS__);
     static int cgd_simd_max = 0, cgd_simd_level = 0;
     static int cgd_simd(void) { return 0; }
     #endif
 
     static void cgd_adam_f64(CGD_ADAM_ARGS(double)) {
-        CGD_ADAM_DISPATCH(cgd_adam_f64, w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps)
+    #if CGD_AVX_DISPATCH && CGD_AVX512_DISPATCH
+        if (cgd_simd() >= 2) {
+            cgd_adam_f64_avx512(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
+            return;
+        }
+    #endif
+    #if CGD_AVX_DISPATCH
+        if (cgd_simd() >= 1) {
+            cgd_adam_f64_avx(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
+            return;
+        }
+    #endif
+        cgd_adam_f64_base(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
     }
     /* The float32 step; returns sum_j w[j]^2 before the step when want_sq (else 0). */
     static double cgd_adam_f32sq(CGD_ADAM_ARGS(float), int want_sq) {

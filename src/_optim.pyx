@@ -62,7 +62,7 @@ def squared_norm_f32(const float[::1] x):
 
 
 def simd_cap(int level):
-    """Tests: run this module's float32 Adam step on at most `level` (2 AVX-512F, 1 AVX,
+    """Tests: run this module's Adam steps on at most `level` (2 AVX-512F, 1 AVX,
     0 the baseline build); returns the previous level. The level the CPU allows is never
     raised."""
     return cgd_simd_cap(level)
