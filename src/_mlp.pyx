@@ -21,7 +21,8 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
 from _math cimport dot, sigmoid
-from _optim cimport OptimConfig, optimizer_step, read_optim_config
+from _optim cimport (OptimConfig, optimizer_step, read_optim_config, adam_f32_step,
+                     cgd_sqnorm_f32)
 from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
@@ -35,7 +36,7 @@ ctypedef fused csr_index:
     int32_t
     int64_t
 
-from cgd._codes cimport (ACT_IDENTITY, ACT_LOGISTIC, ACT_TANH, ACT_RELU, ACT_SOFTMAX,
+from cgd._codes cimport (SOLVER_ADAM, ACT_IDENTITY, ACT_LOGISTIC, ACT_TANH, ACT_RELU, ACT_SOFTMAX,
                      ACT_EXP)
 
 
@@ -135,25 +136,26 @@ cdef void column_sums(const floating* d, Py_ssize_t m, Py_ssize_t n,
 
 cdef inline double squared_norm(const floating* x, Py_ssize_t n) noexcept nogil:
     """sum_j x_j^2, summed in double whatever the dtype (the loss's L2 term: in float32,
-    a sum of 10^5 squares can lose three of its seven digits); for float64, dot(x, x)."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, v0, v1, v2, v3
-    cdef Py_ssize_t j, n4 = n - n % 4
+    a sum of 10^5 squares can lose three of its seven digits); for float64, dot(x, x).
+    float32 sums in the order of the fused Adam step (step_squared_norm)."""
     if floating is double:
         return dot(x, x, n)
     else:
-        for j in range(0, n4, 4):
-            v0 = x[j]
-            v1 = x[j + 1]
-            v2 = x[j + 2]
-            v3 = x[j + 3]
-            s0 += v0 * v0
-            s1 += v1 * v1
-            s2 += v2 * v2
-            s3 += v3 * v3
-        for j in range(n4, n):
-            v0 = x[j]
-            s0 += v0 * v0
-        return (s0 + s1) + (s2 + s3)
+        return cgd_sqnorm_f32(x, n)
+
+
+cdef inline double step_squared_norm(OptimConfig* oc, floating* w, const floating* g,
+                                     double gscale, floating* s0, floating* s1, Py_ssize_t n,
+                                     double lr, double l2, double t) noexcept nogil:
+    """squared_norm(w) before optimizer_step(w, ...), then the step: float32 Adam sums the
+    squares in its own pass over w (the same bits as squared_norm)."""
+    cdef double sq
+    if floating is float:
+        if oc.solver == SOLVER_ADAM:
+            return adam_f32_step(oc, w, g, gscale, s0, s1, n, lr, l2, t, True)
+    sq = squared_norm(w, n)
+    optimizer_step(oc, w, g, gscale, s0, s1, n, lr, l2, t)
+    return sq
 
 
 cdef double output_loss_and_delta(
@@ -748,9 +750,12 @@ cdef void finish_batch(
                 sum_slots(task_scratch + threadid() * tk.scratch, gs, Pb, nslots, n)
                 gs = task_scratch + threadid() * tk.scratch
         if grad_out == NULL:
-            seg_sq[s] = squared_norm(prm + j0, n) if pen else 0.0
-            optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr,
-                           l2 if pen else 0.0, t)
+            if pen:
+                seg_sq[s] = step_squared_norm(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n,
+                                              lr, l2, t)
+            else:
+                seg_sq[s] = 0.0
+                optimizer_step(oc, prm + j0, gs, gscale, s0 + j0, s1 + j0, n, lr, 0.0, t)
         else:
             # the objective's penalty in double whatever the dtype: lbfgs compares values
             seg_sq[s] = 0.0
@@ -944,6 +949,10 @@ cdef enum:
     # weights plus their Adam moments take 1.5 MiB; W3's first layer (784 x 256) makes
     # two tasks, one per core.
     UPDATE_TILE = 131072
+    # A layer of at least UPDATE_SPLIT weights is cut into an even number of tiles: two
+    # threads then share its gradient evenly (W3's 256 x 128 layer in one tile left a
+    # thread idle for a seventh of every UPDATE phase).
+    UPDATE_SPLIT = 16384
     FIRST_TILE = 128        # columns per tile of layer 1 (rounded to an even count)
     PH_GATHER = 0
     PH_FIRST = 1
@@ -1094,6 +1103,8 @@ cdef struct Dense:
     int stalled               # the master waited too long for the helpers (see dense_adapt)
     double t_start, t_done    # when the master's epoch loop started and ended
     double wait_total         # seconds the master waited for helpers' tasks this epoch
+    double ph_wall[4]         # seconds of the team's phases, by kind (tests, stats)
+    double ph_wait[4]         # seconds of them the master waited for helpers' tasks
     double cpu_start, cpu_done  # the master thread's CPU time at t_start and t_done
     double cpu_w0, cpu_c0     # start of the window of the CPU-share rule: wall, CPU time,
     double cpu_rows, cpu_span #   rows since then, its length before the next look
@@ -1214,9 +1225,9 @@ cdef void dense_task(Dense* dn, floating* prm, int kind, Py_ssize_t i, int tid) 
                  d, <int>sz[l + 1], 0.0, g, <int>sz[l + 1])
             off = net.offsets[l] + f0 * sz[l + 1]
             n = (f1 - f0) * sz[l + 1]
-            dn.task_sq[i] = squared_norm(prm + off, n)
-            optimizer_step(dn.oc, prm + off, g, dn.gscale, <floating*>dn.m0 + off,
-                           <floating*>dn.m1 + off, n, dn.lr, dn.l2, dn.t)
+            dn.task_sq[i] = step_squared_norm(dn.oc, prm + off, g, dn.gscale,
+                                              <floating*>dn.m0 + off, <floating*>dn.m1 + off,
+                                              n, dn.lr, dn.l2, dn.t)
         else:
             n = sz[l + 1]
             column_sums(d, mb, n, g)
@@ -1298,7 +1309,7 @@ cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noe
         for i in range(ntasks):
             dense_task(dn, prm, kind, i, 0)
         return
-    cdef double t0
+    cdef double t0, tp = cgd_now()
     dense_publish(dn, ntasks | (<long long>kind << MKIND_SHIFT))
     dn.n_meet += 1
     dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0)
@@ -1315,7 +1326,11 @@ cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noe
         cgd_cpu_relax()
     # A task a helper has begun is waited for (its outputs are written in place, and an
     # UPDATE task's step must not run twice); dense_adapt reads the total.
-    dn.wait_total += cgd_now() - t0
+    tp = cgd_now() - tp
+    t0 = cgd_now() - t0
+    dn.wait_total += t0
+    dn.ph_wall[kind] += tp
+    dn.ph_wait[kind] += t0
 
 
 cdef void dense_dismiss(Dense* dn) noexcept nogil:
@@ -1537,13 +1552,20 @@ cdef void dense_epoch(
     loss_out[0] = loss_acc
 
 
+cdef inline Py_ssize_t update_tiles(Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """Row tiles of a rows x cols weight matrix in the UPDATE phase."""
+    cdef Py_ssize_t R = max(1, UPDATE_TILE // cols), n = (rows + R - 1) // R
+    if n % 2 == 1 and rows >= 2 and rows * cols >= UPDATE_SPLIT:
+        n += 1
+    return n
+
+
 cdef bint dense_tasks_fit(Layout* net, Py_ssize_t m) noexcept:
     """Whether every phase of batches of up to m rows has fewer than 2^17 tasks (the
     task word's room), else the epoch takes the blocks of batch_gradient."""
-    cdef Py_ssize_t l, R, n = (m + GATHER_ROWS - 1) // GATHER_ROWS + net.L
+    cdef Py_ssize_t l, n = (m + GATHER_ROWS - 1) // GATHER_ROWS + net.L
     for l in range(net.L):
-        R = max(1, UPDATE_TILE // net.sizes[l + 1])
-        n += (net.sizes[l] + R - 1) // R
+        n += update_tiles(net.sizes[l], net.sizes[l + 1])
     return n < (1 << 17) and first_tiles(net.sizes[1]) < (1 << 17)
 
 
@@ -1551,12 +1573,11 @@ cdef object dense_setup(Dense* dn, Layout* net, Py_ssize_t m, int nt, dtype):
     """Fill dn's task tables and scratch for batches of up to m rows; returns the arrays
     they point into, which must outlive dn."""
     import numpy as np
-    cdef Py_ssize_t L = net.L, l, j, R, nt_l, lo, hi, stride = 0, a = 0
+    cdef Py_ssize_t L = net.L, l, j, nt_l, lo, hi, stride = 0, a = 0
     cdef const intp_t* sz = net.sizes
     kinds, layers, los, his = [], [], [], []
     for l in range(L):
-        R = max(1, UPDATE_TILE // sz[l + 1])
-        nt_l = (sz[l] + R - 1) // R
+        nt_l = update_tiles(sz[l], sz[l + 1])
         for j in range(nt_l):
             lo = j * sz[l] // nt_l
             hi = (j + 1) * sz[l] // nt_l
@@ -1666,7 +1687,9 @@ cdef object dense_mlp_epoch(
     config["team_stats"] = {"helper_tasks": dn.helper_tasks, "taken": dn.n_taken,
                             "wait": dn.wait_total, "wall": dn.t_done - dn.t_start,
                             "cpu": dn.cpu_done - dn.cpu_start, "meetings": dn.n_meet,
-                            "threads": nt, "stalled": dn.stalled}
+                            "threads": nt, "stalled": dn.stalled,
+                            "phase_wall": [dn.ph_wall[i] for i in range(4)],
+                            "phase_wait": [dn.ph_wait[i] for i in range(4)]}
     if nt > 1:
         config["team_backoff"] = ((0, 1) if dn.team_at_end and not dn.stalled
                                   else (next_skip, min(2 * next_skip, 16)))

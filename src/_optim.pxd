@@ -13,57 +13,246 @@ from cgd._codes cimport (SOLVER_SGD, SOLVER_ADAM, SOLVER_ADAGRAD, SCHEDULE_CONST
                      SCHEDULE_OPTIMAL, SCHEDULE_INVSCALING, SCHEDULE_ADAPTIVE)
 
 
-# Adam's step in C, built twice on x86: for the baseline instruction set and for AVX,
+# Adam's step in C, built for the baseline instruction set, for AVX and for AVX-512,
 # chosen at run time. Its square root and division dominate the step (they are not
 # pipelined like additions), and AVX does four doubles or eight floats of each per
-# instruction where SSE2 does two or four. Both builds give the same bits: every element
-# takes the same IEEE operations in the same order (AVX without FMA, so nothing can be
-# contracted), and vectorising an elementwise loop reorders nothing.
+# instruction where SSE2 does two or four (AVX-512 eight or sixteen). Every build gives
+# the same bits: every element takes the same IEEE operations in the same order (AVX
+# has no FMA, and the AVX-512 build is compiled without contraction, so nothing can be
+# fused), and vectorising an elementwise loop reorders nothing.
+#
+# The float32 step can also return the squared norm of the parameters before the step
+# (the loss's L2 term) from the same pass, summed in double: 16 partial sums, element j
+# into sum j % 16 in order, added in one fixed tree (cgd_sq_tree), whichever build runs;
+# cgd_sqnorm_f32 sums a vector the same way without a step.
 cdef extern from *:
     """
     #include <math.h>
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     #define CGD_AVX_DISPATCH 1
     #define CGD_TARGET_AVX __attribute__((target("avx")))
+    #include <immintrin.h>
     #else
     #define CGD_AVX_DISPATCH 0
     #endif
 
-    #define CGD_ADAM_LOOP(T, SQRT)                                          \
-        Py_ssize_t j;                                                        \
-        T gj;                                                                \
-        for (j = 0; j < n; j++) {                                            \
-            gj = gscale * g[j] + l2 * w[j];                                  \
-            m[j] = b1 * m[j] + c1 * gj;                                      \
-            v[j] = b2 * v[j] + c2 * gj * gj;                                 \
-            w[j] = w[j] - lr_t * m[j] / (SQRT(v[j]) + eps);                  \
+    #define CGD_ADAM_LOOP(T, SQRT)                                          \\
+        Py_ssize_t j;                                                        \\
+        T gj;                                                                \\
+        for (j = 0; j < n; j++) {                                            \\
+            gj = gscale * g[j] + l2 * w[j];                                  \\
+            m[j] = b1 * m[j] + c1 * gj;                                      \\
+            v[j] = b2 * v[j] + c2 * gj * gj;                                 \\
+            w[j] = w[j] - lr_t * m[j] / (SQRT(v[j]) + eps);                  \\
         }
 
-    #define CGD_ADAM_ARGS(T) T* __restrict w, const T* __restrict g, T gscale,    \
-        T* __restrict m, T* __restrict v, Py_ssize_t n, T lr_t, T l2, T b1, T b2, \
+    #define CGD_ADAM_ARGS(T) T* __restrict w, const T* __restrict g, T gscale,    \\
+        T* __restrict m, T* __restrict v, Py_ssize_t n, T lr_t, T l2, T b1, T b2, \\
         T c1, T c2, T eps
 
+    /* Elements j0 .. n-1 of the float32 step, one at a time, adding w[j]^2 (before
+       the step) to s[j % 16] when s is not NULL: the scalar body and every build's tail. */
+    #define CGD_ADAM_SQ_TAIL(j0)                                             \\
+        Py_ssize_t j;                                                        \\
+        float gj;                                                            \\
+        double x;                                                            \\
+        for (j = (j0); j < n; j++) {                                         \\
+            if (s) { x = w[j]; s[j % 16] += x * x; }                         \\
+            gj = gscale * g[j] + l2 * w[j];                                  \\
+            m[j] = b1 * m[j] + c1 * gj;                                      \\
+            v[j] = b2 * v[j] + c2 * gj * gj;                                 \\
+            w[j] = w[j] - lr_t * m[j] / (sqrtf(v[j]) + eps);                 \\
+        }
+
+    static double cgd_sq_tree(const double* s) {
+        return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])))
+             + (((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15])));
+    }
+
+    static double cgd_sqnorm_f32(const float* x, Py_ssize_t n) {
+        double s[16] = {0.0};
+        double v;
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) { v = x[j]; s[j % 16] += v * v; }
+        return cgd_sq_tree(s);
+    }
+
     static void cgd_adam_f64_base(CGD_ADAM_ARGS(double)) { CGD_ADAM_LOOP(double, sqrt) }
-    static void cgd_adam_f32_base(CGD_ADAM_ARGS(float)) { CGD_ADAM_LOOP(float, sqrtf) }
+    static void cgd_adam_f32sq_base(CGD_ADAM_ARGS(float), double* s) { CGD_ADAM_SQ_TAIL(0) }
     #if CGD_AVX_DISPATCH
     CGD_TARGET_AVX static void cgd_adam_f64_avx(CGD_ADAM_ARGS(double)) { CGD_ADAM_LOOP(double, sqrt) }
-    CGD_TARGET_AVX static void cgd_adam_f32_avx(CGD_ADAM_ARGS(float)) { CGD_ADAM_LOOP(float, sqrtf) }
+    /* eight floats of the AVX step at i; their squares into acc[0] (lanes i % 16 ..
+       + 3) and acc[1] (the next four) */
+    #define CGD_ADAM8_AVX(i, acc0, acc1)                                      \\
+        W = _mm256_loadu_ps(w + (i));                                        \\
+        if (s) {                                                             \\
+            lo = _mm256_cvtps_pd(_mm256_castps256_ps128(W));                 \\
+            hi = _mm256_cvtps_pd(_mm256_extractf128_ps(W, 1));               \\
+            acc0 = _mm256_add_pd(acc0, _mm256_mul_pd(lo, lo));               \\
+            acc1 = _mm256_add_pd(acc1, _mm256_mul_pd(hi, hi));               \\
+        }                                                                    \\
+        GJ = _mm256_add_ps(_mm256_mul_ps(G, _mm256_loadu_ps(g + (i))), _mm256_mul_ps(L, W)); \\
+        M = _mm256_add_ps(_mm256_mul_ps(B1, _mm256_loadu_ps(m + (i))), _mm256_mul_ps(C1, GJ)); \\
+        V = _mm256_add_ps(_mm256_mul_ps(B2, _mm256_loadu_ps(v + (i))),        \\
+                          _mm256_mul_ps(_mm256_mul_ps(C2, GJ), GJ));         \\
+        _mm256_storeu_ps(m + (i), M);                                        \\
+        _mm256_storeu_ps(v + (i), V);                                        \\
+        _mm256_storeu_ps(w + (i), _mm256_sub_ps(W, _mm256_div_ps(_mm256_mul_ps(LR, M), \\
+                                  _mm256_add_ps(_mm256_sqrt_ps(V), E))));
+    CGD_TARGET_AVX static void cgd_adam_f32sq_avx(CGD_ADAM_ARGS(float), double* s) {
+        Py_ssize_t i, n16 = n - n % 16;
+        __m256 G = _mm256_set1_ps(gscale), L = _mm256_set1_ps(l2), B1 = _mm256_set1_ps(b1);
+        __m256 B2 = _mm256_set1_ps(b2), C1 = _mm256_set1_ps(c1), C2 = _mm256_set1_ps(c2);
+        __m256 LR = _mm256_set1_ps(lr_t), E = _mm256_set1_ps(eps), W, GJ, M, V;
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        __m256d a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd(), lo, hi;
+        for (i = 0; i < n16; i += 16) {
+            CGD_ADAM8_AVX(i, a0, a1)
+            CGD_ADAM8_AVX(i + 8, a2, a3)
+        }
+        if (s) {
+            _mm256_storeu_pd(s, a0);
+            _mm256_storeu_pd(s + 4, a1);
+            _mm256_storeu_pd(s + 8, a2);
+            _mm256_storeu_pd(s + 12, a3);
+        }
+        { CGD_ADAM_SQ_TAIL(n16) }
+    }
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #define CGD_AVX512_DISPATCH 1
+    #elif defined(__clang__)
+    #define CGD_AVX512_DISPATCH 1
+    #else
+    #define CGD_AVX512_DISPATCH 0
+    #endif
+    #if CGD_AVX512_DISPATCH
+    __attribute__((target("avx512f")))
+    static void cgd_adam_f32sq_avx512(CGD_ADAM_ARGS(float), double* s) {
+    #if defined(__clang__)
+        #pragma clang fp contract(off)
+    #endif
+        Py_ssize_t i, n16 = n - n % 16;
+        __m512 G = _mm512_set1_ps(gscale), L = _mm512_set1_ps(l2), B1 = _mm512_set1_ps(b1);
+        __m512 B2 = _mm512_set1_ps(b2), C1 = _mm512_set1_ps(c1), C2 = _mm512_set1_ps(c2);
+        __m512 LR = _mm512_set1_ps(lr_t), E = _mm512_set1_ps(eps), W, GJ, M, V;
+        __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), lo, hi;
+        for (i = 0; i < n16; i += 16) {
+            W = _mm512_loadu_ps(w + i);
+            if (s) {
+                lo = _mm512_cvtps_pd(_mm512_castps512_ps256(W));
+                hi = _mm512_cvtps_pd(_mm256_castsi256_ps(
+                    _mm512_extracti64x4_epi64(_mm512_castps_si512(W), 1)));
+                a0 = _mm512_add_pd(a0, _mm512_mul_pd(lo, lo));
+                a1 = _mm512_add_pd(a1, _mm512_mul_pd(hi, hi));
+            }
+            GJ = _mm512_add_ps(_mm512_mul_ps(G, _mm512_loadu_ps(g + i)), _mm512_mul_ps(L, W));
+            M = _mm512_add_ps(_mm512_mul_ps(B1, _mm512_loadu_ps(m + i)), _mm512_mul_ps(C1, GJ));
+            V = _mm512_add_ps(_mm512_mul_ps(B2, _mm512_loadu_ps(v + i)),
+                              _mm512_mul_ps(_mm512_mul_ps(C2, GJ), GJ));
+            _mm512_storeu_ps(m + i, M);
+            _mm512_storeu_ps(v + i, V);
+            _mm512_storeu_ps(w + i, _mm512_sub_ps(W, _mm512_div_ps(_mm512_mul_ps(LR, M),
+                                                  _mm512_add_ps(_mm512_sqrt_ps(V), E))));
+        }
+        if (s) { _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1); }
+        { CGD_ADAM_SQ_TAIL(n16) }
+    }
+    __attribute__((target("avx512f")))
+    static void cgd_adam_f64_avx512(CGD_ADAM_ARGS(double)) {
+    #if defined(__clang__)
+        #pragma clang fp contract(off)
+    #endif
+        Py_ssize_t i, j, n8 = n - n % 8;
+        double gj;
+        __m512d G = _mm512_set1_pd(gscale), L = _mm512_set1_pd(l2), B1 = _mm512_set1_pd(b1);
+        __m512d B2 = _mm512_set1_pd(b2), C1 = _mm512_set1_pd(c1), C2 = _mm512_set1_pd(c2);
+        __m512d LR = _mm512_set1_pd(lr_t), E = _mm512_set1_pd(eps), W, GJ, M, V;
+        for (i = 0; i < n8; i += 8) {
+            W = _mm512_loadu_pd(w + i);
+            GJ = _mm512_add_pd(_mm512_mul_pd(G, _mm512_loadu_pd(g + i)), _mm512_mul_pd(L, W));
+            M = _mm512_add_pd(_mm512_mul_pd(B1, _mm512_loadu_pd(m + i)), _mm512_mul_pd(C1, GJ));
+            V = _mm512_add_pd(_mm512_mul_pd(B2, _mm512_loadu_pd(v + i)),
+                              _mm512_mul_pd(_mm512_mul_pd(C2, GJ), GJ));
+            _mm512_storeu_pd(m + i, M);
+            _mm512_storeu_pd(v + i, V);
+            _mm512_storeu_pd(w + i, _mm512_sub_pd(W, _mm512_div_pd(_mm512_mul_pd(LR, M),
+                                                  _mm512_add_pd(_mm512_sqrt_pd(V), E))));
+        }
+        for (j = n8; j < n; j++) {
+            gj = gscale * g[j] + l2 * w[j];
+            m[j] = b1 * m[j] + c1 * gj;
+            v[j] = b2 * v[j] + c2 * gj * gj;
+            w[j] = w[j] - lr_t * m[j] / (sqrt(v[j]) + eps);
+        }
+    }
+    #endif
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
     static int cgd_use_avx(void) {
         static int has = -1;   /* the same answer whichever thread asks first */
         if (has < 0) has = __builtin_cpu_supports("avx") ? 1 : 0;
         return has;
     }
-    #define CGD_ADAM_DISPATCH(name, ...) \
-        if (cgd_use_avx()) name##_avx(__VA_ARGS__); else name##_base(__VA_ARGS__);
+    /* 2: AVX-512F, 1: AVX, 0: neither (what the CPU has); the tests may run a lower
+       level (cgd_simd_cap): which build of Adam's step runs */
+    static int cgd_simd_max = -1, cgd_simd_level = -1;
+    static int cgd_simd(void) {
+        if (cgd_simd_max < 0) {
+            int lvl = cgd_use_avx();
+    #if CGD_AVX512_DISPATCH
+            if (lvl && __builtin_cpu_supports("avx512f")) lvl = 2;
+    #endif
+            cgd_simd_max = lvl;
+            cgd_simd_level = lvl;
+        }
+        return cgd_simd_level;
+    }
     #else
-    #define CGD_ADAM_DISPATCH(name, ...) name##_base(__VA_ARGS__);
+    static int cgd_simd_max = 0, cgd_simd_level = 0;
+    static int cgd_simd(void) { return 0; }
     #endif
 
     static void cgd_adam_f64(CGD_ADAM_ARGS(double)) {
-        CGD_ADAM_DISPATCH(cgd_adam_f64, w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps)
+    #if CGD_AVX_DISPATCH && CGD_AVX512_DISPATCH
+        if (cgd_simd() >= 2) {
+            cgd_adam_f64_avx512(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
+            return;
+        }
+    #endif
+    #if CGD_AVX_DISPATCH
+        if (cgd_simd() >= 1) {
+            cgd_adam_f64_avx(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
+            return;
+        }
+    #endif
+        cgd_adam_f64_base(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps);
+    }
+    /* The float32 step; returns sum_j w[j]^2 before the step when want_sq (else 0). */
+    static double cgd_adam_f32sq(CGD_ADAM_ARGS(float), int want_sq) {
+        double s[16] = {0.0};
+        double* ps = want_sq ? s : NULL;
+        int lvl = cgd_simd();
+    #if CGD_AVX_DISPATCH && CGD_AVX512_DISPATCH
+        if (lvl >= 2) cgd_adam_f32sq_avx512(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps, ps);
+        else
+    #endif
+    #if CGD_AVX_DISPATCH
+        if (lvl >= 1) cgd_adam_f32sq_avx(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps, ps);
+        else
+    #endif
+        cgd_adam_f32sq_base(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps, ps);
+        return want_sq ? cgd_sq_tree(s) : 0.0;
     }
     static void cgd_adam_f32(CGD_ADAM_ARGS(float)) {
-        CGD_ADAM_DISPATCH(cgd_adam_f32, w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps)
+        cgd_adam_f32sq(w, g, gscale, m, v, n, lr_t, l2, b1, b2, c1, c2, eps, 0);
+    }
+    static int cgd_simd_cap(int level) {
+        int old = cgd_simd();
+        cgd_simd_level = level < cgd_simd_max ? level : cgd_simd_max;
+        return old;
     }
     """
     void cgd_adam_f64(double* w, const double* g, double gscale, double* m, double* v,
@@ -72,6 +261,11 @@ cdef extern from *:
     void cgd_adam_f32(float* w, const float* g, float gscale, float* m, float* v,
                       Py_ssize_t n, float lr_t, float l2, float b1, float b2,
                       float c1, float c2, float eps) noexcept nogil
+    double cgd_adam_f32sq(float* w, const float* g, float gscale, float* m, float* v,
+                          Py_ssize_t n, float lr_t, float l2, float b1, float b2,
+                          float c1, float c2, float eps, int want_sq) noexcept nogil
+    double cgd_sqnorm_f32(const float* x, Py_ssize_t n) noexcept nogil
+    int cgd_simd_cap(int level) noexcept nogil
 
 
 cdef struct OptimConfig:
@@ -105,6 +299,21 @@ cdef inline double schedule_eta(int schedule, double eta_base, double alpha, dou
     if schedule == SCHEDULE_INVSCALING:
         return eta_base / pow(t, power_t)
     return eta_base
+
+
+cdef inline double adam_f32_step(
+    OptimConfig* cfg, float* w, const float* g, double gscale, float* s0, float* s1,
+    Py_ssize_t n, double lr, double l2, double t,
+    bint want_sq,           # also return sum_j w_j^2 before the step (see cgd_adam_f32sq)
+) noexcept nogil:
+    """optimizer_step's Adam step for float32; returns the squared norm or 0."""
+    cdef double b1 = cfg.beta_1, b2 = cfg.beta_2
+    cdef double lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t))
+    # 1 - b1 and 1 - b2 rounded from double: in float, 1 - 0.999 would be off by 1e-5
+    # relative.
+    return cgd_adam_f32sq(w, g, <float>gscale, s0, s1, n, <float>lr_t, <float>l2, <float>b1,
+                          <float>b2, <float>(1.0 - b1), <float>(1.0 - b2), <float>cfg.eps,
+                          want_sq)
 
 
 cdef inline void optimizer_step(
@@ -148,10 +357,7 @@ cdef inline void optimizer_step(
     elif cfg.solver == SOLVER_ADAM:
         lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t))
         if floating is float:
-            # 1 - b1 and 1 - b2 rounded from double: in float, 1 - 0.999 would be off
-            # by 1e-5 relative.
-            cgd_adam_f32(w, g, <float>gscale, s0, s1, n, <float>lr_t, <float>l2, <float>b1,
-                         <float>b2, <float>(1.0 - b1), <float>(1.0 - b2), <float>eps)
+            adam_f32_step(cfg, w, g, gscale, s0, s1, n, lr, l2, t, False)
         else:
             # gj = gscale g + l2 w; m = b1 m + (1 - b1) gj; v = b2 v + (1 - b2) gj gj;
             # w -= lr_t m / (sqrt(v) + eps)

@@ -419,20 +419,25 @@ def test_bias_gradients_of_every_layer_match_numpy(csr, hidden, act):
     _assert_objective_is_numpys(loss, grad, X, Y, sw, sizes, params, alpha, act, "multiclass")
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
-                    reason="the exact-bits claim is made for x86's SSE2 and AVX builds")
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_adam_step_gives_the_bits_of_its_formula(dtype):
-    """Adam's step runs as an AVX build when the CPU has AVX: every element must still
-    take exactly the IEEE operations of the formula, in order (vector body and tail)."""
+@pytest.fixture
+def simd_level():
+    """Restore the float32 Adam step's instruction set after a test lowered it."""
     from cgd import _optim
-    rng = np.random.default_rng(12)
-    n = 1003
+    old = _optim.simd_cap(2)
+    _optim.simd_cap(old)
+    yield _optim.simd_cap
+    _optim.simd_cap(old)
+
+
+def _adam_problem(dtype, n, seed=12):
+    rng = np.random.default_rng(seed)
     w0, g = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
     m0, v0 = (0.1 * rng.standard_normal(n)).astype(dtype), rng.random(n).astype(dtype)
-    gs, lr, l2, t, b1, b2, eps = 0.25, 0.01, 3e-4, 7.0, 0.9, 0.999, 1e-8
-    w, m, v = w0.copy(), m0.copy(), v0.copy()
-    _optim.step(w, g, m, v, {"solver": 1}, gs, lr, l2, t)
+    return w0, g, m0, v0
+
+
+def _adam_formula(dtype, w0, g, m0, v0, gs, lr, l2, t, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam's step as NumPy computes it in `dtype`, operation by operation."""
     lr_t = lr * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     c = {k: dtype(val) for k, val in dict(gs=gs, l2=l2, b1=b1, b2=b2, c1=1.0 - b1,
                                             c2=1.0 - b2, lr_t=lr_t, eps=eps).items()}
@@ -440,10 +445,59 @@ def test_adam_step_gives_the_bits_of_its_formula(dtype):
     m_ref = c["b1"] * m0 + c["c1"] * gj
     v_ref = c["b2"] * v0 + c["c2"] * gj * gj
     w_ref = w0 - c["lr_t"] * m_ref / (np.sqrt(v_ref) + c["eps"])
+    return w_ref, m_ref, v_ref
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
+                    reason="the exact-bits claim is made for x86's SSE2, AVX and AVX-512 builds")
+@pytest.mark.parametrize("level", [2, 1, 0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_step_gives_the_bits_of_its_formula(dtype, level, simd_level):
+    """Adam's step runs as an AVX (float32: AVX-512) build when the CPU has it: every
+    element must still take exactly the IEEE operations of the formula, in order (vector
+    body and tail), on every instruction set the float32 step can be held to."""
+    from cgd import _optim
+    simd_level(level)
+    w0, g, m0, v0 = _adam_problem(dtype, 1003)
+    gs, lr, l2, t = 0.25, 0.01, 3e-4, 7.0
+    w, m, v = w0.copy(), m0.copy(), v0.copy()
+    _optim.step(w, g, m, v, {"solver": 1}, gs, lr, l2, t)
+    w_ref, m_ref, v_ref = _adam_formula(dtype, w0, g, m0, v0, gs, lr, l2, t)
     assert w.dtype == w_ref.dtype == dtype
     np.testing.assert_array_equal(m, m_ref)
     np.testing.assert_array_equal(v, v_ref)
     np.testing.assert_array_equal(w, w_ref)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
+                    reason="the exact-bits claim is made for x86's SSE2, AVX and AVX-512 builds")
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1003, 4096])
+def test_float32_adam_step_sums_the_squares_in_its_documented_order(n, simd_level):
+    """The float32 Adam step also returns sum(w**2) before the step (the loss's L2 term)
+    from the same pass: in double, element j into partial sum j % 16, the sums added in
+    a fixed tree. Every build (AVX-512, AVX, baseline) gives the bits of that order
+    written out in Python, and the step's bits are the formula's; squared_norm_f32
+    (the same sum without a step) gives the same bits; the value is NumPy's float64 sum."""
+    from cgd import _optim
+    w0, g, m0, v0 = _adam_problem(np.float32, n, seed=n)
+    w0 *= 7.0
+    s = [0.0] * 16
+    for j, x in enumerate(w0.tolist()):
+        s[j % 16] += x * x
+    ref = ((((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])))
+           + (((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))))
+    w_ref, m_ref, v_ref = _adam_formula(np.float32, w0, g, m0, v0, 0.5, 0.003, 1e-3, 3.0)
+    for level in (2, 1, 0):
+        simd_level(level)
+        w, m, v = w0.copy(), m0.copy(), v0.copy()
+        sq = _optim.adam_step_squared_norm(w, g, m, v, {"solver": 1}, 0.5, 0.003, 1e-3, 3.0)
+        assert sq == ref, level
+        np.testing.assert_array_equal(w, w_ref)
+        np.testing.assert_array_equal(m, m_ref)
+        np.testing.assert_array_equal(v, v_ref)
+    assert _optim.squared_norm_f32(w0) == ref
+    exact = float(np.sum(w0.astype(np.float64) ** 2))
+    assert abs(sq - exact) <= 1e-13 * exact
 
 
 @requires_openmp
