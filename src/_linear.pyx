@@ -1068,6 +1068,7 @@ cdef struct Team:
     # the helpers' shares, and between two batch gradients (reduction excluded);
     # batches shared
     double t_busy, t_wait, t_serial, t_mark
+    double t_done               # when the master's epoch loop ended (the region's end waits)
     Py_ssize_t n_shared
     char pad3[120]
 
@@ -1667,6 +1668,7 @@ cdef void dense_epoch(
     tm.team_at_end = team_active(tm)
     team_dismiss(tm)
     cgd_flag_set(&tm.finished)
+    tm.t_done = cgd_now()
     if status == STATUS_OK:
         for j in range(P):
             if not isfinite(prm[j]):
@@ -1787,6 +1789,8 @@ def linear_epoch(
             dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight, active,
                         eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
                         work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+    # (the region ends when every helper has seen the end of the epoch)
+    tm.t_done = cgd_now() - tm.t_done
     free(ysw)
     status = tm.status
     if TEAM_STATS:
@@ -1796,7 +1800,7 @@ def linear_epoch(
             "helper_wait": [tm.slots[j].wait for j in range(1, nt)] if nt > 1 else [],
             "shared_batches": tm.n_shared, "takeovers": tm.stalled,
             "lost": bool(tm.lost), "cpu_dropped": bool(tm.cpu_dropped),
-            "cpu_probes": tm.cpu.probes, "team_batches": tm.batches}
+            "cpu_probes": tm.cpu.probes, "team_batches": tm.batches, "exit_wait": tm.t_done}
     free(slots)
     # What the adaptive thread count measured (rows per second), for tests and
     # benchmarks: (team, one thread, ended on the team, dropped a held-up helper).
