@@ -1056,7 +1056,8 @@ cdef struct Team:
                                          # helper had not begun when the master was done
     double win_t0, win_rows, rate_solo, rate_team
     int losses                  # probes in a row that found the team no faster
-    int lost                    # the team was dropped as slower: the next epochs go alone
+    int lost                    # the team was dropped (slower, or the CPU-share rule):
+                                # the next epochs go alone (the back-off)
     # the CPU-share rule (see _team.pxd)
     CpuWatch cpu
     bint cpu_on                 # the rule applies (a thread CPU clock, a timed team)
@@ -1122,7 +1123,8 @@ cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
     Windows of a few milliseconds are noisy (a shared machine, a virtual one): the team
     is dropped after two probes in a row found it no faster than the master alone, or at
     once when the helpers had mostly not begun their shares by the time the master had
-    done its own (they do not get a core)."""
+    done its own (they do not get a core). Before that, the CPU-share rule (_team.pxd)
+    may drop the team, or have the master time itself alone (MODE_CPU_PROBE)."""
     cdef double now, rate
     cdef int r
     if tm.mode == MODE_SOLO:
