@@ -40,6 +40,9 @@ cdef extern from "Python.h":
 from _reduce cimport reduce_rows
 from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_cas, cgd_cpu_relax,
                       cgd_thread_nap, cgd_flag_wait, cgd_flag_set)
+from _team cimport (CpuRule, CpuWatch, cpu_rule_default, cpu_watch_start, cpu_watch,
+                    cgd_thread_cpu, backoff_threads, backoff_record,
+                    CPU_DROP, CPU_PROBE, CPU_BACK)
 
 ctypedef Py_ssize_t intp_t
 
@@ -724,16 +727,17 @@ cdef Py_ssize_t per_sample_epoch(
         if active[k]:
             act[n_act] = k
             n_act += 1
+    # (every scale starts the epoch at 1: dense_epoch's set-up)
+    same_eta = n_act > 0
     for a in range(n_act):
-        if so[act[a]].scale != 1.0 or (eta_base[act[a]] != eta_base[act[0]]
-                                       and cfg.schedule != SCHEDULE_OPTIMAL):
+        if eta_base[act[a]] != eta_base[act[0]] and cfg.schedule != SCHEDULE_OPTIMAL:
             same_eta = False
     for p in range(n_order):
         x = next_row(X, y, sample_weight, ysw, order, p, &yj, &sj)
         row_dots(prm, act, n_act, x, d, z)
         lsum = 0.0
         rsum = 0.0
-        if same_eta and n_act > 0:
+        if same_eta:
             e = schedule_eta(cfg.schedule, eta_base[act[0]], cfg.alpha, t, cfg.power_t,
                              cfg.optimal_init)
             decay = l2_decay(cfg, e)
@@ -879,7 +883,13 @@ cdef inline Py_ssize_t n_chunks_for(Py_ssize_t m) noexcept nogil:
 # fails and it drops its result) and computes them itself. And the master measures rows
 # per second in windows of TEAM_WINDOW seconds, first with the team, then alone, and
 # keeps the team only while it is faster by TEAM_GAIN; otherwise the helpers leave and
-# the rest of the epoch runs on one thread. The results are the same either way.
+# the rest of the epoch runs on one thread. And it watches its own thread's CPU time
+# (the CPU-share rule of _team.pxd): a master on its CPU for under 80% of a window of
+# 2 ms or more shares the cores with more threads than there are cores, and the helper
+# takes the master's turns; the team then leaves at once in a short epoch, or after the
+# master has timed itself alone faster in a longer one. An epoch whose team left, by
+# this rule or as slower, makes the next 1, 2, 4, ... 16 epochs of the fit run on one
+# thread (the back-off). The results are the same either way.
 
 cdef enum:
     MODE_SOLO = 0        # one thread for the rest of the epoch
@@ -887,6 +897,7 @@ cdef enum:
     MODE_PROBE_SOLO = 2  # measuring the master alone (helpers idle)
     MODE_TEAM = 3        # the team, measured faster
     MODE_WARM_UP = 4     # the team's first window (threads waking up): not measured
+    MODE_CPU_PROBE = 5   # the master alone, timing itself: it was off its CPU too often
 
 cdef extern from *:
     """
@@ -921,6 +932,29 @@ cdef extern from *:
 # Seconds per measuring window, and the speed-up the team must show to be kept.
 cdef double TEAM_WINDOW = 4e-3
 cdef double TEAM_GAIN = 1.05
+# The CPU-share rule's figures (see _team.pxd).
+cdef CpuRule CPU_RULE = cpu_rule_default()
+
+
+def set_cpu_rule(double share, double window, double gain, double short_epoch):
+    """For tests: the CPU-share rule's share of the wall time the master must spend on
+    its CPU, the shortest window (seconds) it is measured over, the speed-up over the
+    master alone the team must then show to stay, and the epoch length (seconds) under
+    which the team leaves without that timing (share above 1 and window 0: the rule
+    fires at the first batch); returns the previous four."""
+    global CPU_RULE
+    old = (CPU_RULE.share, CPU_RULE.window, CPU_RULE.gain, CPU_RULE.short_epoch)
+    CPU_RULE.share = share
+    CPU_RULE.window = window
+    CPU_RULE.gain = gain
+    CPU_RULE.short_epoch = short_epoch
+    return old
+
+
+def thread_cpu_time():
+    """The calling thread's CPU time in seconds, as the CPU-share rule reads it, or -1
+    where it is not read (the rule is then off)."""
+    return cgd_thread_cpu()
 
 
 def set_team_window(double seconds):
@@ -1022,11 +1056,20 @@ cdef struct Team:
                                          # helper had not begun when the master was done
     double win_t0, win_rows, rate_solo, rate_team
     int losses                  # probes in a row that found the team no faster
-    int lost                    # the team was dropped as slower: the next epochs go alone
+    int lost                    # the team was dropped (slower, or the CPU-share rule):
+                                # the next epochs go alone (the back-off)
+    # the CPU-share rule (see _team.pxd)
+    CpuWatch cpu
+    bint cpu_on                 # the rule applies (a thread CPU clock, a timed team)
+    int cpu_dropped             # the team left by it
+    int cpu_prev_mode           # the mode to return to when the team wins the probe
+    Py_ssize_t batches, n_batches  # batches done, and in the epoch
+    double t_start              # when the epoch loop began
     # TEAM_STATS: the master's seconds computing its share, waiting for (or doing)
     # the helpers' shares, and between two batch gradients (reduction excluded);
     # batches shared
     double t_busy, t_wait, t_serial, t_mark
+    double t_done               # when the master's epoch loop ended (the region's end waits)
     Py_ssize_t n_shared
     char pad3[120]
 
@@ -1050,6 +1093,13 @@ cdef inline void team_init(Team* tm, int n_threads) noexcept nogil:
     tm.lost = 0
     tm.win_rows = 0.0
     tm.win_t0 = cgd_now()
+    memset(&tm.cpu, 0, sizeof(CpuWatch))
+    tm.cpu_on = False
+    tm.cpu_dropped = 0
+    tm.cpu_prev_mode = MODE_SOLO
+    tm.batches = 0
+    tm.n_batches = 0
+    tm.t_start = tm.win_t0
     tm.rate_solo = 0.0
     tm.rate_team = 0.0
     tm.t_busy = 0.0
@@ -1073,10 +1123,36 @@ cdef inline void team_adapt(Team* tm, Py_ssize_t mb) noexcept nogil:
     Windows of a few milliseconds are noisy (a shared machine, a virtual one): the team
     is dropped after two probes in a row found it no faster than the master alone, or at
     once when the helpers had mostly not begun their shares by the time the master had
-    done its own (they do not get a core)."""
+    done its own (they do not get a core). Before that, the CPU-share rule (_team.pxd)
+    may drop the team, or have the master time itself alone (MODE_CPU_PROBE)."""
     cdef double now, rate
+    cdef int r
     if tm.mode == MODE_SOLO:
         return
+    tm.batches += 1
+    if tm.cpu_on:
+        now = cgd_now()
+        r = cpu_watch(&tm.cpu, &CPU_RULE, mb, now, now - tm.t_start, tm.batches,
+                      tm.n_batches)
+        if r == CPU_DROP:
+            tm.lost = 1
+            tm.cpu_dropped = 1
+            team_dismiss(tm)
+            return
+        if r == CPU_PROBE:
+            tm.cpu_prev_mode = tm.mode
+            tm.mode = MODE_CPU_PROBE
+            return
+        if r == CPU_BACK:
+            tm.rate_team, tm.rate_solo = tm.cpu.rate_team, tm.cpu.rate_solo
+            tm.mode = tm.cpu_prev_mode
+            tm.win_rows = 0.0
+            tm.win_batches = 0
+            tm.win_unbegun = 0
+            tm.win_t0 = now
+            return
+        if tm.mode == MODE_CPU_PROBE:
+            return
     tm.win_rows += mb
     tm.win_batches += 1
     if tm.win_batches < 2:
@@ -1515,8 +1591,13 @@ cdef void dense_epoch(
             norms_of(&so[k], prm + k * d, 1, d)
     last_check = cgd_now()
     tm.win_t0 = last_check
+    tm.t_start = last_check
+    tm.n_batches = (n_order + m - 1) // m
+    if tm.cpu_on:
+        cpu_watch_start(&tm.cpu, &CPU_RULE, last_check)
     start = 0
-    if so != NULL and not multinomial and tm.mode == MODE_SOLO and PER_SAMPLE_LOOP:
+    # (so: batches of one row, which are never shared; the team's mode is MODE_SOLO)
+    if so != NULL and not multinomial and PER_SAMPLE_LOOP:
         start = per_sample_epoch(X, y, sample_weight, ysw, order, &pos_weight[0],
                                  &neg_weight[0], &active[0], eta_base, prm, so, reg,
                                  &work_z[0, 0], obj_out, cfg, &t, &status, &work,
@@ -1589,6 +1670,7 @@ cdef void dense_epoch(
     tm.team_at_end = team_active(tm)
     team_dismiss(tm)
     cgd_flag_set(&tm.finished)
+    tm.t_done = cgd_now()
     if status == STATUS_OK:
         for j in range(P):
             if not isfinite(prm[j]):
@@ -1664,15 +1746,12 @@ def linear_epoch(
     if n_chunks_for(min(m, n_order)) < 2:
         nt = 1
     # An epoch whose team lost to one thread (a busy machine) makes the next 1, 2, 4,
-    # ... 16 epochs of this fit run on one thread: even an idle helper thread takes
-    # CPU time from the master when another process wants the cores.
-    skip, next_skip = config.get("team_backoff", (0, 1))
-    if nt > 1 and skip > 0 and TEAM_WINDOW > 0.0:
-        nt = 1
-        config["team_backoff"] = (skip - 1, next_skip)
+    # ... 16 epochs of this fit run on one thread (_team.pxd).
+    nt = backoff_threads(config, nt, TEAM_WINDOW > 0.0)
     team_init(&tm, nt)
     if nt > 1 and TEAM_WINDOW > 0.0:
         tm.rate_team, tm.rate_solo = config.get("team_known", (0.0, 0.0))
+        tm.cpu_on = cgd_thread_cpu() >= 0.0
     if nt > 1:
         slots = team_slots(&tm, nt, n_chunks_for(min(m, n_order)), P, K, sizeof(floating))
         if slots == NULL:  # (out of memory: one thread)
@@ -1712,6 +1791,8 @@ def linear_epoch(
             dense_epoch(&tm, &job, X, y, sample_weight, order, pos_weight, neg_weight, active,
                         eta_base, params, opt_state, l1_q, l1_u, avg_params, avg_n,
                         work_grad, work_obj, work_z, work_k, obj_out, &cfg, &t)
+    # (the region ends when every helper has seen the end of the epoch)
+    tm.t_done = cgd_now() - tm.t_done
     free(ysw)
     status = tm.status
     if TEAM_STATS:
@@ -1720,15 +1801,15 @@ def linear_epoch(
             "helper_busy": [tm.slots[j].busy for j in range(1, nt)] if nt > 1 else [],
             "helper_wait": [tm.slots[j].wait for j in range(1, nt)] if nt > 1 else [],
             "shared_batches": tm.n_shared, "takeovers": tm.stalled,
-            "lost": bool(tm.lost)}
+            "lost": bool(tm.lost), "cpu_dropped": bool(tm.cpu_dropped),
+            "cpu_probes": tm.cpu.probes, "team_batches": tm.batches, "exit_wait": tm.t_done}
     free(slots)
     # What the adaptive thread count measured (rows per second), for tests and
     # benchmarks: (team, one thread, ended on the team, dropped a held-up helper).
     config["team_rates"] = (tm.rate_team, tm.rate_solo, bool(tm.team_at_end),
                             tm.stalled > 0)
     if nt > 1:
-        config["team_backoff"] = ((next_skip, min(2 * next_skip, 16)) if tm.lost
-                                  else (0, 1))
+        backoff_record(config, tm.lost)
         # The next epoch skips the probes when this one ended on a team measured faster.
         config["team_known"] = ((tm.rate_team, tm.rate_solo) if tm.team_at_end
                                 else (0.0, 0.0))

@@ -436,3 +436,103 @@ def test_team_gathered_targets_give_the_same_bits(mode, n, batch_size, monkeypat
 def test_gather_split_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mode"):
         _linear.set_gather_split(4)
+
+
+# The CPU-share rule of the linear team (a busy machine: the master on its CPU for too
+# little of a window), forced with _linear.set_cpu_rule: a share above 1 and a window of 0
+# make it fire at the first batch; a short-epoch length of 1e9 s drops the team at once,
+# 0 makes the master time itself alone first, and the gain decides who wins that timing
+# (0: the team always, 1e300: never). Run in a subprocess with a timeout: a helper that
+# is dismissed sleeps until the master says the epoch is over, so a mistake there would
+# hang rather than fail.
+_CPU_RULE_SCRIPT = r"""
+import json, sys
+import numpy as np
+import cgd
+from cgd import _linear, linear_model
+
+linear_model.PARALLEL_MIN_WORK = 0
+mode, batch_size = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(3)
+X = rng.standard_normal((2000, 30))
+y = X @ rng.standard_normal(30) + 0.1 * rng.standard_normal(2000)
+log = []
+kernel = _linear.linear_epoch
+
+
+def logged(*args):
+    out = kernel(*args)
+    c = args[19]
+    st = c.get("team_stats") or {}
+    log.append([c.get("team_backoff"), bool(c["team_rates"][2]), st.get("cpu_dropped"),
+                st.get("cpu_probes")])
+    return out
+
+
+linear_model._linear.linear_epoch = logged
+_linear.set_team_stats(True)
+_linear.set_team_window(1e9)  # (the rule alone decides: no timing windows end)
+_linear.set_cpu_rule(*{"drop": (2.0, 0.0, 1e300, 1e9), "probe_lost": (2.0, 0.0, 1e300, 0.0),
+                       "probe_won": (2.0, 0.0, 0.0, 0.0)}[mode])
+out = {}
+for n_jobs in (1, 2, 3):
+    log.clear()
+    est = cgd.SGDRegressor(batch_size=batch_size, n_jobs=n_jobs, max_iter=4, tol=None,
+                           random_state=0, learning_rate="constant", eta0=0.01,
+                           penalty="elasticnet").fit(X, y)
+    out[n_jobs] = dict(coef=est.coef_.tolist(), intercept=est.intercept_.tolist(),
+                       curve=est.loss_curve_, log=list(log))
+print(json.dumps(out))
+"""
+
+
+@requires_openmp
+@pytest.mark.parametrize("mode", ["drop", "probe_lost", "probe_won"])
+@pytest.mark.parametrize("batch_size", [64, 256])
+def test_cpu_share_rule_drops_or_keeps_the_team_with_the_same_bits(mode, batch_size):
+    """A master off its CPU too often: in a short epoch the team leaves at once; in a
+    longer one the master times itself alone and the team leaves if it was not faster
+    (probe_lost) or stays (probe_won). A team that left makes the fit's next epoch run
+    on one thread, the one after on the team again, which leaves again and backs off
+    for 2 epochs: (epochs to skip, skips after the next drop) goes (1, 2), (0, 2),
+    (2, 4), (1, 4). Whoever computes the chunks, the bits are those of one thread."""
+    import json
+
+    from cgd import _linear
+
+    if _linear.thread_cpu_time() < 0:
+        pytest.skip("no thread CPU clock here: the CPU-share rule is off")
+    r = run_subprocess([sys.executable, "-c", _CPU_RULE_SCRIPT, mode, str(batch_size)],
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = {int(k): v for k, v in json.loads(r.stdout).items()}
+    for n_jobs in (2, 3):
+        assert out[n_jobs]["coef"] == out[1]["coef"]
+        assert out[n_jobs]["intercept"] == out[1]["intercept"]
+        assert out[n_jobs]["curve"] == out[1]["curve"]
+        log = out[n_jobs]["log"]
+        if mode == "probe_won":
+            # the team stays (every probe won): no back-off, several probes an epoch
+            assert [e[0] for e in log] == [[0, 1]] * 4
+            assert all(e[2] is False and e[3] >= 2 for e in log)
+        else:
+            assert [e[0] for e in log] == [[1, 2], [0, 2], [2, 4], [1, 4]]
+            team = [log[0], log[2]]  # the epochs that had a team
+            assert all(e[2] is True and not e[1] for e in team)
+            assert all(e[3] == (0 if mode == "drop" else 1) for e in team)
+            assert log[1][2] is False and log[3][2] is False  # one thread: nothing to drop
+    assert all(e[0] is None or e[0] == [0, 1] for e in out[1]["log"])  # n_jobs=1: no team
+
+
+def test_thread_cpu_time_advances_with_work():
+    """The clock the CPU-share rule reads: the calling thread's CPU time, which grows
+    with its work (or -1 where it is not read, and the rule is off)."""
+    from cgd import _linear
+
+    t0 = _linear.thread_cpu_time()
+    if t0 < 0:
+        pytest.skip("no thread CPU clock here")
+    x = 0
+    for i in range(300000):
+        x += i * i
+    assert _linear.thread_cpu_time() > t0
