@@ -55,6 +55,8 @@ from cython.parallel cimport prange, parallel
 from libc.stdint cimport uint64_t, uint32_t
 from libc.stdlib cimport malloc, free
 
+from _runtime cimport cgd_now
+
 ctypedef Py_ssize_t intp_t
 
 cdef extern from *:
@@ -97,6 +99,7 @@ cdef enum:
     HOOK_CORRELATED_BUCKETS = 1  # an element's bucket shares bits with the next one's
     HOOK_SATTOLO = 2             # j < i in Fisher-Yates: only cyclic permutations
     HOOK_NO_MEMORY = 3           # the allocations fail
+    HOOK_SLOW_FIRST_CHUNK = 4    # chunk 0's first pass takes 30 ms longer
 
 cdef int TEST_HOOK = HOOK_NONE
 
@@ -215,7 +218,7 @@ cdef inline Py_ssize_t chunk_lo(Py_ssize_t c, Py_ssize_t n, Py_ssize_t n_chunks)
 
 cdef void sort_chunk(const intp_t* a, intp_t* tmp, Py_ssize_t lo, Py_ssize_t hi,
                      Py_ssize_t* cnt, Py_ssize_t* end, Py_ssize_t nb, int k, int step,
-                     uint64_t seed, Py_ssize_t c) noexcept nogil:
+                     uint64_t seed, Py_ssize_t c, int hook) noexcept nogil:
     """First pass over chunk [lo, hi): each element's bucket (k bits of a draw, 64 // k
     buckets per draw), the chunk's count of each (``cnt``), and its elements sorted by
     bucket into tmp[lo:hi]; ``end[b]``: where bucket b's elements end, from lo. The
@@ -227,9 +230,14 @@ cdef void sort_chunk(const intp_t* a, intp_t* tmp, Py_ssize_t lo, Py_ssize_t hi,
     cdef int per = 64 // k
     cdef int left
     cdef Py_ssize_t i, b, s
+    cdef double t0
     cdef intp_t* out = tmp + lo
     for b in range(nb):
         cnt[b] = 0
+    if hook == HOOK_SLOW_FIRST_CHUNK and c == 0:
+        t0 = cgd_now()
+        while cgd_now() < t0 + 0.03:
+            pass
     seed_stream(&g, seed, 2 * <uint64_t>c)
     left = 0
     for i in range(lo, hi):
@@ -336,21 +344,22 @@ cdef int scatter_shuffle(intp_t* a, Py_ssize_t n, uint64_t seed, int n_threads,
     if nt <= 1:
         for c in range(n_chunks):
             sort_chunk(a, tmp, chunk_lo(c, n, n_chunks), chunk_lo(c + 1, n, n_chunks),
-                       table + c * stride, table + (n_chunks + c) * stride, nb, k, step, seed, c)
+                       table + c * stride, table + (n_chunks + c) * stride, nb, k, step, seed, c, hook)
         for b in range(nb):
             deal_bucket(a, tmp, n, b, stride, n_chunks, table, table + n_chunks * stride, seed,
                         bonus)
     else:
         # Dynamic schedules: the work of each chunk and bucket is fixed (its own stream),
-        # whichever thread does it.
-        with parallel(num_threads=nt):
-            for c in prange(n_chunks, schedule="dynamic"):
-                sort_chunk(a, tmp, chunk_lo(c, n, n_chunks),
-                           chunk_lo(c + 1, n, n_chunks), table + c * stride,
-                           table + (n_chunks + c) * stride, nb, k, step, seed, c)
-            for b in prange(nb, schedule="dynamic"):
-                deal_bucket(a, tmp, n, b, stride, n_chunks, table, table + n_chunks * stride,
-                            seed, bonus)
+        # whichever thread does it. Two parallel regions: the end of the first is the
+        # barrier that the second pass needs (every chunk's table rows complete; two
+        # prange loops in one Cython parallel block would not wait for each other).
+        for c in prange(n_chunks, schedule="dynamic", num_threads=nt):
+            sort_chunk(a, tmp, chunk_lo(c, n, n_chunks), chunk_lo(c + 1, n, n_chunks),
+                       table + c * stride, table + (n_chunks + c) * stride, nb, k, step,
+                       seed, c, hook)
+        for b in prange(nb, schedule="dynamic", num_threads=nt):
+            deal_bucket(a, tmp, n, b, stride, n_chunks, table, table + n_chunks * stride,
+                        seed, bonus)
     free(block)
     free(own)
     return 0
@@ -397,10 +406,12 @@ def shuffle_order(intp_t[::1] order, uint64_t seed, int n_threads=1, scratch=Non
 
 def _set_test_hook(int hook):
     """Tests only: 0 the shuffle as it is; 1 correlated bucket draws; 2 Sattolo's
-    variant of Fisher-Yates; 3 allocations that fail. Returns the previous hook."""
+    variant of Fisher-Yates; 3 allocations that fail; 4 a first chunk 30 ms slower than
+    the others (a second pass that did not wait for the first would read its counts too
+    early). Returns the previous hook."""
     global TEST_HOOK
     cdef int previous = TEST_HOOK
-    if hook < HOOK_NONE or hook > HOOK_NO_MEMORY:
+    if hook < HOOK_NONE or hook > HOOK_SLOW_FIRST_CHUNK:
         raise ValueError("unknown test hook")
     TEST_HOOK = hook
     return previous

@@ -66,6 +66,18 @@ def test_same_permutation_for_any_thread_count_and_scratch(n, bucket_log2, chunk
                                             **layout), ref), (n_threads, scratch is None)
 
 
+@requires_openmp
+def test_second_pass_waits_for_every_chunk():
+    """With the first chunk's pass 30 ms slower than the others (test hook), the other
+    threads are long done with theirs: a second pass that did not wait for all of them
+    would deal buckets from incomplete counts (a wrong result, or no permutation)."""
+    n = 200_000
+    ref = _shuffled(n)
+    with _test_hook(4):
+        for n_threads in (2, 3):
+            assert np.array_equal(_shuffled(n, n_threads=n_threads), ref), n_threads
+
+
 def test_shuffle_permutes_any_contents_the_same_way():
     """The order holds row indices (a subset with early stopping): the shuffle moves
     values without reading them, so any contents go where 0 .. n-1 go."""
