@@ -46,7 +46,8 @@ mini-batch epoch over them (and on one thread while the others wait). Here:
 
 Single-thread speed: the output is written by the second pass itself (no final copy),
 the bucket of an element is drawn with a few bits rather than a 64-bit draw, and the
-scratch array can be the caller's (kept across epochs: no allocation per epoch).
+scratch array can be the caller's (kept across epochs: the one allocation per call is
+the small table of counts, 2 C B entries).
 
 The permutations differ from NumPy's for the same seed.
 """
