@@ -582,7 +582,7 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
             n_problems=n_problems, n_samples=n_samples, n_train=n_train,
             coef_filled=writes_out, loss_curve=loss_curve, val_scores=val_scores,
             best_loss=best_loss, best_score=best_score)
-        shuffle = _EpochShuffler(seed) if self.shuffle else None
+        shuffle = _EpochShuffler(seed, n_threads) if self.shuffle else None
         try:
             run_epochs(epochs, tracker, idx_train.copy(), max_iter=max_iter,
                        shuffle=shuffle, early_stopping=self.early_stopping)
@@ -1532,17 +1532,25 @@ def _first_seed(random_state):
 
 class _EpochShuffler:
     """Each epoch's shuffle of the training rows: native (cgd._shuffle; several times
-    NumPy's speed once the rows' indices outgrow the cache), seeded per epoch from one
-    NumPy stream (``RandomState(seed)``), so that a fit is a function of ``random_state``
-    alone. ``release()`` when the fit is done: the stream's RandomState is reused."""
+    NumPy's speed once the rows' indices outgrow the cache), on the fit's ``n_threads``
+    threads, seeded per epoch from one NumPy stream (``RandomState(seed)``), so that a
+    fit is a function of ``random_state`` alone (the shuffle's outcome does not depend
+    on the thread count). The scratch array of the shuffle is kept from one epoch to
+    the next. ``release()`` when the fit is done: the stream's RandomState is reused."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, n_threads=1):
         self.seeds = _RANDOM_STATES.take(seed)
+        self.n_threads = n_threads
+        self.scratch = None
 
     def __call__(self, order):
-        _shuffle.shuffle_order(order, int(self.seeds.randint(0, 2**63 - 1, dtype=np.int64)))
+        if self.scratch is None or self.scratch.shape[0] < order.shape[0]:
+            self.scratch = np.empty(order.shape[0], dtype=np.intp)
+        _shuffle.shuffle_order(order, int(self.seeds.randint(0, 2**63 - 1, dtype=np.int64)),
+                               self.n_threads, self.scratch)
 
     def release(self):
+        self.scratch = None
         if self.seeds is not None:
             _RANDOM_STATES.give_back(self.seeds)
             self.seeds = None
