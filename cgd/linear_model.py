@@ -695,6 +695,21 @@ class _BaseSGD(TransactionMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_input(self, X, canonical=False, dtype=[np.float64, np.float32],
                            reset=False)
+        coef = self.coef_
+        if (isinstance(X, np.ndarray) and isinstance(coef, np.ndarray)
+                and X.flags.c_contiguous and X.dtype == coef.dtype):
+            # Dense X natively, on the fit's threads: a BLAS product would leave
+            # OpenBLAS's worker threads spinning for ~0.1 s after it, on the cores the
+            # next fit's threads need (predict, score, then fit again: a fit of
+            # n_jobs=2 then ran up to 1.5x slower).
+            K = 1 if coef.ndim == 1 else coef.shape[0]
+            params = np.concatenate([coef.ravel(),
+                                     np.ravel(self.intercept_).astype(coef.dtype, copy=False)])
+            z = np.empty((X.shape[0], K), dtype=X.dtype)
+            n_threads = effective_n_threads(self.n_jobs) if X.size >= 1 << 16 else 1
+            _linear.linear_decision(X, np.arange(X.shape[0], dtype=np.intp), params, z,
+                                    n_threads)
+            return z[:, 0] if coef.ndim == 1 else z
         return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
 
     def __sklearn_tags__(self):

@@ -465,3 +465,33 @@ def test_interrupt_between_curve_append_and_commit_keeps_attributes_consistent_l
     assert est.n_iter_ == 2
     assert len(est.loss_curve_) == est.n_iter_
     assert est.loss_ == est.loss_curve_[-1]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_decision_values_equal_the_linear_formula(dtype):
+    """predict / decision_function of dense X run natively on the fit's threads (not
+    through BLAS); they must equal X @ coef_.T + intercept_ for every model shape, memory
+    order and thread count, and keep the fallback's dtypes for other inputs."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 40)).astype(dtype)
+    y = X @ rng.standard_normal(40)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    models = [
+        (cgd.SGDRegressor(max_iter=2, tol=None, random_state=0), y.astype(dtype)),
+        (cgd.SGDClassifier(max_iter=2, tol=None, random_state=0), (y > 0).astype(int)),
+        (cgd.SGDClassifier(max_iter=2, tol=None, random_state=0), np.digitize(y, [-3, 0, 3])),
+    ]
+    for est, yy in models:
+        for n_jobs in (1, 2, 3):
+            est.set_params(n_jobs=n_jobs).fit(X, yy)
+            ref = (X.astype(np.float64) @ est.coef_.T.astype(np.float64)
+                   + est.intercept_.astype(np.float64))
+            ref = ref.ravel() if ref.ndim == 2 and ref.shape[1] == 1 else ref
+            f = est.predict if isinstance(est, cgd.SGDRegressor) else est.decision_function
+            for Xq in (X, np.asfortranarray(X), X[::2]):
+                got = f(Xq)
+                r = ref if Xq.shape[0] == X.shape[0] else ref[::2]
+                assert got.dtype == dtype and got.shape == r.shape
+                np.testing.assert_allclose(got, r, rtol=tol, atol=tol * np.abs(r).max())
+            if dtype == np.float32:  # float64 X on a float32 model: float64 values
+                assert f(X.astype(np.float64)).dtype == np.float64
