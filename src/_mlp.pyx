@@ -27,6 +27,9 @@ from _reduce cimport reduce_chunks
 from _runtime cimport cgd_now, PyErr_CheckSignals, SIGNAL_CHECK_SECONDS
 from _openmp cimport (cgd_atomic_load, cgd_atomic_store, cgd_atomic_fetch_add, cgd_atomic_cas,
                       cgd_cpu_relax, cgd_thread_nap, cgd_flag_wait, cgd_flag_set)
+from _team cimport (CpuRule, CpuWatch, cpu_rule_default, cpu_watch_start, cpu_watch,
+                    cgd_thread_cpu, backoff_threads, backoff_record,
+                    CPU_DROP, CPU_PROBE, CPU_BACK)
 
 ctypedef Py_ssize_t intp_t
 
@@ -936,9 +939,10 @@ cdef object prepare(
 # of a window of 2 ms or more (its CPU clock against the wall clock): more threads want
 # the cores than there are, and a helper takes the master's turns in meetings too short
 # for the wait rule, in epochs shorter than a timing window. In an epoch longer than
-# MLP_SHORT_EPOCH the master first times itself alone over as long, and the team stays
-# if it was faster all the same. An epoch whose team left that way makes the next 1, 2,
-# 4, ... 16 epochs of the fit run on one thread (dense_mlp_epoch).
+# 50 ms the master first times itself alone over as long, and the team stays if it was
+# faster all the same (the CPU-share rule of _team.pxd, shared with the linear team).
+# An epoch whose team left that way makes the next 1, 2, 4, ... 16 epochs of the fit
+# run on one thread (dense_mlp_epoch, _team.pxd's back-off).
 # The results are the same either way.
 
 cdef enum:
@@ -983,30 +987,6 @@ cdef extern from *:
     long long MKIND_SHIFT "CGD_MLP_KIND_SHIFT"
     int MSPIN_LIMIT "CGD_MLP_SPIN_LIMIT"
 
-cdef extern from *:
-    """
-    /* The calling thread's CPU time in seconds (-1 where it cannot be read): with the
-       wall time, whether the thread had a core to itself. Not on Windows, whose thread
-       times advance by clock ticks of ~15.6 ms, longer than the windows it is read over
-       (the CPU-share rule is then off). */
-    #if defined(_WIN32)
-    static double cgd_thread_cpu(void) { return -1.0; }
-    #else
-    #include <time.h>
-    #endif
-    #if defined(_WIN32)
-    #elif defined(CLOCK_THREAD_CPUTIME_ID)
-    static double cgd_thread_cpu(void) {
-        struct timespec ts;
-        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1.0;
-        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-    }
-    #else
-    static double cgd_thread_cpu(void) { return -1.0; }
-    #endif
-    """
-    double cgd_thread_cpu() noexcept nogil
-
 cdef extern from "Python.h":
     # Without exception propagation: the master calls it inside the parallel region,
     # which it must leave normally (helpers dismissed first); the pending exception is
@@ -1019,15 +999,8 @@ cdef double MLP_TEAM_WINDOW = 10e-3
 cdef double MLP_STALL_SECONDS = 1e-3  # the helpers' exit, longer: they lack a core
 cdef double MLP_WAIT_SHARE = 0.3      # of the epoch spent waiting for helpers: drop them
 cdef double MLP_TEAM_GAIN = 1.05
-# The master's share of the wall time spent on its CPU, measured over at least
-# MLP_CPU_WINDOW seconds, below which the master times itself alone over as long, and
-# the speed-up the team must have shown over that time to stay (see dense_adapt).
-cdef double MLP_CPU_SHARE = 0.8
-cdef double MLP_CPU_WINDOW = 2e-3
-cdef double MLP_CPU_GAIN = 1.05
-# Epochs expected to be shorter than this (seconds) drop the team at a low CPU share
-# without timing the master alone.
-cdef double MLP_SHORT_EPOCH = 50e-3
+# The CPU-share rule's figures (see _team.pxd).
+cdef CpuRule MLP_CPU_RULE = cpu_rule_default()
 # Tests: seconds a helper waits between claiming a task and beginning it.
 cdef double MLP_HELPER_DELAY = 0.0
 
@@ -1038,12 +1011,13 @@ def set_mlp_cpu_share(double share, double window, double gain, double short_epo
     the team must then show to stay, and the epoch length (seconds) under which the
     team leaves without that timing (share above 1 and window 0: the CPU rule fires
     after four batches); returns the previous four."""
-    global MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN, MLP_SHORT_EPOCH
-    old = (MLP_CPU_SHARE, MLP_CPU_WINDOW, MLP_CPU_GAIN, MLP_SHORT_EPOCH)
-    MLP_CPU_SHARE = share
-    MLP_CPU_WINDOW = window
-    MLP_CPU_GAIN = gain
-    MLP_SHORT_EPOCH = short_epoch
+    global MLP_CPU_RULE
+    old = (MLP_CPU_RULE.share, MLP_CPU_RULE.window, MLP_CPU_RULE.gain,
+           MLP_CPU_RULE.short_epoch)
+    MLP_CPU_RULE.share = share
+    MLP_CPU_RULE.window = window
+    MLP_CPU_RULE.gain = gain
+    MLP_CPU_RULE.short_epoch = short_epoch
     return old
 
 
@@ -1106,14 +1080,12 @@ cdef struct Dense:
     double ph_wall[4]         # seconds of the team's phases, by kind (tests, stats)
     double ph_wait[4]         # seconds of them the master waited for helpers' tasks
     double cpu_start, cpu_done  # the master thread's CPU time at t_start and t_done
-    double cpu_w0, cpu_c0     # start of the window of the CPU-share rule: wall, CPU time,
-    double cpu_rows, cpu_span #   rows since then, its length before the next look
-    Py_ssize_t cpu_batches    # batches of a TMODE_CPU_PROBE window
+    CpuWatch cpu              # the CPU-share rule's window (_team.pxd)
     Py_ssize_t batches, n_batches  # batches done, and in the epoch
-    int cpu_prev_mode         # the mode to return to when the team wins that probe
+    int cpu_prev_mode         # the mode to return to when the team wins a TMODE_CPU_PROBE
     Py_ssize_t n_meet         # phases published to the team
     Py_ssize_t n_taken        # tasks a helper had claimed but not begun, run by the master
-    Py_ssize_t win_batches, solo_windows, win_total
+    Py_ssize_t win_batches, solo_windows
     double win_t0, win_rows, rate_solo, rate_team
     Layout* net
     OptimConfig* oc
@@ -1263,9 +1235,10 @@ cdef inline bint dense_begin(Dense* dn, long long i, long long gen) noexcept nog
     return False
 
 
-cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noexcept nogil:
-    """Run tasks of the generation of the claim `old` until none is left; returns the
-    last claim (holding no task of that generation)."""
+cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid,
+                         long long* ran) noexcept nogil:
+    """Run tasks of the generation of the claim `old` until none is left, counting them
+    in ran[0]; returns the last claim (holding no task of that generation)."""
     cdef long long gen = old >> (2 * MTASK_BITS), ntasks = (old >> MTASK_BITS) & MTASK_MASK
     cdef long long i = old & MTASK_MASK
     cdef int kind = <int>(ntasks >> MKIND_SHIFT)
@@ -1279,8 +1252,7 @@ cdef long long dense_take(Dense* dn, floating* prm, long long old, int tid) noex
                 cgd_thread_nap()
         if dense_begin(dn, i, gen):
             dense_task(dn, prm, kind, i, tid)
-            if tid != 0:
-                cgd_atomic_fetch_add(&dn.helper_tasks, 1)
+            ran[0] += 1
         old = cgd_atomic_fetch_add(&dn.claim, 1)
         if (old >> (2 * MTASK_BITS)) != gen:
             return old
@@ -1303,6 +1275,7 @@ cdef inline bint dense_team_on(Dense* dn) noexcept nogil:
 cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noexcept nogil:
     """Master: run one phase's tasks, with the team when it is on."""
     cdef Py_ssize_t i
+    cdef long long ran = 0    # (the master's tasks: not counted)
     if ntasks <= 0:
         return
     if ntasks == 1 or not dense_team_on(dn):
@@ -1312,7 +1285,7 @@ cdef void dense_phase(Dense* dn, floating* prm, int kind, Py_ssize_t ntasks) noe
     cdef double t0, tp = cgd_now()
     dense_publish(dn, ntasks | (<long long>kind << MKIND_SHIFT))
     dn.n_meet += 1
-    dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0)
+    dense_take(dn, prm, cgd_atomic_fetch_add(&dn.claim, 1), 0, &ran)
     # Every task is claimed now. A helper held up between its claim and the task's
     # start (descheduled: another process, the host) would keep the master waiting
     # for a whole time slice: the master runs the tasks nobody has begun, and the
@@ -1349,67 +1322,51 @@ cdef inline void dense_drop(Dense* dn) noexcept nogil:
 
 
 cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
-    """Count a finished batch of mb rows; at the end of a window, choose who runs the next."""
-    cdef double now, rate, cpu
+    """Count a finished batch of mb rows; at the end of a window, choose who runs the next.
+
+    From the fifth batch on (the first ones wake the threads up), the helpers leave when
+    they keep the master waiting, and the CPU-share rule (_team.pxd; off with the team's
+    timing, MLP_TEAM_WINDOW 0) may drop the team or have the master time itself alone
+    (TMODE_CPU_PROBE); the first batches' rows count in the rule's first window."""
+    cdef double now, rate
+    cdef int r
     dn.batches += 1
     if dn.mode == TMODE_SOLO:
         return
-    dn.cpu_rows += mb
-    if dn.mode == TMODE_CPU_PROBE:
-        dn.cpu_batches += 1
+    if dn.batches <= 4:
+        dn.cpu.rows += mb
+    else:
         now = cgd_now()
-        if dn.cpu_batches < 4 or now - dn.cpu_w0 < MLP_CPU_WINDOW:
-            return
-        dn.rate_solo = dn.cpu_rows / (now - dn.cpu_w0) if now > dn.cpu_w0 else 1e300
-        dn.solo_windows += 1
-        if dn.rate_team > MLP_CPU_GAIN * dn.rate_solo:
-            # The team is faster all the same (a passing hiccup, or a thread that
-            # spins for a while): keep it, and look at the CPU share again only after
-            # a longer window.
-            dn.mode = dn.cpu_prev_mode
-            dn.cpu_span = 5 * MLP_CPU_WINDOW
-            dn.cpu_w0 = now
-            dn.cpu_c0 = cgd_thread_cpu()
-            dn.cpu_rows = 0.0
-            dn.win_rows = 0.0
-            dn.win_batches = 0
-            dn.win_t0 = now
-        else:
-            dense_drop(dn)
-        return
-    if dn.win_total >= 4:
-        now = cgd_now()
-        if dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
+        if dn.mode != TMODE_CPU_PROBE and dn.wait_total > MLP_WAIT_SHARE * (now - dn.t_start):
             # The helpers keep the master waiting (they do not get a core).
             dense_drop(dn)
             return
-        if now - dn.cpu_w0 >= dn.cpu_span and MLP_TEAM_WINDOW > 0.0:
-            # The master off its core for a good part of the time: more threads want
-            # to run than there are cores (another process), and the team's helper
-            # may take the master's turns, in meetings each too short for the wait
-            # rule, and in epochs shorter than a timing window. In a short epoch (a
-            # small data set) the team leaves at once; in a longer one the master
-            # times itself alone first, over as long as the team was just timed:
-            # a thread that spins for a while (another library's, after its call)
-            # takes CPU time too, without making the team slower than one thread.
-            cpu = cgd_thread_cpu()
-            if cpu >= 0.0 and cpu - dn.cpu_c0 < MLP_CPU_SHARE * (now - dn.cpu_w0):
-                if (now - dn.t_start) * dn.n_batches < MLP_SHORT_EPOCH * dn.batches:
-                    dense_drop(dn)
-                    return
-                dn.rate_team = dn.cpu_rows / (now - dn.cpu_w0)
+        if MLP_TEAM_WINDOW > 0.0 or dn.mode == TMODE_CPU_PROBE:
+            r = cpu_watch(&dn.cpu, &MLP_CPU_RULE, mb, now, now - dn.t_start, dn.batches,
+                          dn.n_batches)
+            if r == CPU_PROBE:
+                # (team_rates shows the team's rate from the probe's start on)
+                dn.rate_team = dn.cpu.rate_team
                 dn.cpu_prev_mode = dn.mode
                 dn.mode = TMODE_CPU_PROBE
-                dn.cpu_w0 = now
-                dn.cpu_rows = 0.0
-                dn.cpu_batches = 0
                 return
-            if now - dn.cpu_w0 >= 5 * MLP_CPU_WINDOW:
-                dn.cpu_span = MLP_CPU_WINDOW
-                dn.cpu_w0 = now
-                dn.cpu_c0 = cpu
-                dn.cpu_rows = 0.0
-    dn.win_total += 1
+            if dn.mode == TMODE_CPU_PROBE and (r == CPU_DROP or r == CPU_BACK):
+                # the probe is over, lost or won
+                dn.rate_solo = dn.cpu.rate_solo
+                dn.solo_windows += 1
+            if r == CPU_DROP:
+                dense_drop(dn)
+                return
+            if r == CPU_BACK:
+                dn.mode = dn.cpu_prev_mode
+                dn.win_rows = 0.0
+                dn.win_batches = 0
+                dn.win_t0 = now
+                return
+            if dn.mode == TMODE_CPU_PROBE:
+                return
+        else:
+            dn.cpu.rows += mb
     dn.win_rows += mb
     dn.win_batches += 1
     if dn.win_batches < 2:
@@ -1450,14 +1407,14 @@ cdef void dense_adapt(Dense* dn, Py_ssize_t mb) noexcept nogil:
 
 cdef void dense_helper(Dense* dn, floating* prm, int tid) noexcept nogil:
     """Helper: claim tasks of each generation until dismissed."""
-    cdef long long old, gen
+    cdef long long old, gen, ran = 0
     cdef int spins
     old = cgd_atomic_fetch_add(&dn.claim, 1)
     while True:
         if ((old >> MTASK_BITS) & MTASK_MASK) == MTASK_MASK:
             break
         gen = old >> (2 * MTASK_BITS)
-        old = dense_take(dn, prm, old, tid)
+        old = dense_take(dn, prm, old, tid, &ran)
         if (old >> (2 * MTASK_BITS)) != gen:
             continue  # a claim of a later generation: run it
         spins = 0
@@ -1468,6 +1425,8 @@ cdef void dense_helper(Dense* dn, floating* prm, int tid) noexcept nogil:
             else:
                 cgd_thread_nap()
         old = cgd_atomic_fetch_add(&dn.claim, 1)
+    # (counted here once rather than per task: an atomic add on a shared line each time)
+    cgd_atomic_fetch_add(&dn.helper_tasks, ran)
     # Dismissed: off the CPU until the master is done (a futex), rather than wait at the
     # end of the parallel region, where the OpenMP runtime would spin, or nap in a loop,
     # whose wake-ups would each take the master's core for a moment when another
@@ -1490,10 +1449,8 @@ cdef void dense_epoch(
     status[0] = 0
     dn.win_t0 = last_check
     dn.t_start = last_check
-    dn.cpu_start = cgd_thread_cpu()
-    dn.cpu_w0 = last_check
-    dn.cpu_c0 = dn.cpu_start
-    dn.cpu_span = MLP_CPU_WINDOW
+    cpu_watch_start(&dn.cpu, &MLP_CPU_RULE, last_check)
+    dn.cpu_start = dn.cpu.c0
     dn.n_batches = (n_order + m - 1) // m
     while start < n_order:
         mb = min(m, n_order - start)
@@ -1632,11 +1589,9 @@ cdef object dense_mlp_epoch(
     memset(&dn, 0, sizeof(Dense))
     # An epoch whose team was dropped (a helper lost its core, or the team was timed
     # slower) makes the next 1, 2, 4, ... 16 epochs of this fit run on one thread: on a
-    # busy machine a waiting helper costs the master a time slice at every phase.
-    skip, next_skip = config.get("team_backoff", (0, 1))
-    if nt > 1 and skip > 0 and MLP_TEAM_WINDOW > 0.0:
-        nt = 1
-        config["team_backoff"] = (skip - 1, next_skip)
+    # busy machine a waiting helper costs the master a time slice at every phase
+    # (_team.pxd; off with the team's timing, as in tests that switch it off).
+    nt = backoff_threads(config, nt, MLP_TEAM_WINDOW > 0.0)
     keep = dense_setup(&dn, net, mm, nt, dtype)
     cdef floating[::1] fb = keep[1]
     cdef floating* p = &fb[0]
@@ -1691,8 +1646,7 @@ cdef object dense_mlp_epoch(
                             "phase_wall": [dn.ph_wall[i] for i in range(4)],
                             "phase_wait": [dn.ph_wait[i] for i in range(4)]}
     if nt > 1:
-        config["team_backoff"] = ((0, 1) if dn.team_at_end and not dn.stalled
-                                  else (next_skip, min(2 * next_skip, 16)))
+        backoff_record(config, not (dn.team_at_end and not dn.stalled))
     if status == 0:
         with nogil:
             for i in range(net.P):

@@ -712,3 +712,77 @@ def test_low_cpu_share_times_the_master_alone_and_keeps_the_bits(team_wins):
         assert cfg["team_stats"]["stalled"] == 1
     assert runs[1][:3] == runs[0][:3]
     assert np.array_equal(runs[1][3], runs[0][3]) and np.array_equal(runs[1][4], runs[0][4])
+
+
+def _one_forced_epoch(nt, seed=6):
+    """One float64 epoch of 19 batches (1200 rows, batches of 64) with the given thread
+    count; returns its config and result."""
+    X, Y, sw, sizes, params = _problem("multiclass", (64, 32), seed=seed, n=1200, d=40)
+    order = np.random.default_rng(5).permutation(1200).astype(np.intp)
+    p = params.copy()
+    opt = np.zeros((2, p.size))
+    cfg = _cfg(64, 0.01, 1e-3, 1, 0.0, False, nt, "relu", "multiclass")
+    with threadpool_limits(1, user_api="blas"):
+        status, t, loss = _mlp.mlp_epoch(X.ravel(), None, None, X.shape[1], Y, sw, order,
+                                         sizes, p, opt, cfg, 1.0)
+    return cfg, (status, t, loss, p, opt)
+
+
+@requires_openmp
+def test_cpu_rule_first_looks_at_the_fifth_batch_as_the_wait_rule():
+    """The CPU-share rule, forced to drop the team at its first look (share above 1,
+    window 0, every epoch counted short), drops it after the same batch as the wait rule
+    forced the same way (a negative wait share): the fifth, the first four waking the
+    threads up. The team's meetings (phases it ran) tell after which batch it left: a
+    look from the first batch on would leave after one batch's phases."""
+    if _mlp.thread_cpu_time() < 0:
+        pytest.skip("no thread CPU clock here: the CPU-share rule is off")
+    meetings = {}
+    for rule in ("wait", "cpu"):
+        setter, forced = ((_mlp.set_mlp_wait_share, (-1.0,)) if rule == "wait"
+                          else (_mlp.set_mlp_cpu_share, (2.0, 0.0, 1e300, 1e9)))
+        old = setter(*forced)
+        # the team's own timing kept out of it (a window no epoch reaches)
+        old_window = _mlp.set_mlp_team_window(1e9)
+        try:
+            cfg, _ = _one_forced_epoch(2)
+        finally:
+            setter(*np.atleast_1d(old))
+            _mlp.set_mlp_team_window(old_window)
+        assert not cfg["team_rates"][3] and cfg["team_backoff"] == (1, 2)
+        assert cfg["team_rates"][2] == 0      # dropped without timing the master alone
+        meetings[rule] = cfg["team_stats"]["meetings"]
+    # five batches' phases: each meets the team at least twice here (FIRST: two column
+    # tiles of 64; UPDATE: several weight tiles)
+    assert meetings["cpu"] == meetings["wait"] >= 2 * 5
+
+
+@requires_openmp
+@pytest.mark.parametrize("team_wins", [True, False])
+def test_cpu_rule_probe_turns_and_rates(team_wins):
+    """The CPU-share rule forced to look at every chance in a long epoch (share above 1,
+    window 0, short epochs 0 s): the master times itself alone for four batches from the
+    fifth batch on. Won (gain 0) the team is back for one batch and the next look starts
+    another probe: 19 batches make three probes (batches 6-9, 11-14, 16-19), each timed
+    (solo_windows); lost (gain 1e300) the first one drops the team. The rates reported
+    are the team's over its batches before the probe (rows per second: positive) and the
+    master's alone; the bits are those of one thread."""
+    if _mlp.thread_cpu_time() < 0:
+        pytest.skip("no thread CPU clock here: the CPU-share rule is off")
+    old = _mlp.set_mlp_cpu_share(2.0, 0.0, 0.0 if team_wins else 1e300, 0.0)
+    old_window, old_wait = _mlp.set_mlp_team_window(1e9), _mlp.set_mlp_wait_share(1e9)
+    try:
+        cfg1, one = _one_forced_epoch(1)
+        cfg2, two = _one_forced_epoch(2)
+    finally:
+        _mlp.set_mlp_cpu_share(*old)
+        _mlp.set_mlp_team_window(old_window)
+        _mlp.set_mlp_wait_share(old_wait)
+    rate_team, rate_solo, solo_windows, team_at_end = cfg2["team_rates"]
+    assert rate_team > 0 and rate_solo > 0
+    assert solo_windows == (3 if team_wins else 1)
+    assert bool(team_at_end) == team_wins
+    assert cfg2["team_stats"]["stalled"] == (0 if team_wins else 1)
+    assert cfg1["team_rates"][2] == 0         # one thread: no rule at all
+    assert two[:3] == one[:3]
+    assert np.array_equal(two[3], one[3]) and np.array_equal(two[4], one[4])
