@@ -299,6 +299,9 @@ def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, bat
     # three threads on a two-core machine: a helper descheduled in a task may keep the
     # master waiting long enough for the wait rule, which would end the turns
     old_share = _mlp.set_mlp_wait_share(1e9)
+    # and the CPU-share rule off (share 0), which would drop the team for good on a busy
+    # machine: the turns of team and master are what is tested
+    old_cpu = _mlp.set_mlp_cpu_share(0.0, 2e-3, 1.05, 50e-3)
     try:
         runs = []
         for nt in (1, 2, 3):
@@ -319,6 +322,7 @@ def test_team_epoch_is_bit_identical_with_the_team_on_and_off(dtype, hidden, bat
     finally:
         _mlp.set_mlp_team_window(old)
         _mlp.set_mlp_wait_share(old_share)
+        _mlp.set_mlp_cpu_share(*old_cpu)
     for status, t, loss, p, opt in runs[1:]:
         assert (status, t, loss) == runs[0][:3]
         assert np.array_equal(p, runs[0][3]) and np.array_equal(opt, runs[0][4])
